@@ -1,0 +1,97 @@
+//! `port-trace check`: what this kernel supports and what port-trace can see here.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::{
+    hooks::{self, HookSetName},
+    probe::{Fact, KernelSupport},
+};
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Check a specific hook set instead of the automatic choice.
+    #[arg(long, value_enum)]
+    pub hooks: Option<HookSetName>,
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "yes" } else { "no " }
+}
+
+fn line(name: &str, f: &Fact) {
+    println!("  {:<22} {}  {}", name, mark(f.ok), f.note);
+}
+
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let k = KernelSupport::probe(true);
+    println!("kernel {}", k.release);
+    line("root", &k.root);
+    line("BTF", &k.btf);
+    if let Some(l) = &k.layout {
+        let ok = l.problems.is_empty();
+        let note = if ok {
+            "all struct offsets resolved".to_string()
+        } else {
+            l.problems.join("; ")
+        };
+        line("kernel layout", &Fact { ok, note });
+    }
+    line("ring buffer", &k.ringbuf);
+    line("kprobes", &k.kprobes);
+    line("fentry/fexit", &k.fentry);
+    let path_fact = |p: &Option<std::path::PathBuf>, missing: &str| Fact {
+        ok: p.is_some(),
+        note: p
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| missing.to_string()),
+    };
+    line("cgroup v2", &path_fact(&k.cgroup2, "not mounted"));
+    line("tracefs", &path_fact(&k.tracefs, "not mounted"));
+    line("sock_ops", &k.sock_ops);
+    line("cgroup_sock", &k.cgroup_sock);
+    line("cgroup_sock_addr", &k.cgroup_sock_addr);
+    line("tracepoint", &k.tracepoint);
+    if !k.missing_tracepoints.is_empty() {
+        println!("  missing tracepoints: {}", k.missing_tracepoints.join(", "));
+    }
+
+    println!("hook sets (in order of preference):");
+    for h in HookSetName::ALL {
+        match h.availability(&k) {
+            Ok(()) => println!("  {h:<8} usable"),
+            Err(why) => println!("  {h:<8} unusable: {why}"),
+        }
+    }
+    match hooks::choose(&k, args.hooks) {
+        Ok(h) => {
+            println!("would use: {h}");
+            let rows = h.coverage(&k);
+            let mut blind = 0;
+            for r in &rows {
+                if r.seen {
+                    println!("  seen      {:<58} {}", r.path, r.hooks);
+                } else {
+                    blind += 1;
+                    println!(
+                        "  NOT SEEN  {:<58} {}",
+                        r.path,
+                        r.why_not.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            if blind == 0 {
+                println!("tracing can work: every path is seen");
+            } else {
+                println!("tracing can work, but {blind} path(s) above are not seen");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(_) => {
+            println!("tracing cannot work on this kernel: no usable hook set");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `port-trace trace`: live events.
+
+use std::{io, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    event::{Clock, decode},
+    filter::{Filter, parse_netns},
+    hooks::{self, HookSetName},
+    loader::{LoadOptions, Tracer},
+    output::{Format, Printer},
+    probe::KernelSupport,
+};
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Only events from this process id (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only events from this command name (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Only this protocol.
+    #[arg(long, value_parser = ["tcp", "udp"])]
+    pub proto: Option<String>,
+    /// Only this network namespace: an inode number, a path like /proc/PID/ns/net, or an
+    /// `ip netns` name.
+    #[arg(long, value_name = "PATH|INODE")]
+    pub netns: Option<String>,
+    /// Stop after this long (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Use this hook set instead of the automatic choice.
+    #[arg(long, value_enum)]
+    pub hooks: Option<HookSetName>,
+    /// Cgroup v2 directory to trace (default: the root of the cgroup v2 mount).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
+    /// Ring buffer size in KiB (power of two).
+    #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+    /// How often to drain the ring buffer when it is not filling up.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub drain_interval: Duration,
+}
+
+fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(4..=1 << 20).contains(&v) || !v.is_power_of_two() {
+        return Err("must be a power of two between 4 and 1048576".into());
+    }
+    Ok(v)
+}
+
+pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(trace(args))
+}
+
+async fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let filter = Filter {
+        pids: args.pids.clone(),
+        comms: args.comms.clone(),
+        proto: args.proto.clone(),
+        netns: args.netns.as_deref().map(parse_netns).transpose()?,
+    };
+    let k = KernelSupport::probe(true);
+    if !k.root.ok {
+        bail!(crate::loader::LoadError::NotRoot);
+    }
+    let hook_set = match hooks::choose(&k, args.hooks) {
+        Ok(h) => h,
+        Err(reasons) => {
+            let why: Vec<String> = reasons.iter().map(|(h, w)| format!("{h}: {w}")).collect();
+            bail!(
+                "no usable hook set on this kernel ({}); `port-trace check` shows the details",
+                why.join("; ")
+            );
+        }
+    };
+    let cgroup = match args.cgroup.clone().or_else(|| k.cgroup2.clone()) {
+        Some(c) => c,
+        None => bail!("no cgroup v2 mount found; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup"),
+    };
+    let opts = LoadOptions {
+        hook_set,
+        ring_bytes: args.ring_kib * 1024,
+        wakeup_bytes: (args.ring_kib as u64 * 1024) / 4,
+        cgroup,
+    };
+    let mut tracer = Tracer::start(&k, &opts)?;
+    let blind: Vec<&str> = hook_set
+        .coverage(&k)
+        .iter()
+        .filter(|r| !r.seen)
+        .map(|r| r.path)
+        .collect();
+    eprintln!(
+        "tracing: hook set {hook_set} ({} programs on {}){}",
+        tracer.attached.len(),
+        opts.cgroup.display(),
+        if blind.is_empty() {
+            String::new()
+        } else {
+            format!("; not seen here: {}", blind.join(", "))
+        }
+    );
+
+    let clock = Clock::now();
+    let stdout = io::stdout().lock();
+    let mut printer = Printer::new(io::BufWriter::new(stdout), args.format);
+    // A duplicate of the ring buffer's fd: epoll on it reports the kernel's forced wake-ups.
+    let dup = nix::unistd::dup(tracer.ring_fd()).context("cannot duplicate the ring buffer fd")?;
+    // SAFETY: `dup` is an owned descriptor that nothing else registers or closes.
+    let ring_fd = unsafe { AsyncFd::register(dup) }
+        .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
+    let mut tick = tokio::time::interval(args.drain_interval);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+
+    let mut total = 0u64;
+    let mut shown = 0u64;
+    let mut stdout_closed = false;
+    let mut drain = |tracer: &mut Tracer, stdout_closed: &mut bool| {
+        tracer.drain(|raw| {
+            total += 1;
+            let e = decode(&raw, &clock);
+            if !*stdout_closed && filter.matches(&e) {
+                shown += 1;
+                if printer.print(&e).is_err() {
+                    *stdout_closed = true;
+                }
+            }
+        });
+        if printer.flush().is_err() {
+            *stdout_closed = true;
+        }
+    };
+    loop {
+        tokio::select! {
+            guard = ring_fd.readable() => {
+                if let Ok(mut g) = guard { g.clear_ready(); }
+            }
+            _ = tick.tick() => {}
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline => break,
+        }
+        drain(&mut tracer, &mut stdout_closed);
+        if stdout_closed {
+            break;
+        }
+    }
+    // Everything submitted before we stopped is still in the ring buffer.
+    drain(&mut tracer, &mut stdout_closed);
+    let lost = tracer.lost();
+    eprintln!(
+        "port-trace: {total} events, {shown} shown, {lost} lost to a full ring buffer{}",
+        if lost > 0 { " (raise --ring-kib)" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
+}

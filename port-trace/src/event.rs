@@ -1,0 +1,233 @@
+//! Decoding ring-buffer records into events users read.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use nix::errno::Errno;
+use port_trace_common::{EVENT_SIZE, PortEvent, family, hook, op, proto};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer record is {0} bytes, expected {EVENT_SIZE}")]
+    Size(usize),
+}
+
+/// One kernel port choice or failure, as printed by `trace --format json`.
+/// Field names are part of the recording format read by `analyze`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    pub op: String,
+    pub proto: String,
+    pub family: String,
+    pub port: u16,
+    pub saddr: IpAddr,
+    pub daddr: Option<IpAddr>,
+    pub dport: Option<u16>,
+    /// `ok` or the errno name, e.g. `EADDRNOTAVAIL`.
+    pub result: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub netns: u32,
+    pub hook: String,
+}
+
+impl Event {
+    pub fn is_ok(&self) -> bool {
+        self.result == "ok"
+    }
+}
+
+/// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    boot_to_wall_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        use nix::time::{ClockId, clock_gettime};
+        let ns = |id| {
+            clock_gettime(id)
+                .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+                .unwrap_or(0)
+        };
+        let wall = ns(ClockId::CLOCK_REALTIME);
+        let boot = ns(ClockId::CLOCK_BOOTTIME);
+        Self {
+            boot_to_wall_ns: wall - boot,
+        }
+    }
+
+    /// A clock that leaves stamps as they are (tests).
+    pub fn identity() -> Self {
+        Self { boot_to_wall_ns: 0 }
+    }
+
+    pub fn wall_ns(&self, boot_ns: u64) -> u64 {
+        (boot_ns as i128 + self.boot_to_wall_ns).max(0) as u64
+    }
+}
+
+pub fn errno_name(errno: i32) -> String {
+    if errno == 0 {
+        return "ok".into();
+    }
+    match Errno::from_raw(errno) {
+        Errno::UnknownErrno => format!("E{errno}"),
+        e => format!("{e:?}"),
+    }
+}
+
+fn addr(fam: u8, bytes: &[u8; 16]) -> IpAddr {
+    if fam == family::INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    }
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+pub fn proto_name(p: u8) -> &'static str {
+    match p {
+        proto::TCP => "tcp",
+        proto::UDP => "udp",
+        _ => "unknown",
+    }
+}
+
+pub fn family_name(f: u8) -> &'static str {
+    match f {
+        family::INET => "ipv4",
+        family::INET6 => "ipv6",
+        _ => "unknown",
+    }
+}
+
+/// Reads one ring-buffer record.
+pub fn parse_raw(bytes: &[u8]) -> Result<PortEvent, DecodeError> {
+    if bytes.len() < EVENT_SIZE {
+        return Err(DecodeError::Size(bytes.len()));
+    }
+    // SAFETY: PortEvent is repr(C) plain data, the length is checked, and read_unaligned
+    // copes with any alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PortEvent>()) })
+}
+
+pub fn decode(raw: &PortEvent, clock: &Clock) -> Event {
+    let has_dest = raw.has_daddr != 0;
+    Event {
+        ts_ns: clock.wall_ns(raw.ts_ns),
+        op: op::name(raw.op).into(),
+        proto: proto_name(raw.proto).into(),
+        family: family_name(raw.family).into(),
+        port: raw.port,
+        saddr: addr(raw.family, &raw.saddr),
+        daddr: has_dest.then(|| addr(raw.family, &raw.daddr)),
+        dport: has_dest.then_some(raw.dport),
+        result: errno_name(raw.errno),
+        pid: raw.pid,
+        tid: raw.tid,
+        comm: comm(&raw.comm),
+        uid: raw.uid,
+        cgroup_id: raw.cgroup_id,
+        netns: raw.netns,
+        hook: hook::name(raw.hook).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> PortEvent {
+        let mut r = PortEvent {
+            ts_ns: 5,
+            pid: 10,
+            tid: 11,
+            uid: 1000,
+            netns: 4026531840,
+            port: 40000,
+            dport: 443,
+            op: op::CONNECT,
+            proto: proto::TCP,
+            family: family::INET,
+            hook: hook::SOCK_OPS_CONNECT,
+            has_daddr: 1,
+            ..Default::default()
+        };
+        r.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        r.comm[..4].copy_from_slice(b"curl");
+        r
+    }
+
+    #[test]
+    fn decodes_ipv4_connect() {
+        let r = raw();
+        let bytes: [u8; EVENT_SIZE] = unsafe { std::mem::transmute(r) };
+        let e = decode(&parse_raw(&bytes).unwrap(), &Clock::identity());
+        assert_eq!(e.op, "connect");
+        assert_eq!(e.proto, "tcp");
+        assert_eq!(e.family, "ipv4");
+        assert_eq!(e.saddr.to_string(), "127.0.0.1");
+        assert_eq!(e.daddr.unwrap().to_string(), "10.1.2.3");
+        assert_eq!(e.dport, Some(443));
+        assert_eq!(e.comm, "curl");
+        assert_eq!(e.result, "ok");
+        assert_eq!(e.hook, "sock_ops/tcp_connect_cb");
+        assert_eq!(e.ts_ns, 5);
+    }
+
+    #[test]
+    fn decodes_ipv6_failure_without_destination() {
+        let mut r = raw();
+        r.family = family::INET6;
+        r.op = op::BIND;
+        r.has_daddr = 0;
+        r.port = 0;
+        r.errno = 98;
+        r.saddr = Ipv6Addr::LOCALHOST.octets();
+        let e = decode(&r, &Clock::identity());
+        assert_eq!(e.saddr.to_string(), "::1");
+        assert_eq!(e.daddr, None);
+        assert_eq!(e.dport, None);
+        assert_eq!(e.result, "EADDRINUSE");
+        assert!(!e.is_ok());
+    }
+
+    #[test]
+    fn short_record_is_an_error() {
+        assert_eq!(parse_raw(&[0u8; 10]), Err(DecodeError::Size(10)));
+    }
+
+    #[test]
+    fn errno_names() {
+        assert_eq!(errno_name(99), "EADDRNOTAVAIL");
+        assert_eq!(errno_name(11), "EAGAIN");
+        assert_eq!(errno_name(0), "ok");
+        assert_eq!(errno_name(4000), "E4000");
+    }
+
+    #[test]
+    fn json_field_names_are_stable() {
+        let e = decode(&raw(), &Clock::identity());
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|s| s.as_str()).collect();
+        for k in [
+            "ts_ns", "op", "proto", "family", "port", "saddr", "daddr", "dport", "result", "pid",
+            "tid", "comm", "uid", "cgroup_id", "netns", "hook",
+        ] {
+            assert!(keys.contains(&k), "missing {k}");
+        }
+        assert_eq!(keys.len(), 16);
+    }
+}

@@ -1,0 +1,177 @@
+//! Offsets of kernel struct fields, read from the running kernel's BTF.
+//!
+//! The eBPF object is compiled once, but `struct sock`, `struct file` and friends change between
+//! kernel builds. Rust emits no CO-RE relocations, so the loader resolves each field here and
+//! hands the numbers to the programs as a global.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use port_trace_common::{KernelOffsets, layout};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("cannot read kernel BTF at {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {0} has no field {1}")]
+    NoField(String, String),
+    #[error("kernel BTF: {0}.{1} is a bit-field")]
+    Bitfield(String, String),
+}
+
+/// A resolved field: byte offset from the start of the outer struct.
+fn field_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32, LayoutError> {
+    let ty = btf
+        .resolve_types_by_name(strukt)
+        .map_err(|_| LayoutError::NoStruct(strukt.into()))?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
+        .ok_or_else(|| LayoutError::NoStruct(strukt.into()))?;
+    let mut cur = ty;
+    let mut total_bits = 0u32;
+    for (i, name) in path.iter().enumerate() {
+        let (bits, member_ty) = find_member(btf, &cur, name)
+            .ok_or_else(|| LayoutError::NoField(strukt.into(), path[..=i].join(".")))?;
+        total_bits += bits;
+        cur = member_ty;
+    }
+    if total_bits % 8 != 0 {
+        return Err(LayoutError::Bitfield(strukt.into(), path.join(".")));
+    }
+    Ok(total_bits / 8)
+}
+
+/// Finds `name` in a struct or union, descending into anonymous members.
+/// Returns the bit offset and the member's type with typedefs and qualifiers stripped.
+fn find_member(btf: &Btf, ty: &Type, name: &str) -> Option<(u32, Type)> {
+    let members = match ty {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        _ => return None,
+    };
+    for m in members {
+        let mname = btf.resolve_name(m).unwrap_or_default();
+        let mty = strip(btf, btf.resolve_chained_type(m).ok()?);
+        if mname == name {
+            if m.bitfield_size().is_some_and(|s| s != 0) {
+                return None;
+            }
+            return Some((m.bit_offset(), mty));
+        }
+        if mname.is_empty()
+            && let Some((inner, t)) = find_member(btf, &mty, name)
+        {
+            return Some((m.bit_offset() + inner, t));
+        }
+    }
+    None
+}
+
+fn strip(btf: &Btf, mut ty: Type) -> Type {
+    for _ in 0..16 {
+        let next = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t),
+            Type::Const(t) => btf.resolve_chained_type(t),
+            Type::Volatile(t) => btf.resolve_chained_type(t),
+            Type::Restrict(t) => btf.resolve_chained_type(t),
+            Type::TypeTag(t) => btf.resolve_chained_type(t),
+            _ => return ty,
+        };
+        match next {
+            Ok(n) => ty = n,
+            Err(_) => return ty,
+        }
+    }
+    ty
+}
+
+/// What could be resolved, and why not where it could not.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    pub offsets: KernelOffsets,
+    pub problems: Vec<String>,
+}
+
+impl Layout {
+    pub fn has(&self, group: u32) -> bool {
+        self.offsets.valid & group == group
+    }
+}
+
+pub fn load(path: &Path) -> Result<Btf, LayoutError> {
+    Btf::from_file(path).map_err(|e| LayoutError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Resolves every offset the programs use; groups that fail are left invalid and explained.
+pub fn resolve(btf: &Btf) -> Layout {
+    let mut o = KernelOffsets::default();
+    let mut problems = Vec::new();
+    macro_rules! grp {
+        ($bit:expr, [$(($dst:ident, $st:expr, $path:expr)),* $(,)?]) => {{
+            let mut ok = true;
+            $(
+                match field_offset(btf, $st, $path) {
+                    Ok(v) => o.$dst = v,
+                    Err(e) => { ok = false; problems.push(e.to_string()); }
+                }
+            )*
+            if ok { o.valid |= $bit; }
+        }};
+    }
+
+    grp!(layout::FD_WALK, [
+        (task_files, "task_struct", &["files"]),
+        (files_fdt, "files_struct", &["fdt"]),
+        (fdt_max_fds, "fdtable", &["max_fds"]),
+        (fdt_fd, "fdtable", &["fd"]),
+        (file_inode, "file", &["f_inode"]),
+        (file_private_data, "file", &["private_data"]),
+        (inode_mode, "inode", &["i_mode"]),
+        (socket_sk, "socket", &["sk"]),
+    ]);
+    grp!(layout::SOCK, [
+        (sk_num, "sock", &["__sk_common", "skc_num"]),
+        (sk_family, "sock", &["__sk_common", "skc_family"]),
+        (sk_protocol, "sock", &["sk_protocol"]),
+        (sk_rcv_saddr, "sock", &["__sk_common", "skc_rcv_saddr"]),
+        (sk_v6_rcv_saddr, "sock", &["__sk_common", "skc_v6_rcv_saddr"]),
+    ]);
+    grp!(layout::NETNS, [
+        (task_nsproxy, "task_struct", &["nsproxy"]),
+        (nsproxy_net_ns, "nsproxy", &["net_ns"]),
+        (net_ns_inum, "net", &["ns", "inum"]),
+    ]);
+    Layout {
+        offsets: o,
+        problems,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Runs wherever the kernel exposes BTF; the numbers are checked against the kernel's own
+    // view through `bpftool` in the integration tests.
+    #[test]
+    fn resolves_this_kernel() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("skipped: no {VMLINUX_BTF}");
+            return;
+        }
+        let btf = load(path).unwrap();
+        let l = resolve(&btf);
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert!(l.has(layout::FD_WALK | layout::SOCK | layout::NETNS));
+        // skc_family is the first 2-byte field after the addresses and hash in sock_common.
+        assert!(l.offsets.sk_family > 0 && l.offsets.sk_family < 64);
+        assert_ne!(l.offsets.sk_num, l.offsets.sk_family);
+    }
+}

@@ -1,0 +1,10 @@
+//! port-trace: trace the Linux kernel's source-port choices with eBPF.
+
+pub mod cli;
+pub mod event;
+pub mod filter;
+pub mod hooks;
+pub mod kernel_layout;
+pub mod loader;
+pub mod output;
+pub mod probe;

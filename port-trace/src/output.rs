@@ -1,0 +1,155 @@
+//! Printing events: aligned columns for a terminal, or one JSON object per line.
+
+use std::io::{self, Write};
+
+use chrono::{Local, TimeZone};
+
+use crate::event::Event;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+pub const TABLE_HEADER: &str = "TIME         PID     COMM             OP       PROTO FAM  PORT  LOCAL                    DESTINATION                     RESULT         HOOK";
+
+fn hms(ts_ns: u64) -> String {
+    let secs = (ts_ns / 1_000_000_000) as i64;
+    let nanos = (ts_ns % 1_000_000_000) as u32;
+    match Local.timestamp_opt(secs, nanos).single() {
+        Some(t) => t.format("%H:%M:%S%.3f").to_string(),
+        None => ts_ns.to_string(),
+    }
+}
+
+fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
+    match addr {
+        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+pub fn table_row(e: &Event) -> String {
+    let dest = match (e.daddr, e.dport) {
+        (Some(a), Some(p)) => endpoint(&a, p),
+        _ => "-".into(),
+    };
+    let fam = if e.family == "ipv6" { "v6" } else { "v4" };
+    format!(
+        "{:<12} {:<7} {:<16} {:<8} {:<5} {:<4} {:<5} {:<24} {:<31} {:<14} {}",
+        hms(e.ts_ns),
+        e.pid,
+        e.comm,
+        e.op,
+        e.proto,
+        fam,
+        e.port,
+        endpoint(&e.saddr, e.port),
+        dest,
+        e.result,
+        e.hook
+    )
+}
+
+/// Writes events; a closed stdout (`| head`) ends the trace quietly.
+pub struct Printer<W: Write> {
+    out: W,
+    format: Format,
+    header_done: bool,
+}
+
+impl<W: Write> Printer<W> {
+    pub fn new(out: W, format: Format) -> Self {
+        Self {
+            out,
+            format,
+            header_done: false,
+        }
+    }
+
+    pub fn print(&mut self, e: &Event) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, e)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Table => {
+                if !self.header_done {
+                    writeln!(self.out, "{TABLE_HEADER}")?;
+                    self.header_done = true;
+                }
+                writeln!(self.out, "{}", table_row(e))
+            }
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Clock, decode};
+    use port_trace_common::PortEvent;
+
+    fn event() -> Event {
+        let mut r = PortEvent {
+            pid: 42,
+            port: 41000,
+            dport: 80,
+            op: 1,
+            proto: 6,
+            family: 2,
+            hook: 1,
+            has_daddr: 1,
+            ..Default::default()
+        };
+        r.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        r.comm[..3].copy_from_slice(b"nc\0");
+        decode(&r, &Clock::identity())
+    }
+
+    #[test]
+    fn json_is_one_object_per_line() {
+        let mut p = Printer::new(Vec::new(), Format::Json);
+        p.print(&event()).unwrap();
+        p.print(&event()).unwrap();
+        let s = String::from_utf8(p.out).unwrap();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["port"], 41000);
+        assert_eq!(v["daddr"], "127.0.0.2");
+        assert_eq!(v["dport"], 80);
+        assert_eq!(v["result"], "ok");
+    }
+
+    #[test]
+    fn json_destination_is_null_without_one() {
+        let mut e = event();
+        e.daddr = None;
+        e.dport = None;
+        let v = serde_json::to_value(&e).unwrap();
+        assert!(v["daddr"].is_null() && v["dport"].is_null());
+    }
+
+    #[test]
+    fn table_columns_line_up_with_header() {
+        let mut p = Printer::new(Vec::new(), Format::Table);
+        p.print(&event()).unwrap();
+        let s = String::from_utf8(p.out).unwrap();
+        let mut lines = s.lines();
+        let header = lines.next().unwrap();
+        let row = lines.next().unwrap();
+        let col = |l: &str, name: &str| header.find(name).map(|i| &l[i..]).unwrap().to_string();
+        assert!(col(row, "PID").starts_with("42 "));
+        assert!(col(row, "OP").starts_with("connect "));
+        assert!(col(row, "PORT").starts_with("41000"));
+        assert!(col(row, "DESTINATION").starts_with("127.0.0.2:80 "));
+        assert!(col(row, "RESULT").starts_with("ok "));
+    }
+}

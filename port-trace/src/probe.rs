@@ -1,0 +1,209 @@
+//! What this kernel offers: probed once at start-up, shown by `port-trace check`, and used to
+//! pick a hook set.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{maps::MapType, programs::ProgramType};
+
+use crate::kernel_layout::{self, Layout};
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+pub const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+/// One yes/no fact about the kernel, with a note for humans.
+#[derive(Debug, Clone)]
+pub struct Fact {
+    pub ok: bool,
+    pub note: String,
+}
+
+impl Fact {
+    fn new(ok: bool, note: impl Into<String>) -> Self {
+        Self {
+            ok,
+            note: note.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KernelSupport {
+    pub release: String,
+    pub root: Fact,
+    pub btf: Fact,
+    pub layout: Option<Layout>,
+    pub ringbuf: Fact,
+    pub kprobes: Fact,
+    pub fentry: Fact,
+    pub cgroup2: Option<PathBuf>,
+    pub tracefs: Option<PathBuf>,
+    pub sock_ops: Fact,
+    pub cgroup_sock: Fact,
+    pub cgroup_sock_addr: Fact,
+    pub tracepoint: Fact,
+    /// Tracepoints the cgroup hook set needs that this kernel lacks.
+    pub missing_tracepoints: Vec<String>,
+}
+
+/// Tracepoints used by the cgroup hook set.
+pub const TRACEPOINTS: &[(&str, &str)] = &[
+    ("sock", "inet_sock_set_state"),
+    ("syscalls", "sys_enter_sendto"),
+    ("syscalls", "sys_enter_sendmsg"),
+    ("syscalls", "sys_enter_sendmmsg"),
+    ("syscalls", "sys_exit_connect"),
+    ("syscalls", "sys_exit_bind"),
+    ("syscalls", "sys_exit_listen"),
+    ("syscalls", "sys_exit_sendto"),
+    ("syscalls", "sys_exit_sendmsg"),
+    ("syscalls", "sys_exit_sendmmsg"),
+];
+
+fn prog_supported(t: ProgramType) -> Fact {
+    match aya::sys::is_program_supported(t) {
+        Ok(true) => Fact::new(true, "loads"),
+        Ok(false) => Fact::new(false, "the kernel refuses this program type"),
+        Err(e) => Fact::new(false, format!("probe failed: {e}")),
+    }
+}
+
+/// Finds the cgroup v2 mount (often /sys/fs/cgroup, /sys/fs/cgroup/unified on hybrid hosts).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_cgroup2_mount(&info)
+}
+
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // "... mount-point ... - fstype source opts"
+        let (pre, post) = line.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// Finds tracefs, mounting it at /sys/kernel/tracing when nothing is mounted (needs root).
+pub fn tracefs(mount_if_missing: bool) -> Option<PathBuf> {
+    for p in [TRACEFS, DEBUGFS_TRACING] {
+        if Path::new(p).join("events").is_dir() {
+            return Some(p.into());
+        }
+    }
+    if mount_if_missing
+        && nix::mount::mount(
+            Some("nodev"),
+            TRACEFS,
+            Some("tracefs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .is_ok()
+        && Path::new(TRACEFS).join("events").is_dir()
+    {
+        return Some(TRACEFS.into());
+    }
+    None
+}
+
+fn kprobes_available(tracefs: Option<&Path>) -> Fact {
+    let pmu = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    let events = tracefs.is_some_and(|t| t.join("kprobe_events").exists());
+    if pmu || events {
+        Fact::new(true, "kprobe PMU present")
+    } else {
+        Fact::new(false, "no kprobe PMU or kprobe_events (CONFIG_KPROBES off?)")
+    }
+}
+
+impl KernelSupport {
+    pub fn probe(mount_tracefs: bool) -> Self {
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let root = nix::unistd::geteuid().is_root();
+        let btf_path = Path::new(kernel_layout::VMLINUX_BTF);
+        let (btf, layout) = match kernel_layout::load(btf_path) {
+            Ok(b) => (
+                Fact::new(true, kernel_layout::VMLINUX_BTF),
+                Some(kernel_layout::resolve(&b)),
+            ),
+            Err(e) => (Fact::new(false, e.to_string()), None),
+        };
+        let tracefs = tracefs(mount_tracefs && root);
+        let missing_tracepoints = match &tracefs {
+            Some(t) => TRACEPOINTS
+                .iter()
+                .filter(|(c, n)| !t.join("events").join(c).join(n).is_dir())
+                .map(|(c, n)| format!("{c}/{n}"))
+                .collect(),
+            None => TRACEPOINTS.iter().map(|(c, n)| format!("{c}/{n}")).collect(),
+        };
+        let unknown = || Fact::new(false, "not probed: needs root");
+        let ringbuf = if root {
+            match aya::sys::is_map_supported(MapType::RingBuf) {
+                Ok(true) => Fact::new(true, "BPF_MAP_TYPE_RINGBUF"),
+                Ok(false) => Fact::new(false, "no BPF ring buffer (kernel < 5.8)"),
+                Err(e) => Fact::new(false, format!("probe failed: {e}")),
+            }
+        } else {
+            unknown()
+        };
+        let prog = |t| if root { prog_supported(t) } else { unknown() };
+        Self {
+            release,
+            root: Fact::new(root, if root { "running as root" } else { "not root" }),
+            kprobes: kprobes_available(tracefs.as_deref()),
+            fentry: fentry_fact(root, btf.ok),
+            btf,
+            layout,
+            ringbuf,
+            cgroup2: cgroup2_mount(),
+            tracefs,
+            sock_ops: prog(ProgramType::SockOps),
+            cgroup_sock: prog(ProgramType::CgroupSock),
+            cgroup_sock_addr: prog(ProgramType::CgroupSockAddr),
+            tracepoint: prog(ProgramType::TracePoint),
+            missing_tracepoints,
+        }
+    }
+}
+
+/// fentry/fexit need BTF and trampolines; the program type loading is only part of the story
+/// (some kernels load it and refuse the attach), so the fexit hook set probes for real.
+fn fentry_fact(root: bool, btf: bool) -> Fact {
+    if !btf {
+        return Fact::new(false, "needs kernel BTF");
+    }
+    if !root {
+        return Fact::new(false, "not probed: needs root");
+    }
+    match aya::sys::is_program_supported(ProgramType::Tracing) {
+        Ok(true) => Fact::new(true, "BPF_PROG_TYPE_TRACING loads"),
+        Ok(false) => Fact::new(false, "BPF_PROG_TYPE_TRACING refused"),
+        Err(e) => Fact::new(false, format!("probe failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_hybrid_cgroup2_mount() {
+        let info = "\
+25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev - cgroup2 cgroup2 rw
+27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+";
+        assert_eq!(
+            parse_cgroup2_mount(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(parse_cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+    }
+}
