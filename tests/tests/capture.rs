@@ -1,0 +1,318 @@
+//! Every row of the capture table, IPv4 and IPv6, checked against ground truth from the
+//! syscalls. Each test owns a network namespace, so nothing else on the host shows up.
+
+use std::{
+    io::IoSlice,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
+};
+
+use port_trace_tests::{Netns, SERIAL, TraceProcess, Truth, assert_same, require_root};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+const V4: &str = "ipv4";
+const V6: &str = "ipv6";
+
+fn lo(v6: bool, port: u16) -> SocketAddr {
+    if v6 {
+        SocketAddr::from((Ipv6Addr::LOCALHOST, port))
+    } else {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+}
+
+fn fam(v6: bool) -> &'static str {
+    if v6 { V6 } else { V4 }
+}
+
+fn domain(v6: bool) -> Domain {
+    if v6 { Domain::IPV6 } else { Domain::IPV4 }
+}
+
+fn local_port(s: &Socket) -> u16 {
+    s.local_addr()
+        .unwrap()
+        .as_socket()
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Runs `workload` in a fresh namespace under the tracer and checks the events against the
+/// truths it returns.
+fn traced(
+    test: &str,
+    comm: &'static str,
+    setup: impl FnOnce(&Netns),
+    workload: impl FnOnce() -> Vec<Truth> + Send + 'static,
+) {
+    if !require_root(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new().expect("create network namespace");
+    setup(&ns);
+    let tracer = TraceProcess::in_netns(&ns).expect("start port-trace");
+    assert!(
+        tracer.banner.contains("hook set"),
+        "banner names the hook set: {}",
+        tracer.banner
+    );
+    let (truths, tid) = ns.run(comm, workload).expect("workload");
+    let (events, stderr) = tracer.stop().expect("stop port-trace");
+    assert!(stderr.contains(" 0 lost"), "no events lost: {stderr}");
+    assert!(!truths.is_empty());
+    assert_same(&events, &truths, tid, comm);
+}
+
+#[test]
+fn tcp_connect_v4_and_v6() {
+    traced("tcp_connect_v4_and_v6", "pt-connect", |_| {}, || {
+        let mut truths = Vec::new();
+        let mut keep = Vec::new();
+        for v6 in [false, true] {
+            // An explicitly chosen port is not an event.
+            let listener = TcpListener::bind(lo(v6, 5000)).unwrap();
+            for _ in 0..5 {
+                let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
+                s.connect(&SockAddr::from(lo(v6, 5000))).unwrap();
+                truths.push(Truth::ok("connect", "tcp", fam(v6), local_port(&s), Some(lo(v6, 5000))));
+                keep.push(s);
+            }
+            keep.push(Socket::from(listener));
+        }
+        truths
+    });
+}
+
+#[test]
+fn bind_port_zero_tcp_and_udp() {
+    traced("bind_port_zero_tcp_and_udp", "pt-bind", |_| {}, || {
+        let mut truths = Vec::new();
+        let mut keep = Vec::new();
+        for v6 in [false, true] {
+            for (ty, proto) in [(Type::STREAM, "tcp"), (Type::DGRAM, "udp")] {
+                for _ in 0..3 {
+                    let s = Socket::new(domain(v6), ty, None).unwrap();
+                    s.bind(&SockAddr::from(lo(v6, 0))).unwrap();
+                    truths.push(Truth::ok("bind", proto, fam(v6), local_port(&s), None));
+                    keep.push(s);
+                }
+                // Explicit ports are the user's choice, not the kernel's.
+                let s = Socket::new(domain(v6), ty, None).unwrap();
+                s.bind(&SockAddr::from(lo(v6, 6000))).unwrap();
+                keep.push(s);
+            }
+        }
+        truths
+    });
+}
+
+#[test]
+fn listen_on_unbound_socket() {
+    traced("listen_on_unbound_socket", "pt-listen", |_| {}, || {
+        let mut truths = Vec::new();
+        let mut keep = Vec::new();
+        for v6 in [false, true] {
+            let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
+            s.listen(16).unwrap();
+            // listen() binds the wildcard address.
+            truths.push(Truth::ok("listen", "tcp", fam(v6), local_port(&s), None));
+            keep.push(s);
+            // A bound socket's listen() picks nothing.
+            let b = Socket::new(domain(v6), Type::STREAM, None).unwrap();
+            b.bind(&SockAddr::from(lo(v6, 7000))).unwrap();
+            b.listen(16).unwrap();
+            keep.push(b);
+        }
+        truths
+    });
+}
+
+fn sendmmsg(s: &Socket, dest: &SockAddr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut buf = *b"x";
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
+    msg.msg_hdr.msg_name = dest.as_ptr() as *mut _;
+    msg.msg_hdr.msg_namelen = dest.len();
+    msg.msg_hdr.msg_iov = &mut iov;
+    msg.msg_hdr.msg_iovlen = 1;
+    let r = unsafe { libc::sendmmsg(s.as_raw_fd(), &mut msg, 1, 0) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[test]
+fn udp_autobind_on_send_and_connect() {
+    traced("udp_autobind_on_send_and_connect", "pt-udp", |_| {}, || {
+        let mut truths = Vec::new();
+        let mut keep = Vec::new();
+        for v6 in [false, true] {
+            let dest = lo(v6, 9999);
+            let sa = SockAddr::from(dest);
+            let new = || Socket::new(domain(v6), Type::DGRAM, None).unwrap();
+
+            let s = new();
+            s.send_to(b"x", &sa).unwrap();
+            truths.push(Truth::ok("autobind", "udp", fam(v6), local_port(&s), Some(dest)));
+            // A second send from the same socket picks nothing.
+            s.send_to(b"y", &sa).unwrap();
+            keep.push(s);
+
+            let s = new();
+            s.send_to_vectored(&[IoSlice::new(b"x")], &sa).unwrap();
+            truths.push(Truth::ok("autobind", "udp", fam(v6), local_port(&s), Some(dest)));
+            keep.push(s);
+
+            let s = new();
+            sendmmsg(&s, &sa).unwrap();
+            truths.push(Truth::ok("autobind", "udp", fam(v6), local_port(&s), Some(dest)));
+            keep.push(s);
+
+            let s = new();
+            s.connect(&sa).unwrap();
+            truths.push(Truth::ok("autobind", "udp", fam(v6), local_port(&s), Some(dest)));
+            s.send(b"z").unwrap();
+            keep.push(s);
+
+            // Explicitly bound: neither the bind nor the send is an event.
+            let s = new();
+            s.bind(&SockAddr::from(lo(v6, 6001))).unwrap();
+            s.send_to(b"x", &sa).unwrap();
+            keep.push(s);
+        }
+        truths
+    });
+}
+
+/// A four-port range makes exhaustion quick and certain.
+fn narrow_range(ns: &Netns) {
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40003")
+        .expect("narrow ip_local_port_range");
+}
+
+#[test]
+fn tcp_connect_exhaustion_reports_eaddrnotavail() {
+    traced(
+        "tcp_connect_exhaustion_reports_eaddrnotavail",
+        "pt-exhaust",
+        narrow_range,
+        || {
+            let mut truths = Vec::new();
+            let mut keep = Vec::new();
+            for v6 in [false, true] {
+                let dest = lo(v6, 5000);
+                keep.push(Socket::from(TcpListener::bind(dest).unwrap()));
+                let mut failed = false;
+                for _ in 0..20 {
+                    let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
+                    match s.connect(&SockAddr::from(dest)) {
+                        Ok(()) => {
+                            truths.push(Truth::ok("connect", "tcp", fam(v6), local_port(&s), Some(dest)));
+                            keep.push(s);
+                        }
+                        Err(e) => {
+                            assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+                            truths.push(Truth::failed("connect", "tcp", fam(v6), Some(dest), &e));
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                assert!(failed, "the range never ran out");
+            }
+            truths
+        },
+    );
+}
+
+#[test]
+fn bind_and_listen_exhaustion_report_eaddrinuse() {
+    traced(
+        "bind_and_listen_exhaustion_report_eaddrinuse",
+        "pt-exhaust",
+        narrow_range,
+        || {
+            let mut truths = Vec::new();
+            let mut keep = Vec::new();
+            // Dual-stack wildcard binds fill the range for both families.
+            let mut failed = false;
+            for _ in 0..20 {
+                let s = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+                s.set_only_v6(false).unwrap();
+                match s.bind(&SockAddr::from(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))) {
+                    Ok(()) => {
+                        truths.push(Truth::ok("bind", "tcp", V6, local_port(&s), None));
+                        keep.push(s);
+                    }
+                    Err(e) => {
+                        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
+                        truths.push(Truth::failed("bind", "tcp", V6, None, &e));
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            assert!(failed, "the range never ran out");
+            for v6 in [false, true] {
+                let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
+                let e = s.bind(&SockAddr::from(lo(v6, 0))).unwrap_err();
+                truths.push(Truth::failed("bind", "tcp", fam(v6), None, &e));
+                let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
+                let e = s.listen(16).unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
+                truths.push(Truth::failed("listen", "tcp", fam(v6), None, &e));
+            }
+            truths
+        },
+    );
+}
+
+#[test]
+fn udp_exhaustion_reports_eagain_on_autobind() {
+    traced(
+        "udp_exhaustion_reports_eagain_on_autobind",
+        "pt-exhaust",
+        narrow_range,
+        || {
+            let mut truths = Vec::new();
+            let mut keep = Vec::new();
+            let mut failed = false;
+            for _ in 0..20 {
+                let s = Socket::new(Domain::IPV6, Type::DGRAM, None).unwrap();
+                s.set_only_v6(false).unwrap();
+                match s.bind(&SockAddr::from(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))) {
+                    Ok(()) => {
+                        truths.push(Truth::ok("bind", "udp", V6, local_port(&s), None));
+                        keep.push(s);
+                    }
+                    Err(e) => {
+                        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
+                        truths.push(Truth::failed("bind", "udp", V6, None, &e));
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            assert!(failed, "the range never ran out");
+            for v6 in [false, true] {
+                let dest = lo(v6, 9999);
+                let sa = SockAddr::from(dest);
+                let s = Socket::new(domain(v6), Type::DGRAM, None).unwrap();
+                let e = s.send_to(b"x", &sa).unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");
+                truths.push(Truth::failed("autobind", "udp", fam(v6), Some(dest), &e));
+                let s = Socket::new(domain(v6), Type::DGRAM, None).unwrap();
+                let e = s.connect(&sa).unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");
+                truths.push(Truth::failed("autobind", "udp", fam(v6), Some(dest), &e));
+            }
+            truths
+        },
+    );
+}
