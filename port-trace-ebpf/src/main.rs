@@ -17,6 +17,7 @@
 #![no_std]
 #![no_main]
 
+use aya_ebpf::Global;
 use aya_ebpf::{
     bindings::{
         BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_TCP_CONNECT_CB,
@@ -31,10 +32,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{SockAddrContext, SockContext, SockOpsContext, TracePointContext},
 };
-use aya_ebpf::Global;
-use port_trace_common::{
-    KernelOffsets, PortEvent, family, hook, layout, op, proto, stat,
-};
+use port_trace_common::{KernelOffsets, PortEvent, family, hook, layout, op, proto, stat};
 
 /// Context fields must be loaded at a constant offset from the context pointer, so every field
 /// is read once, unconditionally, before any branch can make LLVM merge the addresses.
@@ -151,11 +149,15 @@ fn current_netns(o: &KernelOffsets) -> u32 {
     }
     unsafe {
         let task = bpf_get_current_task();
-        let Some(nsproxy) = read::<u64>(task, o.task_nsproxy) else { return 0 };
+        let Some(nsproxy) = read::<u64>(task, o.task_nsproxy) else {
+            return 0;
+        };
         if nsproxy == 0 {
             return 0;
         }
-        let Some(net) = read::<u64>(nsproxy, o.nsproxy_net_ns) else { return 0 };
+        let Some(net) = read::<u64>(nsproxy, o.nsproxy_net_ns) else {
+            return 0;
+        };
         read::<u32>(net, o.net_ns_inum).unwrap_or(0)
     }
 }
@@ -269,8 +271,13 @@ fn on_connect(ctx: &SockAddrContext, fam: u8) {
     let user_port = ctx_read!(sa, user_port);
     // connect4/bind4 may not touch user_ip6 (nor the 6 variants user_ip4): `fam` is a
     // constant here, so only one branch is compiled into each program.
-    let daddr = if fam == family::INET { ip4(ctx_read!(sa, user_ip4)) } else { ip6(ctx_read6!(sa, user_ip6)) };
-    let sk: *mut bpf_sock = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*sa).__bindgen_anon_1.sk)) };
+    let daddr = if fam == family::INET {
+        ip4(ctx_read!(sa, user_ip4))
+    } else {
+        ip6(ctx_read6!(sa, user_ip6))
+    };
+    let sk: *mut bpf_sock =
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*sa).__bindgen_anon_1.sk)) };
     let Some((_, tid)) = current() else { return };
     let Some(pr) = proto_of(protocol) else { return };
     if sk.is_null() {
@@ -280,12 +287,20 @@ fn on_connect(ctx: &SockAddrContext, fam: u8) {
     if ctx_read!(sk, src_port) != 0 {
         return;
     }
-    let mut p = empty_pending(if pr == proto::TCP { op::CONNECT } else { op::AUTOBIND }, pr, fam);
+    let mut p = empty_pending(
+        if pr == proto::TCP {
+            op::CONNECT
+        } else {
+            op::AUTOBIND
+        },
+        pr,
+        fam,
+    );
     p.sk = sk as u64;
     p.has_daddr = 1;
     p.dport = u16::from_be(user_port as u16);
     p.daddr = daddr;
-    let _ = PENDING.insert(&tid, &p, 0);
+    let _ = PENDING.insert(tid, p, 0);
 }
 
 #[sock_ops]
@@ -309,12 +324,14 @@ fn on_tcp_cb(so: *const bpf_sock_ops, want_op: u8, hook_id: u8) {
     let local_port = ctx_read!(so, local_port);
     let remote_port = ctx_read!(so, remote_port);
     let Some((tgid, tid)) = current() else { return };
-    let Some(pending) = (unsafe { PENDING.get(&tid) }) else { return };
+    let Some(pending) = (unsafe { PENDING.get(tid) }) else {
+        return;
+    };
     if pending.op != want_op || pending.proto != proto::TCP {
         return;
     }
     let mut p = *pending;
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
     p.family = fam;
     if fam == family::INET {
         p.saddr = ip4(local4);
@@ -322,7 +339,11 @@ fn on_tcp_cb(so: *const bpf_sock_ops, want_op: u8, hook_id: u8) {
         p.saddr = ip6(local6);
     }
     if want_op == op::CONNECT {
-        p.daddr = if fam == family::INET { ip4(remote4) } else { ip6(remote6) };
+        p.daddr = if fam == family::INET {
+            ip4(remote4)
+        } else {
+            ip6(remote6)
+        };
         // remote_port holds the big-endian port in its upper 16 bits.
         p.dport = u32::from_be(remote_port) as u16;
         p.has_daddr = 1;
@@ -352,7 +373,11 @@ fn on_bind(ctx: &SockAddrContext, fam: u8) {
     let user_port = ctx_read!(sa, user_port);
     // connect4/bind4 may not touch user_ip6 (nor the 6 variants user_ip4): `fam` is a
     // constant here, so only one branch is compiled into each program.
-    let daddr = if fam == family::INET { ip4(ctx_read!(sa, user_ip4)) } else { ip6(ctx_read6!(sa, user_ip6)) };
+    let daddr = if fam == family::INET {
+        ip4(ctx_read!(sa, user_ip4))
+    } else {
+        ip6(ctx_read6!(sa, user_ip6))
+    };
     if user_port != 0 {
         return; // The user chose the port.
     }
@@ -360,7 +385,7 @@ fn on_bind(ctx: &SockAddrContext, fam: u8) {
     let Some(pr) = proto_of(protocol) else { return };
     let mut p = empty_pending(op::BIND, pr, fam);
     p.saddr = daddr;
-    let _ = PENDING.insert(&tid, &p, 0);
+    let _ = PENDING.insert(tid, p, 0);
 }
 
 #[cgroup_sock(post_bind4)]
@@ -379,12 +404,14 @@ pub fn pt_post_bind6(ctx: SockContext) -> i32 {
 fn on_post_bind(ctx: &SockContext, hook_id: u8) {
     let port = ctx_read!(ctx.sock, src_port) as u16;
     let Some((tgid, tid)) = current() else { return };
-    let Some(pending) = (unsafe { PENDING.get(&tid) }) else { return };
+    let Some(pending) = (unsafe { PENDING.get(tid) }) else {
+        return;
+    };
     if pending.op != op::BIND {
         return;
     }
     let p = *pending;
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
     // IP_BIND_ADDRESS_NO_PORT: no port yet, connect() will pick it.
     if port == 0 {
         return;
@@ -411,7 +438,9 @@ fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let oldstate: i32 = unsafe { ctx.read_at(16)? };
     let newstate: i32 = unsafe { ctx.read_at(20)? };
-    let Some((_, tid)) = current() else { return Ok(()) };
+    let Some((_, tid)) = current() else {
+        return Ok(());
+    };
     if oldstate == TCP_CLOSE && newstate == TCP_LISTEN {
         let fam: u16 = unsafe { ctx.read_at(28)? };
         let mut p = empty_pending(op::LISTEN, proto::TCP, fam as u8);
@@ -423,13 +452,14 @@ fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         } else {
             unsafe { ctx.read_at(40)? }
         };
-        let _ = PENDING.insert(&tid, &p, 0);
-    } else if oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE {
-        if let Some(p) = PENDING.get_ptr_mut(&tid) {
-            unsafe {
-                if (*p).op == op::CONNECT {
-                    (*p).failed = 1;
-                }
+        let _ = PENDING.insert(tid, p, 0);
+    } else if oldstate == TCP_SYN_SENT
+        && newstate == TCP_CLOSE
+        && let Some(p) = PENDING.get_ptr_mut(tid)
+    {
+        unsafe {
+            if (*p).op == op::CONNECT {
+                (*p).failed = 1;
             }
         }
     }
@@ -476,9 +506,11 @@ fn on_send_enter(fd: u64, uaddr: u64) {
         return;
     }
     let Some(sk) = sock_of_fd(&o, fd) else { return };
-    let (Some(fam), Some(pr), Some(num)) = (unsafe { read::<u16>(sk, o.sk_family) }, unsafe {
-        read::<u16>(sk, o.sk_protocol)
-    }, unsafe { read::<u16>(sk, o.sk_num) }) else {
+    let (Some(fam), Some(pr), Some(num)) = (
+        unsafe { read::<u16>(sk, o.sk_family) },
+        unsafe { read::<u16>(sk, o.sk_protocol) },
+        unsafe { read::<u16>(sk, o.sk_num) },
+    ) else {
         return;
     };
     if pr != proto::UDP as u16 || num != 0 {
@@ -490,7 +522,8 @@ fn on_send_enter(fd: u64, uaddr: u64) {
     let sa_family: u16 = unsafe { bpf_probe_read_user(uaddr as *const u16).unwrap_or(0) };
     if sa_family == family::INET as u16 {
         let port: u16 = unsafe { bpf_probe_read_user((uaddr + 2) as *const u16).unwrap_or(0) };
-        let addr: [u8; 4] = unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4]).unwrap_or([0; 4]) };
+        let addr: [u8; 4] =
+            unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4]).unwrap_or([0; 4]) };
         p.dport = u16::from_be(port);
         p.daddr[..4].copy_from_slice(&addr);
         p.has_daddr = 1;
@@ -500,7 +533,7 @@ fn on_send_enter(fd: u64, uaddr: u64) {
         p.daddr = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]).unwrap_or([0; 16]) };
         p.has_daddr = 1;
     }
-    let _ = PENDING.insert(&tid, &p, 0);
+    let _ = PENDING.insert(tid, p, 0);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
@@ -542,9 +575,11 @@ pub fn pt_enter_sendmmsg(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, hook_id: u8) {
     let Some((tgid, tid)) = current() else { return };
-    let Some(pending) = (unsafe { PENDING.get(&tid) }) else { return };
+    let Some(pending) = (unsafe { PENDING.get(tid) }) else {
+        return;
+    };
     let mut p = *pending;
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
     let ret: i64 = unsafe { ctx.read_at(16).unwrap_or(0) };
     if p.op == op::AUTOBIND {
         let o = OFFSETS.load();

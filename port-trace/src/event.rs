@@ -223,8 +223,22 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|s| s.as_str()).collect();
         for k in [
-            "ts_ns", "op", "proto", "family", "port", "saddr", "daddr", "dport", "result", "pid",
-            "tid", "comm", "uid", "cgroup_id", "netns", "hook",
+            "ts_ns",
+            "op",
+            "proto",
+            "family",
+            "port",
+            "saddr",
+            "daddr",
+            "dport",
+            "result",
+            "pid",
+            "tid",
+            "comm",
+            "uid",
+            "cgroup_id",
+            "netns",
+            "hook",
         ] {
             assert!(keys.contains(&k), "missing {k}");
         }

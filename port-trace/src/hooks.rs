@@ -62,7 +62,9 @@ impl HookSetName {
     pub fn availability(&self, k: &KernelSupport) -> Result<(), Unavailable> {
         let mut why = Vec::new();
         if !self.built() {
-            why.push(format!("the {self} hook set is not built into this version"));
+            why.push(format!(
+                "the {self} hook set is not built into this version"
+            ));
         }
         if !k.ringbuf.ok {
             why.push(format!("ring buffer: {}", k.ringbuf.note));
@@ -96,11 +98,18 @@ impl HookSetName {
                     }
                 }
                 if k.tracefs.is_none() {
-                    why.push("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)".into());
+                    why.push(
+                        "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
+                            .into(),
+                    );
                 }
             }
         }
-        if why.is_empty() { Ok(()) } else { Err(Unavailable(why)) }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(Unavailable(why))
+        }
     }
 
     /// Which capture paths this hook set sees on this kernel.
@@ -142,7 +151,11 @@ fn cgroup_coverage(k: &KernelSupport) -> Vec<PathCoverage> {
             "sock/inet_sock_set_state, syscalls/sys_exit_connect",
             tp_missing(&["sock/inet_sock_set_state", "syscalls/sys_exit_connect"]),
         ),
-        row("tcp+udp bind(0) (v4/v6)", "cgroup/bind4+6, cgroup/post_bind4+6", None),
+        row(
+            "tcp+udp bind(0) (v4/v6)",
+            "cgroup/bind4+6, cgroup/post_bind4+6",
+            None,
+        ),
         row(
             "bind(0) failure EADDRINUSE",
             "syscalls/sys_exit_bind",

@@ -39,7 +39,7 @@ fn field_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32, LayoutErr
         total_bits += bits;
         cur = member_ty;
     }
-    if total_bits % 8 != 0 {
+    if !total_bits.is_multiple_of(8) {
         return Err(LayoutError::Bitfield(strukt.into(), path.join(".")));
     }
     Ok(total_bits / 8)
@@ -125,28 +125,41 @@ pub fn resolve(btf: &Btf) -> Layout {
         }};
     }
 
-    grp!(layout::FD_WALK, [
-        (task_files, "task_struct", &["files"]),
-        (files_fdt, "files_struct", &["fdt"]),
-        (fdt_max_fds, "fdtable", &["max_fds"]),
-        (fdt_fd, "fdtable", &["fd"]),
-        (file_inode, "file", &["f_inode"]),
-        (file_private_data, "file", &["private_data"]),
-        (inode_mode, "inode", &["i_mode"]),
-        (socket_sk, "socket", &["sk"]),
-    ]);
-    grp!(layout::SOCK, [
-        (sk_num, "sock", &["__sk_common", "skc_num"]),
-        (sk_family, "sock", &["__sk_common", "skc_family"]),
-        (sk_protocol, "sock", &["sk_protocol"]),
-        (sk_rcv_saddr, "sock", &["__sk_common", "skc_rcv_saddr"]),
-        (sk_v6_rcv_saddr, "sock", &["__sk_common", "skc_v6_rcv_saddr"]),
-    ]);
-    grp!(layout::NETNS, [
-        (task_nsproxy, "task_struct", &["nsproxy"]),
-        (nsproxy_net_ns, "nsproxy", &["net_ns"]),
-        (net_ns_inum, "net", &["ns", "inum"]),
-    ]);
+    grp!(
+        layout::FD_WALK,
+        [
+            (task_files, "task_struct", &["files"]),
+            (files_fdt, "files_struct", &["fdt"]),
+            (fdt_max_fds, "fdtable", &["max_fds"]),
+            (fdt_fd, "fdtable", &["fd"]),
+            (file_inode, "file", &["f_inode"]),
+            (file_private_data, "file", &["private_data"]),
+            (inode_mode, "inode", &["i_mode"]),
+            (socket_sk, "socket", &["sk"]),
+        ]
+    );
+    grp!(
+        layout::SOCK,
+        [
+            (sk_num, "sock", &["__sk_common", "skc_num"]),
+            (sk_family, "sock", &["__sk_common", "skc_family"]),
+            (sk_protocol, "sock", &["sk_protocol"]),
+            (sk_rcv_saddr, "sock", &["__sk_common", "skc_rcv_saddr"]),
+            (
+                sk_v6_rcv_saddr,
+                "sock",
+                &["__sk_common", "skc_v6_rcv_saddr"]
+            ),
+        ]
+    );
+    grp!(
+        layout::NETNS,
+        [
+            (task_nsproxy, "task_struct", &["nsproxy"]),
+            (nsproxy_net_ns, "nsproxy", &["net_ns"]),
+            (net_ns_inum, "net", &["ns", "inum"]),
+        ]
+    );
     Layout {
         offsets: o,
         problems,

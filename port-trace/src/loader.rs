@@ -20,15 +20,21 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("loading eBPF programs needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN); run port-trace as root")]
+    #[error(
+        "loading eBPF programs needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN); run port-trace as root"
+    )]
     NotRoot,
-    #[error("kernel BTF is missing ({0}); port-trace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    #[error(
+        "kernel BTF is missing ({0}); port-trace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
     NoBtf(String),
     #[error("kernel layout: {0}")]
     Layout(String),
     #[error("no usable hook set: {0}")]
     NoHookSet(String),
-    #[error("tracepoint {0} has a layout this build does not know ({1}); please report the kernel version")]
+    #[error(
+        "tracepoint {0} has a layout this build does not know ({1}); please report the kernel version"
+    )]
     TracepointLayout(String, String),
     #[error("failed to load the eBPF object: {0}")]
     Object(String),
@@ -119,9 +125,8 @@ impl Tracer {
         let tracefs = k.tracefs.clone().unwrap_or_default();
         let fmt_path = tracefs.join("events/sock/inet_sock_set_state/format");
         let fmt = fs::read_to_string(&fmt_path).unwrap_or_default();
-        check_format(&fmt, SET_STATE_FIELDS).map_err(|e| {
-            LoadError::TracepointLayout("sock/inet_sock_set_state".into(), e)
-        })?;
+        check_format(&fmt, SET_STATE_FIELDS)
+            .map_err(|e| LoadError::TracepointLayout("sock/inet_sock_set_state".into(), e))?;
 
         // Not needed on kernels with memcg accounting for BPF (5.11+); harmless where it fails.
         let _ = nix::sys::resource::setrlimit(
@@ -180,10 +185,7 @@ impl Tracer {
     }
 
     pub fn stat(&self, idx: u32) -> u64 {
-        self.stats
-            .get(&idx, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
+        self.stats.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     pub fn ring_fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -220,9 +222,8 @@ fn attach_err(name: &str, target: &str, e: &dyn std::error::Error) -> LoadError 
 /// Attaches the cgroup hook set: sock_ops and cgroup programs on the cgroup v2 directory,
 /// tracepoints globally.
 fn attach_cgroup_set(ebpf: &mut Ebpf, cgroup_dir: &Path) -> Result<Vec<String>, LoadError> {
-    let cg = fs::File::open(cgroup_dir).map_err(|e| {
-        LoadError::Cgroup(cgroup_dir.display().to_string(), e.to_string())
-    })?;
+    let cg = fs::File::open(cgroup_dir)
+        .map_err(|e| LoadError::Cgroup(cgroup_dir.display().to_string(), e.to_string()))?;
     let target = cgroup_dir.display().to_string();
     let mut attached = Vec::new();
 
@@ -264,10 +265,7 @@ fn attach_cgroup_set(ebpf: &mut Ebpf, cgroup_dir: &Path) -> Result<Vec<String>, 
     for (category, tp) in TRACEPOINTS {
         let name = match *tp {
             "inet_sock_set_state" => "pt_inet_sock_set_state".to_string(),
-            other => format!(
-                "pt_{}",
-                other.replacen("sys_", "", 1)
-            ),
+            other => format!("pt_{}", other.replacen("sys_", "", 1)),
         };
         let prog: &mut TracePoint = ebpf
             .program_mut(&name)
@@ -302,7 +300,11 @@ mod tests {
 ";
         assert_eq!(check_format(fmt, SET_STATE_FIELDS), Ok(()));
         let shifted = fmt.replace("offset:30", "offset:32");
-        assert!(check_format(&shifted, SET_STATE_FIELDS).unwrap_err().contains("protocol"));
+        assert!(
+            check_format(&shifted, SET_STATE_FIELDS)
+                .unwrap_err()
+                .contains("protocol")
+        );
         assert!(check_format("", SET_STATE_FIELDS).is_err());
     }
 }

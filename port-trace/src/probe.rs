@@ -116,7 +116,10 @@ fn kprobes_available(tracefs: Option<&Path>) -> Fact {
     if pmu || events {
         Fact::new(true, "kprobe PMU present")
     } else {
-        Fact::new(false, "no kprobe PMU or kprobe_events (CONFIG_KPROBES off?)")
+        Fact::new(
+            false,
+            "no kprobe PMU or kprobe_events (CONFIG_KPROBES off?)",
+        )
     }
 }
 
@@ -141,7 +144,10 @@ impl KernelSupport {
                 .filter(|(c, n)| !t.join("events").join(c).join(n).is_dir())
                 .map(|(c, n)| format!("{c}/{n}"))
                 .collect(),
-            None => TRACEPOINTS.iter().map(|(c, n)| format!("{c}/{n}")).collect(),
+            None => TRACEPOINTS
+                .iter()
+                .map(|(c, n)| format!("{c}/{n}"))
+                .collect(),
         };
         let unknown = || Fact::new(false, "not probed: needs root");
         let ringbuf = if root {
@@ -204,6 +210,9 @@ mod tests {
             parse_cgroup2_mount(info),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(parse_cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(
+            parse_cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
     }
 }

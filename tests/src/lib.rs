@@ -174,11 +174,7 @@ impl TraceProcess {
             nix::sys::signal::Signal::SIGINT,
         )?;
         let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)?;
+        self.child.stdout.take().unwrap().read_to_string(&mut out)?;
         let mut err = String::new();
         self.stderr.read_to_string(&mut err)?;
         let status = self.child.wait()?;

@@ -65,66 +65,87 @@ fn traced(
 
 #[test]
 fn tcp_connect_v4_and_v6() {
-    traced("tcp_connect_v4_and_v6", "pt-connect", |_| {}, || {
-        let mut truths = Vec::new();
-        let mut keep = Vec::new();
-        for v6 in [false, true] {
-            // An explicitly chosen port is not an event.
-            let listener = TcpListener::bind(lo(v6, 5000)).unwrap();
-            for _ in 0..5 {
-                let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
-                s.connect(&SockAddr::from(lo(v6, 5000))).unwrap();
-                truths.push(Truth::ok("connect", "tcp", fam(v6), local_port(&s), Some(lo(v6, 5000))));
-                keep.push(s);
+    traced(
+        "tcp_connect_v4_and_v6",
+        "pt-connect",
+        |_| {},
+        || {
+            let mut truths = Vec::new();
+            let mut keep = Vec::new();
+            for v6 in [false, true] {
+                // An explicitly chosen port is not an event.
+                let listener = TcpListener::bind(lo(v6, 5000)).unwrap();
+                for _ in 0..5 {
+                    let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
+                    s.connect(&SockAddr::from(lo(v6, 5000))).unwrap();
+                    truths.push(Truth::ok(
+                        "connect",
+                        "tcp",
+                        fam(v6),
+                        local_port(&s),
+                        Some(lo(v6, 5000)),
+                    ));
+                    keep.push(s);
+                }
+                keep.push(Socket::from(listener));
             }
-            keep.push(Socket::from(listener));
-        }
-        truths
-    });
+            truths
+        },
+    );
 }
 
 #[test]
 fn bind_port_zero_tcp_and_udp() {
-    traced("bind_port_zero_tcp_and_udp", "pt-bind", |_| {}, || {
-        let mut truths = Vec::new();
-        let mut keep = Vec::new();
-        for v6 in [false, true] {
-            for (ty, proto) in [(Type::STREAM, "tcp"), (Type::DGRAM, "udp")] {
-                for _ in 0..3 {
+    traced(
+        "bind_port_zero_tcp_and_udp",
+        "pt-bind",
+        |_| {},
+        || {
+            let mut truths = Vec::new();
+            let mut keep = Vec::new();
+            for v6 in [false, true] {
+                for (ty, proto) in [(Type::STREAM, "tcp"), (Type::DGRAM, "udp")] {
+                    for _ in 0..3 {
+                        let s = Socket::new(domain(v6), ty, None).unwrap();
+                        s.bind(&SockAddr::from(lo(v6, 0))).unwrap();
+                        truths.push(Truth::ok("bind", proto, fam(v6), local_port(&s), None));
+                        keep.push(s);
+                    }
+                    // Explicit ports are the user's choice, not the kernel's.
                     let s = Socket::new(domain(v6), ty, None).unwrap();
-                    s.bind(&SockAddr::from(lo(v6, 0))).unwrap();
-                    truths.push(Truth::ok("bind", proto, fam(v6), local_port(&s), None));
+                    s.bind(&SockAddr::from(lo(v6, 6000))).unwrap();
                     keep.push(s);
                 }
-                // Explicit ports are the user's choice, not the kernel's.
-                let s = Socket::new(domain(v6), ty, None).unwrap();
-                s.bind(&SockAddr::from(lo(v6, 6000))).unwrap();
-                keep.push(s);
             }
-        }
-        truths
-    });
+            truths
+        },
+    );
 }
 
 #[test]
 fn listen_on_unbound_socket() {
-    traced("listen_on_unbound_socket", "pt-listen", |_| {}, || {
-        let mut truths = Vec::new();
-        let mut keep = Vec::new();
-        for v6 in [false, true] {
-            let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
-            s.listen(16).unwrap();
-            // listen() binds the wildcard address.
-            truths.push(Truth::ok("listen", "tcp", fam(v6), local_port(&s), None));
-            keep.push(s);
-            // A bound socket's listen() picks nothing.
-            let b = Socket::new(domain(v6), Type::STREAM, None).unwrap();
-            b.bind(&SockAddr::from(lo(v6, 7000))).unwrap();
-            b.listen(16).unwrap();
-            keep.push(b);
-        }
-        truths
-    });
+    traced(
+        "listen_on_unbound_socket",
+        "pt-listen",
+        |_| {},
+        || {
+            let mut truths = Vec::new();
+            let mut keep = Vec::new();
+            for v6 in [false, true] {
+                let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
+                s.listen(16).unwrap();
+                // listen() binds the wildcard address.
+                truths.push(Truth::ok("listen", "tcp", fam(v6), local_port(&s), None));
+                keep.push(s);
+                // A bound socket's listen() picks nothing.
+                let b = Socket::new(domain(v6), Type::STREAM, None).unwrap();
+                b.bind(&SockAddr::from(lo(v6, 7000))).unwrap();
+                b.listen(16).unwrap();
+                keep.push(b);
+            }
+            truths
+        },
+    );
 }
 
 fn sendmmsg(s: &Socket, dest: &SockAddr) -> std::io::Result<()> {
@@ -149,45 +170,74 @@ fn sendmmsg(s: &Socket, dest: &SockAddr) -> std::io::Result<()> {
 
 #[test]
 fn udp_autobind_on_send_and_connect() {
-    traced("udp_autobind_on_send_and_connect", "pt-udp", |_| {}, || {
-        let mut truths = Vec::new();
-        let mut keep = Vec::new();
-        for v6 in [false, true] {
-            let dest = lo(v6, 9999);
-            let sa = SockAddr::from(dest);
-            let new = || Socket::new(domain(v6), Type::DGRAM, None).unwrap();
+    traced(
+        "udp_autobind_on_send_and_connect",
+        "pt-udp",
+        |_| {},
+        || {
+            let mut truths = Vec::new();
+            let mut keep = Vec::new();
+            for v6 in [false, true] {
+                let dest = lo(v6, 9999);
+                let sa = SockAddr::from(dest);
+                let new = || Socket::new(domain(v6), Type::DGRAM, None).unwrap();
 
-            let s = new();
-            s.send_to(b"x", &sa).unwrap();
-            truths.push(Truth::ok("autobind", "udp", fam(v6), local_port(&s), Some(dest)));
-            // A second send from the same socket picks nothing.
-            s.send_to(b"y", &sa).unwrap();
-            keep.push(s);
+                let s = new();
+                s.send_to(b"x", &sa).unwrap();
+                truths.push(Truth::ok(
+                    "autobind",
+                    "udp",
+                    fam(v6),
+                    local_port(&s),
+                    Some(dest),
+                ));
+                // A second send from the same socket picks nothing.
+                s.send_to(b"y", &sa).unwrap();
+                keep.push(s);
 
-            let s = new();
-            s.send_to_vectored(&[IoSlice::new(b"x")], &sa).unwrap();
-            truths.push(Truth::ok("autobind", "udp", fam(v6), local_port(&s), Some(dest)));
-            keep.push(s);
+                let s = new();
+                s.send_to_vectored(&[IoSlice::new(b"x")], &sa).unwrap();
+                truths.push(Truth::ok(
+                    "autobind",
+                    "udp",
+                    fam(v6),
+                    local_port(&s),
+                    Some(dest),
+                ));
+                keep.push(s);
 
-            let s = new();
-            sendmmsg(&s, &sa).unwrap();
-            truths.push(Truth::ok("autobind", "udp", fam(v6), local_port(&s), Some(dest)));
-            keep.push(s);
+                let s = new();
+                sendmmsg(&s, &sa).unwrap();
+                truths.push(Truth::ok(
+                    "autobind",
+                    "udp",
+                    fam(v6),
+                    local_port(&s),
+                    Some(dest),
+                ));
+                keep.push(s);
 
-            let s = new();
-            s.connect(&sa).unwrap();
-            truths.push(Truth::ok("autobind", "udp", fam(v6), local_port(&s), Some(dest)));
-            s.send(b"z").unwrap();
-            keep.push(s);
+                let s = new();
+                s.connect(&sa).unwrap();
+                truths.push(Truth::ok(
+                    "autobind",
+                    "udp",
+                    fam(v6),
+                    local_port(&s),
+                    Some(dest),
+                ));
+                s.send(b"z").unwrap();
+                keep.push(s);
 
-            // Explicitly bound: neither the bind nor the send is an event.
-            let s = new();
-            s.bind(&SockAddr::from(lo(v6, 6001))).unwrap();
-            s.send_to(b"x", &sa).unwrap();
-            keep.push(s);
-        }
-        truths
-    });
+                // Explicitly bound: neither the bind nor the send is an event.
+                let s = new();
+                s.bind(&SockAddr::from(lo(v6, 6001))).unwrap();
+                s.send_to(b"x", &sa).unwrap();
+                keep.push(s);
+            }
+            truths
+        },
+    );
 }
 
 /// A four-port range makes exhaustion quick and certain.
@@ -213,7 +263,13 @@ fn tcp_connect_exhaustion_reports_eaddrnotavail() {
                     let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
                     match s.connect(&SockAddr::from(dest)) {
                         Ok(()) => {
-                            truths.push(Truth::ok("connect", "tcp", fam(v6), local_port(&s), Some(dest)));
+                            truths.push(Truth::ok(
+                                "connect",
+                                "tcp",
+                                fam(v6),
+                                local_port(&s),
+                                Some(dest),
+                            ));
                             keep.push(s);
                         }
                         Err(e) => {
@@ -245,7 +301,10 @@ fn bind_and_listen_exhaustion_report_eaddrinuse() {
             for _ in 0..20 {
                 let s = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
                 s.set_only_v6(false).unwrap();
-                match s.bind(&SockAddr::from(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))) {
+                match s.bind(&SockAddr::from(SocketAddr::from((
+                    Ipv6Addr::UNSPECIFIED,
+                    0,
+                )))) {
                     Ok(()) => {
                         truths.push(Truth::ok("bind", "tcp", V6, local_port(&s), None));
                         keep.push(s);
@@ -286,7 +345,10 @@ fn udp_exhaustion_reports_eagain_on_autobind() {
             for _ in 0..20 {
                 let s = Socket::new(Domain::IPV6, Type::DGRAM, None).unwrap();
                 s.set_only_v6(false).unwrap();
-                match s.bind(&SockAddr::from(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))) {
+                match s.bind(&SockAddr::from(SocketAddr::from((
+                    Ipv6Addr::UNSPECIFIED,
+                    0,
+                )))) {
                     Ok(()) => {
                         truths.push(Truth::ok("bind", "udp", V6, local_port(&s), None));
                         keep.push(s);

@@ -1,1 +1,268 @@
-fn main(){}
+//! `cargo xtask`: set up the eBPF toolchain, build, run and test port-trace.
+//!
+//! - `cargo xtask setup`: install what building the eBPF object needs (nightly rust-src,
+//!   llvm-22-dev, bpf-linker), or print the commands where it cannot.
+//! - `cargo xtask run [-- ARGS]`: setup, build, run `port-trace ARGS` (default: `trace`).
+//! - `cargo xtask test`: setup, build, run every test (root tests load real eBPF programs).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+const NIGHTLY: &str = "nightly";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+/// Packages the tests drive: `ip netns`, `sysctl`.
+const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("sysctl", "procps")];
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain pieces that are missing.
+    Setup,
+    /// Build port-trace (the eBPF object is embedded by its build script).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run port-trace with the given arguments (default: `trace`).
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build and run all tests, including the root eBPF integration tests.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Setup => setup(false).map(|_| ExitCode::SUCCESS),
+        Cmd::Build { release } => {
+            setup(false)?;
+            build(release).map(|_| ExitCode::SUCCESS)
+        }
+        Cmd::Run { release, args } => {
+            setup(false)?;
+            let bin = build(release)?;
+            let args = if args.is_empty() {
+                vec!["trace".to_string()]
+            } else {
+                args
+            };
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("run {}", bin.display()))?;
+            Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        Cmd::Test { args } => {
+            setup(true)?;
+            let bin = build(false)?;
+            let status = Command::new(cargo())
+                .args([
+                    "test",
+                    "-p",
+                    "port-trace-common",
+                    "-p",
+                    "port-trace",
+                    "-p",
+                    "port-trace-tests",
+                    // Unit and integration tests; there are no doc tests to run.
+                    "--tests",
+                ])
+                .args(&args)
+                .env("PORT_TRACE_BIN", &bin)
+                .status()
+                .context("run cargo test")?;
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = Command::new(cargo());
+    cmd.args(["build", "-p", "port-trace"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("run cargo build")?;
+    if !status.success() {
+        bail!("building port-trace failed");
+    }
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace_root()
+        .join("target")
+        .join(profile)
+        .join("port-trace"))
+}
+
+fn ok(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn say(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+fn can_install() -> bool {
+    Path::new("/usr/bin/apt-get").exists() && nix_is_root()
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn step(description: &str, cmd: &mut Command) -> Result<()> {
+    say(description);
+    let status = cmd.status().with_context(|| format!("run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{description} failed ({cmd:?})");
+    }
+    Ok(())
+}
+
+/// Missing pieces, each with the command that provides it.
+fn setup(for_tests: bool) -> Result<()> {
+    let mut manual: Vec<String> = Vec::new();
+    let apt = can_install();
+    let mut apt_updated = false;
+    let mut apt_install = |pkgs: &[&str], manual: &mut Vec<String>| -> Result<()> {
+        if !apt {
+            manual.push(format!("apt-get install -y {}", pkgs.join(" ")));
+            return Ok(());
+        }
+        if !apt_updated {
+            step(
+                "apt-get update",
+                Command::new("apt-get").args(["update", "-q"]),
+            )?;
+            apt_updated = true;
+        }
+        step(
+            &format!("installing {}", pkgs.join(" ")),
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(pkgs)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+
+    // 1. nightly with rust-src, for -Z build-std=core on bpfel-unknown-none.
+    if !ok(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--version"])) {
+        step(
+            "installing the nightly toolchain with rust-src",
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                NIGHTLY,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]),
+        )?;
+    }
+    let components = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .output()
+        .context("run rustup")?;
+    if !String::from_utf8_lossy(&components.stdout).contains("rust-src") {
+        step(
+            "adding rust-src to the nightly toolchain",
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]),
+        )?;
+    }
+
+    // 2. bpf-linker, built against LLVM 22 (the nightly's LLVM).
+    if !ok(Command::new("bpf-linker").arg("--version")) {
+        if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
+            apt_install(LLVM_PACKAGES, &mut manual)?;
+        }
+        if manual.is_empty() {
+            step(
+                "building bpf-linker against LLVM 22 (a few minutes, once)",
+                Command::new(cargo())
+                    .args([
+                        "install",
+                        "bpf-linker",
+                        "--locked",
+                        "--no-default-features",
+                        "--features",
+                        "llvm-22",
+                    ])
+                    .env("LLVM_PREFIX", LLVM_PREFIX),
+            )?;
+        } else {
+            manual.push(format!(
+                "LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --locked --no-default-features --features llvm-22"
+            ));
+        }
+    }
+
+    // 3. What the root tests drive.
+    if for_tests {
+        let missing: Vec<&str> = TEST_PACKAGES
+            .iter()
+            .filter(|(bin, _)| !ok(Command::new("sh").args(["-c", &format!("command -v {bin}")])))
+            .map(|(_, pkg)| *pkg)
+            .collect();
+        if !missing.is_empty() {
+            apt_install(&missing, &mut manual)?;
+        }
+    }
+
+    if !manual.is_empty() {
+        bail!(
+            "cannot install the eBPF toolchain here (needs root and apt-get); run:\n  {}",
+            manual.join("\n  ")
+        );
+    }
+    Ok(())
+}

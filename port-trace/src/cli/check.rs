@@ -55,7 +55,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     line("cgroup_sock_addr", &k.cgroup_sock_addr);
     line("tracepoint", &k.tracepoint);
     if !k.missing_tracepoints.is_empty() {
-        println!("  missing tracepoints: {}", k.missing_tracepoints.join(", "));
+        println!(
+            "  missing tracepoints: {}",
+            k.missing_tracepoints.join(", ")
+        );
     }
 
     println!("hook sets (in order of preference):");

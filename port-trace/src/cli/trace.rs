@@ -48,6 +48,9 @@ pub struct TraceArgs {
     /// Ring buffer size in KiB (power of two).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
+    /// Wake up early once this many KiB wait in the ring buffer (default: a quarter of it).
+    #[arg(long, value_name = "KIB")]
+    pub wakeup_kib: Option<u32>,
     /// How often to drain the ring buffer when it is not filling up.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub drain_interval: Duration,
@@ -92,12 +95,17 @@ async fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
     };
     let cgroup = match args.cgroup.clone().or_else(|| k.cgroup2.clone()) {
         Some(c) => c,
-        None => bail!("no cgroup v2 mount found; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup"),
+        None => bail!(
+            "no cgroup v2 mount found; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup"
+        ),
     };
     let opts = LoadOptions {
         hook_set,
         ring_bytes: args.ring_kib * 1024,
-        wakeup_bytes: (args.ring_kib as u64 * 1024) / 4,
+        wakeup_bytes: args
+            .wakeup_kib
+            .map(|k| k as u64 * 1024)
+            .unwrap_or(args.ring_kib as u64 * 1024 / 4),
         cgroup,
     };
     let mut tracer = Tracer::start(&k, &opts)?;

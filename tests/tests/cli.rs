@@ -1,0 +1,123 @@
+//! The command line's promises: clear errors, `check`, filters, and counted drops.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    process::Command,
+};
+
+use port_trace_tests::{Netns, SERIAL, TraceProcess, port_trace_bin, require_root};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+#[test]
+fn bad_flags_are_refused_with_usage() {
+    let out = Command::new(port_trace_bin())
+        .args(["trace", "--proto", "sctp"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value 'sctp'"), "{err}");
+    let out = Command::new(port_trace_bin())
+        .args(["trace", "--ring-kib", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
+}
+
+#[test]
+fn not_root_is_one_clear_sentence() {
+    if !require_root("not_root_is_one_clear_sentence") {
+        return;
+    }
+    // Drop to nobody for this one run.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(port_trace_bin())
+        .args(["trace", "--duration", "1s"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("port-trace: ") && err.contains("root"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "no backtrace: {err}");
+}
+
+#[test]
+fn check_reports_hook_set_and_coverage() {
+    if !require_root("check_reports_hook_set_and_coverage") {
+        return;
+    }
+    let out = Command::new(port_trace_bin())
+        .arg("check")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("would use: cgroup"), "{text}");
+    assert!(text.contains("every path is seen"), "{text}");
+}
+
+fn bind_udp(n: usize) {
+    for _ in 0..n {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        s.bind(&SockAddr::from(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))))
+            .unwrap();
+    }
+}
+
+#[test]
+fn proto_filter_keeps_only_that_protocol() {
+    if !require_root("proto_filter_keeps_only_that_protocol") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new().unwrap();
+    let tracer =
+        TraceProcess::start(&["--netns", &ns.name, "--proto", "tcp"]).expect("start port-trace");
+    ns.run("pt-filter", || {
+        bind_udp(3);
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&SockAddr::from(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))))
+            .unwrap();
+    })
+    .unwrap();
+    let (events, _) = tracer.stop().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["proto"], "tcp");
+}
+
+/// A ring buffer that nobody drains overflows; every event is either delivered or counted.
+#[test]
+fn full_ring_buffer_drops_are_counted() {
+    if !require_root("full_ring_buffer_drops_are_counted") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new().unwrap();
+    let tracer = TraceProcess::start(&[
+        "--netns",
+        &ns.inode.to_string(),
+        "--ring-kib",
+        "4",
+        "--wakeup-kib",
+        "1024",
+        "--drain-interval",
+        "1h",
+    ])
+    .expect("start port-trace");
+    const N: usize = 300;
+    ns.run("pt-flood", || bind_udp(N)).unwrap();
+    let (events, stderr) = tracer.stop().unwrap();
+    let lost: usize = stderr
+        .split(" shown, ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lost count in: {stderr}"));
+    assert!(lost > 0, "a 4 KiB ring cannot hold {N} events: {stderr}");
+    assert_eq!(events.len() + lost, N, "{stderr}");
+}
