@@ -1,5 +1,6 @@
 //! port-trace: trace the Linux kernel's source-port choices with eBPF.
 
+pub mod analysis;
 pub mod cli;
 pub mod event;
 pub mod filter;

@@ -80,6 +80,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 args
             };
+            forward_interrupts_to_child();
             let status = Command::new(&bin)
                 .args(&args)
                 .status()
@@ -111,6 +112,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+extern "C" fn ignore(_: libc::c_int) {}
+
+/// Ctrl-C reaches the whole foreground group: let port-trace handle it (drain, print its
+/// summary, exit 0) instead of xtask dying first. A handler, unlike SIG_IGN, is reset by exec,
+/// so the child still gets the default behaviour until it installs its own.
+fn forward_interrupts_to_child() {
+    // SAFETY: installs a handler that does nothing; no shared state.
+    unsafe {
+        libc::signal(libc::SIGINT, ignore as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, ignore as *const () as libc::sighandler_t);
     }
 }
 

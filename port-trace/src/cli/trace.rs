@@ -73,6 +73,10 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    // Before anything is attached: a signal that arrives right after the `tracing:` line
+    // must still drain and exit cleanly.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let filter = Filter {
         pids: args.pids.clone(),
         comms: args.comms.clone(),
@@ -135,8 +139,6 @@ async fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let ring_fd = unsafe { AsyncFd::register(dup) }
         .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
     let mut tick = tokio::time::interval(args.drain_interval);
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = async {
         match args.duration {
             Some(d) => tokio::time::sleep(d).await,
