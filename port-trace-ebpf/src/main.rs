@@ -264,18 +264,25 @@ pub fn pt_connect6(ctx: SockAddrContext) -> i32 {
     1
 }
 
+/// The protocol, port (network order) and address the user passed to connect()/bind().
 #[inline(always)]
-fn on_connect(ctx: &SockAddrContext, fam: u8) {
-    let sa: *const bpf_sock_addr = ctx.sock_addr;
+fn user_sockaddr(sa: *const bpf_sock_addr, fam: u8) -> (u32, u32, [u8; 16]) {
     let protocol = ctx_read!(sa, protocol);
     let user_port = ctx_read!(sa, user_port);
     // connect4/bind4 may not touch user_ip6 (nor the 6 variants user_ip4): `fam` is a
     // constant here, so only one branch is compiled into each program.
-    let daddr = if fam == family::INET {
+    let addr = if fam == family::INET {
         ip4(ctx_read!(sa, user_ip4))
     } else {
         ip6(ctx_read6!(sa, user_ip6))
     };
+    (protocol, user_port, addr)
+}
+
+#[inline(always)]
+fn on_connect(ctx: &SockAddrContext, fam: u8) {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    let (protocol, user_port, daddr) = user_sockaddr(sa, fam);
     let sk: *mut bpf_sock =
         unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*sa).__bindgen_anon_1.sk)) };
     let Some((_, tid)) = current() else { return };
@@ -369,15 +376,7 @@ pub fn pt_bind6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn on_bind(ctx: &SockAddrContext, fam: u8) {
     let sa: *const bpf_sock_addr = ctx.sock_addr;
-    let protocol = ctx_read!(sa, protocol);
-    let user_port = ctx_read!(sa, user_port);
-    // connect4/bind4 may not touch user_ip6 (nor the 6 variants user_ip4): `fam` is a
-    // constant here, so only one branch is compiled into each program.
-    let daddr = if fam == family::INET {
-        ip4(ctx_read!(sa, user_ip4))
-    } else {
-        ip6(ctx_read6!(sa, user_ip6))
-    };
+    let (protocol, user_port, daddr) = user_sockaddr(sa, fam);
     if user_port != 0 {
         return; // The user chose the port.
     }

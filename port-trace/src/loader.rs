@@ -219,6 +219,20 @@ fn attach_err(name: &str, target: &str, e: &dyn std::error::Error) -> LoadError 
     }
 }
 
+/// Looks up a program by name, checks its type and loads it into the kernel.
+macro_rules! load_program {
+    ($ebpf:expr, $name:expr, $ty:ty) => {{
+        let name: &str = $name;
+        let prog: &mut $ty = $ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| program_err(name, &e))?;
+        prog.load().map_err(|e| program_err(name, &e))?;
+        prog
+    }};
+}
+
 /// Attaches the cgroup hook set: sock_ops and cgroup programs on the cgroup v2 directory,
 /// tracepoints globally.
 fn attach_cgroup_set(ebpf: &mut Ebpf, cgroup_dir: &Path) -> Result<Vec<String>, LoadError> {
@@ -227,53 +241,31 @@ fn attach_cgroup_set(ebpf: &mut Ebpf, cgroup_dir: &Path) -> Result<Vec<String>, 
     let target = cgroup_dir.display().to_string();
     let mut attached = Vec::new();
 
+    // Single: bpf_link_create rejects the multi flag, and links stack anyway.
+    let mode = CgroupAttachMode::Single;
     for name in ["pt_connect4", "pt_connect6", "pt_bind4", "pt_bind6"] {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
-            .try_into()
-            .map_err(|e| program_err(name, &e))?;
-        prog.load().map_err(|e| program_err(name, &e))?;
-        // Single: bpf_link_create rejects the multi flag, and links stack anyway.
-        prog.attach(&cg, CgroupAttachMode::Single)
+        load_program!(ebpf, name, CgroupSockAddr)
+            .attach(&cg, mode)
             .map_err(|e| attach_err(name, &target, &e))?;
         attached.push(format!("cgroup_sock_addr/{}", &name[3..]));
     }
     for name in ["pt_post_bind4", "pt_post_bind6"] {
-        let prog: &mut CgroupSock = ebpf
-            .program_mut(name)
-            .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
-            .try_into()
-            .map_err(|e| program_err(name, &e))?;
-        prog.load().map_err(|e| program_err(name, &e))?;
-        prog.attach(&cg, CgroupAttachMode::Single)
+        load_program!(ebpf, name, CgroupSock)
+            .attach(&cg, mode)
             .map_err(|e| attach_err(name, &target, &e))?;
         attached.push(format!("cgroup_sock/{}", &name[3..]));
     }
-    {
-        let name = "pt_sockops";
-        let prog: &mut SockOps = ebpf
-            .program_mut(name)
-            .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
-            .try_into()
-            .map_err(|e| program_err(name, &e))?;
-        prog.load().map_err(|e| program_err(name, &e))?;
-        prog.attach(&cg, CgroupAttachMode::Single)
-            .map_err(|e| attach_err(name, &target, &e))?;
-        attached.push("sock_ops".into());
-    }
+    load_program!(ebpf, "pt_sockops", SockOps)
+        .attach(&cg, mode)
+        .map_err(|e| attach_err("pt_sockops", &target, &e))?;
+    attached.push("sock_ops".into());
     for (category, tp) in TRACEPOINTS {
         let name = match *tp {
             "inet_sock_set_state" => "pt_inet_sock_set_state".to_string(),
             other => format!("pt_{}", other.replacen("sys_", "", 1)),
         };
-        let prog: &mut TracePoint = ebpf
-            .program_mut(&name)
-            .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
-            .try_into()
-            .map_err(|e| program_err(&name, &e))?;
-        prog.load().map_err(|e| program_err(&name, &e))?;
-        prog.attach(category, tp)
+        load_program!(ebpf, &name, TracePoint)
+            .attach(category, tp)
             .map_err(|e| attach_err(&name, &format!("{category}/{tp}"), &e))?;
         attached.push(format!("tracepoint/{category}/{tp}"));
     }

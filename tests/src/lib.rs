@@ -274,6 +274,18 @@ pub fn assert_same(events: &[Value], truths: &[Truth], tid: u32, comm: &str) {
             None => missing.push(t.clone()),
         }
     }
+    // Expected vs seen per row, for the record (`cargo xtask test -- --nocapture`).
+    let mut rows: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for t in truths {
+        let row = format!("{} {} {} {}", t.op, t.proto, t.family, t.result);
+        rows.entry(row.clone()).or_default().0 += 1;
+        if !missing.contains(t) {
+            rows.entry(row).or_default().1 += 1;
+        }
+    }
+    for (row, (expected, seen)) in &rows {
+        eprintln!("  {row:<40} expected {expected:>3}  seen {seen:>3}");
+    }
     assert!(
         missing.is_empty() && unmatched.is_empty(),
         "port-trace disagrees with ground truth\nnot reported: {missing:#?}\ninvented: {unmatched:#?}"

@@ -181,51 +181,29 @@ fn udp_autobind_on_send_and_connect() {
                 let dest = lo(v6, 9999);
                 let sa = SockAddr::from(dest);
                 let new = || Socket::new(domain(v6), Type::DGRAM, None).unwrap();
+                let autobound =
+                    |s: &Socket| Truth::ok("autobind", "udp", fam(v6), local_port(s), Some(dest));
 
                 let s = new();
                 s.send_to(b"x", &sa).unwrap();
-                truths.push(Truth::ok(
-                    "autobind",
-                    "udp",
-                    fam(v6),
-                    local_port(&s),
-                    Some(dest),
-                ));
+                truths.push(autobound(&s));
                 // A second send from the same socket picks nothing.
                 s.send_to(b"y", &sa).unwrap();
                 keep.push(s);
 
                 let s = new();
                 s.send_to_vectored(&[IoSlice::new(b"x")], &sa).unwrap();
-                truths.push(Truth::ok(
-                    "autobind",
-                    "udp",
-                    fam(v6),
-                    local_port(&s),
-                    Some(dest),
-                ));
+                truths.push(autobound(&s));
                 keep.push(s);
 
                 let s = new();
                 sendmmsg(&s, &sa).unwrap();
-                truths.push(Truth::ok(
-                    "autobind",
-                    "udp",
-                    fam(v6),
-                    local_port(&s),
-                    Some(dest),
-                ));
+                truths.push(autobound(&s));
                 keep.push(s);
 
                 let s = new();
                 s.connect(&sa).unwrap();
-                truths.push(Truth::ok(
-                    "autobind",
-                    "udp",
-                    fam(v6),
-                    local_port(&s),
-                    Some(dest),
-                ));
+                truths.push(autobound(&s));
                 s.send(b"z").unwrap();
                 keep.push(s);
 
@@ -287,6 +265,32 @@ fn tcp_connect_exhaustion_reports_eaddrnotavail() {
     );
 }
 
+/// Binds dual-stack wildcard sockets to port 0 until the range runs out, which fills it for
+/// both families. Returns the truths (every success and the final EADDRINUSE) and the sockets.
+fn fill_range(ty: Type, proto: &'static str) -> (Vec<Truth>, Vec<Socket>) {
+    let mut truths = Vec::new();
+    let mut keep = Vec::new();
+    for _ in 0..20 {
+        let s = Socket::new(Domain::IPV6, ty, None).unwrap();
+        s.set_only_v6(false).unwrap();
+        match s.bind(&SockAddr::from(SocketAddr::from((
+            Ipv6Addr::UNSPECIFIED,
+            0,
+        )))) {
+            Ok(()) => {
+                truths.push(Truth::ok("bind", proto, V6, local_port(&s), None));
+                keep.push(s);
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
+                truths.push(Truth::failed("bind", proto, V6, None, &e));
+                return (truths, keep);
+            }
+        }
+    }
+    panic!("the range never ran out");
+}
+
 #[test]
 fn bind_and_listen_exhaustion_report_eaddrinuse() {
     traced(
@@ -294,30 +298,7 @@ fn bind_and_listen_exhaustion_report_eaddrinuse() {
         "pt-exhaust",
         narrow_range,
         || {
-            let mut truths = Vec::new();
-            let mut keep = Vec::new();
-            // Dual-stack wildcard binds fill the range for both families.
-            let mut failed = false;
-            for _ in 0..20 {
-                let s = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
-                s.set_only_v6(false).unwrap();
-                match s.bind(&SockAddr::from(SocketAddr::from((
-                    Ipv6Addr::UNSPECIFIED,
-                    0,
-                )))) {
-                    Ok(()) => {
-                        truths.push(Truth::ok("bind", "tcp", V6, local_port(&s), None));
-                        keep.push(s);
-                    }
-                    Err(e) => {
-                        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
-                        truths.push(Truth::failed("bind", "tcp", V6, None, &e));
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            assert!(failed, "the range never ran out");
+            let (mut truths, _keep) = fill_range(Type::STREAM, "tcp");
             for v6 in [false, true] {
                 let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
                 let e = s.bind(&SockAddr::from(lo(v6, 0))).unwrap_err();
@@ -339,29 +320,7 @@ fn udp_exhaustion_reports_eagain_on_autobind() {
         "pt-exhaust",
         narrow_range,
         || {
-            let mut truths = Vec::new();
-            let mut keep = Vec::new();
-            let mut failed = false;
-            for _ in 0..20 {
-                let s = Socket::new(Domain::IPV6, Type::DGRAM, None).unwrap();
-                s.set_only_v6(false).unwrap();
-                match s.bind(&SockAddr::from(SocketAddr::from((
-                    Ipv6Addr::UNSPECIFIED,
-                    0,
-                )))) {
-                    Ok(()) => {
-                        truths.push(Truth::ok("bind", "udp", V6, local_port(&s), None));
-                        keep.push(s);
-                    }
-                    Err(e) => {
-                        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
-                        truths.push(Truth::failed("bind", "udp", V6, None, &e));
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            assert!(failed, "the range never ran out");
+            let (mut truths, _keep) = fill_range(Type::DGRAM, "udp");
             for v6 in [false, true] {
                 let dest = lo(v6, 9999);
                 let sa = SockAddr::from(dest);
