@@ -8,4 +8,5 @@ pub mod hooks;
 pub mod kernel_layout;
 pub mod loader;
 pub mod output;
+pub mod pressure;
 pub mod probe;

@@ -1,0 +1,385 @@
+//! Range pressure: how close each ephemeral port range is to running out, from the kernel's
+//! own socket tables (sock_diag) and sysctls, per network namespace.
+//!
+//! * [`range`] reads `ip_local_port_range` / `ip_local_reserved_ports` of a namespace.
+//! * [`occupancy`] dumps the TCP and UDP sockets of a namespace.
+//! * The functions here are pure: they take plain data and compute pressure figures.
+//!
+//! Model (see `shared/kernel-port-selection.md`): TCP connect() needs a local port that is
+//! unused *toward the same destination* (4-tuple), so exhaustion is per destination; ports
+//! held by bind()/listen() are skipped by connect() for every destination. bind(0) and UDP
+//! autobind need a port that is unused altogether.
+//!
+//! Caveat: `__inet_hash_connect` rounds its scan length (`high + 1 - low`) down to an even
+//! number, so with an odd-sized range connect() may fail while one port is still free.
+
+pub mod occupancy;
+pub mod range;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+pub use occupancy::{Family, Proto, SockState, SocketRecord, dump_proto, dump_sockets};
+pub use range::{NetnsRef, UsableRange, read_range, run_in_netns};
+
+/// How long a port stays unusable after an active close (TCP_TIMEWAIT_LEN, 60 s).
+pub const DEFAULT_TIME_WAIT_SECS: f64 = 60.0;
+
+/// Errors of the pressure module.
+#[derive(Debug, thiserror::Error)]
+pub enum PressureError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {what}: {text:?}")]
+    Parse { what: &'static str, text: String },
+    #[error("setns({path}, CLONE_NEWNET): {source}")]
+    Setns { path: PathBuf, source: nix::Error },
+    #[error("cannot start the namespace thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the namespace thread panicked")]
+    ThreadPanicked,
+    #[error("sock_diag netlink: {0}")]
+    Netlink(std::io::Error),
+    #[error("sock_diag reply: {0}")]
+    Decode(String),
+}
+
+/// Pressure on the ports available to connect() toward one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestPressure {
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// Distinct usable local ports held by TCP sockets toward this destination (any state,
+    /// TIME_WAIT and SYN_SENT included).
+    pub in_use: u32,
+    /// Ports connect() may pick: usable range minus ports held by bind()/listeners.
+    pub usable: u32,
+    /// `in_use / usable`, clamped to `[0, 1]`; 1 when nothing is usable.
+    pub pressure: f64,
+}
+
+/// Usable ports in the range that TCP bind()/listen() holds; connect() skips them for every
+/// destination (a bind bucket blocks the port regardless of address family and address).
+fn tcp_bound_ports(range: &UsableRange, sockets: &[SocketRecord]) -> BTreeSet<u16> {
+    sockets
+        .iter()
+        .filter(|s| s.proto == Proto::Tcp && s.is_bound_only() && range.is_usable(s.local_port))
+        .map(|s| s.local_port)
+        .collect()
+}
+
+fn ratio(in_use: u32, usable: u32) -> f64 {
+    if usable == 0 {
+        return 1.0;
+    }
+    (f64::from(in_use) / f64::from(usable)).clamp(0.0, 1.0)
+}
+
+/// Per TCP destination (remote address and port), the share of connect()-able ports in use
+/// toward it, highest first. Only destinations with at least one such port are listed.
+///
+/// IPv4-mapped IPv6 addresses count as the IPv4 destination. The source address is not part
+/// of the key: on a host connecting from several addresses this overestimates.
+pub fn connect_pressure(range: &UsableRange, sockets: &[SocketRecord]) -> Vec<DestPressure> {
+    let bound = tcp_bound_ports(range, sockets);
+    let usable = range.usable.saturating_sub(bound.len() as u32);
+    let mut per_dest: BTreeMap<(IpAddr, u16), BTreeSet<u16>> = BTreeMap::new();
+    for s in sockets {
+        if s.proto != Proto::Tcp
+            || s.is_bound_only()
+            || s.remote_port == 0
+            || !range.is_usable(s.local_port)
+            || bound.contains(&s.local_port)
+        {
+            continue;
+        }
+        per_dest
+            .entry((s.remote_addr.to_canonical(), s.remote_port))
+            .or_default()
+            .insert(s.local_port);
+    }
+    let mut out: Vec<DestPressure> = per_dest
+        .into_iter()
+        .map(|((daddr, dport), ports)| {
+            let in_use = ports.len() as u32;
+            DestPressure {
+                daddr,
+                dport,
+                in_use,
+                usable,
+                pressure: ratio(in_use, usable),
+            }
+        })
+        .collect();
+    // Stable sort keeps (daddr, dport) order among equals.
+    out.sort_by(|a, b| {
+        b.pressure
+            .total_cmp(&a.pressure)
+            .then(b.in_use.cmp(&a.in_use))
+    });
+    out
+}
+
+/// Share of the usable range that sockets of `proto` occupy (distinct local ports, any state):
+/// how close bind(0) (TCP) or autobind (UDP) is to failing. 1 when nothing is usable.
+pub fn bind_pressure(range: &UsableRange, sockets: &[SocketRecord], proto: Proto) -> f64 {
+    let ports: HashSet<u16> = sockets
+        .iter()
+        .filter(|s| s.proto == proto && range.is_usable(s.local_port))
+        .map(|s| s.local_port)
+        .collect();
+    ratio(ports.len() as u32, range.usable)
+}
+
+/// TCP listeners and bound-only sockets, and unconnected UDP sockets, whose port is one that
+/// automatic selection could hand out (in range, not reserved). Each is a hazard: a client
+/// may take the port first (the server then fails with EADDRINUSE), or a client connecting
+/// to it may self-connect. Unconnected UDP sockets include autobound clients (e.g. resolvers
+/// that use sendto()), which are not hazards. Sorted by port.
+pub fn listeners_in_range(range: &UsableRange, sockets: &[SocketRecord]) -> Vec<SocketRecord> {
+    let mut out: Vec<SocketRecord> = sockets
+        .iter()
+        .filter(|s| s.is_bound_only() && range.is_usable(s.local_port))
+        .cloned()
+        .collect();
+    out.sort_by(|a, b| {
+        (a.local_port, a.proto, a.local_addr).cmp(&(b.local_port, b.proto, b.local_addr))
+    });
+    out.dedup();
+    out
+}
+
+/// When a range runs out at a given allocation rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Forecast {
+    /// Allocations per second the range sustains: each port stays in TIME_WAIT for the
+    /// TIME_WAIT lifetime after an active close, so `usable / time_wait_secs`.
+    pub sustainable_rate: f64,
+    /// Seconds until `in_use` reaches `usable` at the current rate; `None` when the current
+    /// rate is sustainable; `Some(0.0)` when already exhausted.
+    pub seconds_to_exhaustion: Option<f64>,
+}
+
+/// Forecasts exhaustion: `usable / time_wait_secs` allocations per second are sustainable;
+/// above that, `in_use` grows by `rate - sustainable` per second and reaches `usable` after
+/// `(usable - in_use) / (rate - sustainable)` seconds. Pass [`DEFAULT_TIME_WAIT_SECS`] for Linux.
+pub fn forecast(in_use: u32, usable: u32, alloc_rate_per_s: f64, time_wait_secs: f64) -> Forecast {
+    let sustainable_rate = if time_wait_secs > 0.0 {
+        f64::from(usable) / time_wait_secs
+    } else {
+        f64::INFINITY
+    };
+    let rate = if alloc_rate_per_s.is_finite() {
+        alloc_rate_per_s.max(0.0)
+    } else {
+        0.0
+    };
+    let seconds_to_exhaustion = if in_use >= usable {
+        Some(0.0)
+    } else if rate > sustainable_rate {
+        Some(f64::from(usable - in_use) / (rate - sustainable_rate))
+    } else {
+        None
+    };
+    Forecast {
+        sustainable_rate,
+        seconds_to_exhaustion,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+    fn tcp(state: SockState, lport: u16, daddr: IpAddr, dport: u16) -> SocketRecord {
+        SocketRecord {
+            proto: Proto::Tcp,
+            family: Family::V4,
+            state,
+            local_addr: LO,
+            local_port: lport,
+            remote_addr: daddr,
+            remote_port: dport,
+        }
+    }
+
+    fn listen(lport: u16) -> SocketRecord {
+        tcp(SockState::Listen, lport, ANY, 0)
+    }
+
+    fn udp(lport: u16, dport: u16) -> SocketRecord {
+        SocketRecord {
+            proto: Proto::Udp,
+            family: Family::V4,
+            state: if dport == 0 {
+                SockState::Close
+            } else {
+                SockState::Established
+            },
+            local_addr: ANY,
+            local_port: lport,
+            remote_addr: if dport == 0 { ANY } else { LO },
+            remote_port: dport,
+        }
+    }
+
+    fn range(low: u16, high: u16) -> UsableRange {
+        UsableRange::new(low, high, vec![])
+    }
+
+    #[test]
+    fn connect_pressure_per_destination() {
+        let r = range(40000, 40009);
+        let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let sockets = vec![
+            listen(5000),
+            tcp(SockState::Established, 40000, LO, 5000),
+            tcp(SockState::TimeWait, 40001, LO, 5000),
+            tcp(SockState::SynSent, 40002, LO, 5000),
+            // Same local port twice toward one destination (different source addresses).
+            tcp(SockState::Established, 40002, LO, 5000),
+            // Server side of the connections above: local port 5000 is outside the range.
+            tcp(SockState::Established, 5000, LO, 40000),
+            tcp(SockState::Established, 40000, other, 80),
+            // Outside the range: not counted.
+            tcp(SockState::Established, 30000, other, 80),
+            // UDP doesn't count for TCP connect.
+            udp(40005, 53),
+        ];
+        let p = connect_pressure(&r, &sockets);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].daddr, p[0].dport, p[0].in_use, p[0].usable),
+            (LO, 5000, 3, 10)
+        );
+        assert!((p[0].pressure - 0.3).abs() < 1e-12);
+        assert_eq!((p[1].daddr, p[1].dport, p[1].in_use), (other, 80, 1));
+        assert!((p[1].pressure - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn connect_pressure_excludes_bound_and_reserved_ports() {
+        let r = UsableRange::new(40000, 40003, vec![(40003, 40003)]);
+        assert_eq!(r.usable, 3);
+        let bound_only = tcp(SockState::BoundInactive, 40001, ANY, 0);
+        let sockets = vec![
+            listen(40002),
+            bound_only,
+            tcp(SockState::Established, 40000, LO, 5000),
+            // Accepted connection on the in-range listener: its port is held by bind.
+            tcp(SockState::Established, 40002, LO, 41000),
+            // Reserved port (e.g. explicitly bound): not in the usable set.
+            tcp(SockState::Established, 40003, LO, 5000),
+        ];
+        let p = connect_pressure(&r, &sockets);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].in_use, p[0].usable), (1, 1));
+        assert_eq!(p[0].pressure, 1.0);
+    }
+
+    #[test]
+    fn connect_pressure_canonicalises_and_sorts() {
+        let r = range(40000, 40003);
+        let mapped = IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped());
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let mut s6 = tcp(SockState::Established, 40001, mapped, 5000);
+        s6.family = Family::V6;
+        let sockets = vec![
+            tcp(SockState::Established, 40003, v6, 7),
+            tcp(SockState::Established, 40000, LO, 5000),
+            s6,
+        ];
+        let p = connect_pressure(&r, &sockets);
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].daddr, p[0].in_use), (LO, 2));
+        assert_eq!(p[0].pressure, 0.5);
+        assert_eq!((p[1].daddr, p[1].in_use), (v6, 1));
+    }
+
+    #[test]
+    fn connect_pressure_with_nothing_usable_is_one() {
+        let r = range(40000, 40000);
+        let sockets = vec![listen(40000), tcp(SockState::Established, 40000, LO, 9)];
+        // The only port is held by a listener; the accepted connection is not a client port.
+        assert!(connect_pressure(&r, &sockets).is_empty());
+        assert_eq!(ratio(0, 0), 1.0);
+        assert_eq!(ratio(5, 2), 1.0);
+    }
+
+    #[test]
+    fn bind_pressure_counts_distinct_ports_per_proto() {
+        let r = UsableRange::new(40000, 40009, vec![(40009, 40009)]);
+        let sockets = vec![
+            listen(40000),
+            tcp(SockState::Established, 40001, LO, 5000),
+            tcp(SockState::Established, 40001, LO, 5001),
+            tcp(SockState::TimeWait, 40002, LO, 5000),
+            tcp(SockState::Established, 40009, LO, 5000), // reserved
+            tcp(SockState::Established, 5000, LO, 40001), // outside
+            udp(40003, 0),
+        ];
+        assert!((bind_pressure(&r, &sockets, Proto::Tcp) - 3.0 / 9.0).abs() < 1e-12);
+        assert!((bind_pressure(&r, &sockets, Proto::Udp) - 1.0 / 9.0).abs() < 1e-12);
+        assert_eq!(bind_pressure(&r, &[], Proto::Udp), 0.0);
+        let none = UsableRange::new(1, 1, vec![(1, 1)]);
+        assert_eq!(bind_pressure(&none, &[], Proto::Tcp), 1.0);
+    }
+
+    #[test]
+    fn listeners_in_range_reports_hazards() {
+        let r = UsableRange::new(40000, 40009, vec![(40005, 40005)]);
+        let sockets = vec![
+            listen(40007),
+            listen(5000),   // outside the range
+            listen(40005),  // reserved: never handed out
+            udp(40002, 0),  // bound UDP
+            udp(40003, 53), // connected UDP: a client
+            tcp(SockState::BoundInactive, 40001, ANY, 0),
+            tcp(SockState::Established, 40004, LO, 5000),
+            listen(40007), // duplicate record
+        ];
+        let ports: Vec<(Proto, u16)> = listeners_in_range(&r, &sockets)
+            .iter()
+            .map(|s| (s.proto, s.local_port))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                (Proto::Tcp, 40001),
+                (Proto::Udp, 40002),
+                (Proto::Tcp, 40007)
+            ]
+        );
+    }
+
+    #[test]
+    fn forecast_sustainable_and_exhausting() {
+        let f = forecast(0, 28232, 100.0, DEFAULT_TIME_WAIT_SECS);
+        assert!((f.sustainable_rate - 28232.0 / 60.0).abs() < 1e-9);
+        assert_eq!(f.seconds_to_exhaustion, None);
+
+        // 600/s over a 60 s TIME_WAIT with 6000 ports: 100/s sustainable, +500/s net growth.
+        let f = forecast(1000, 6000, 600.0, 60.0);
+        assert_eq!(f.sustainable_rate, 100.0);
+        assert_eq!(f.seconds_to_exhaustion, Some(10.0));
+
+        // Exactly sustainable: never runs out.
+        assert_eq!(forecast(10, 6000, 100.0, 60.0).seconds_to_exhaustion, None);
+        // Already exhausted.
+        assert_eq!(forecast(7, 6, 0.0, 60.0).seconds_to_exhaustion, Some(0.0));
+        // Nothing usable: any allocation fails now.
+        assert_eq!(forecast(0, 0, 1.0, 60.0).seconds_to_exhaustion, Some(0.0));
+        // Nonsense inputs do not produce NaN.
+        let f = forecast(0, 10, f64::NAN, 0.0);
+        assert_eq!(f.seconds_to_exhaustion, None);
+        assert!(f.sustainable_rate.is_infinite());
+    }
+}
