@@ -1,0 +1,609 @@
+//! Pattern verdicts for one stream ([`classify`]) and for the time-ordered
+//! sequence across destinations ([`classify_global`]).
+//!
+//! # Per-stream decision ([`classify`])
+//!
+//! Ports outside the usable range are dropped (counted in `out_of_range`).
+//! With `n` in-range ports and `m = n - 1` forward steps:
+//!
+//! * `n < MIN_SAMPLES` (8): `insufficient-data`.
+//! * **Sequential-like** when at least [`SEQ_MIN_SHARE_NEAR`] (50 %) of the
+//!   steps are *near* (`0 < step <= near_max`, see [`Ring::near_max`]) and the
+//!   binomial test of that count against what uniform random ports give
+//!   (`p0 = near_max / size`, 1/16 on the default range) has a one-sided
+//!   p-value below [`SEQ_MAX_P`] (1e-6). With 8 samples that needs 6 of the 7
+//!   steps to be near.
+//! * **Random** when none of four tests finds structure at
+//!   [`RANDOM_ALPHA`] (1e-5): (a) the binomial test of near steps above,
+//!   (b) a binomial test of the online predictor's hits against its chance
+//!   rate `(2*8 + 2) / size` (catches any repeated stride, e.g. a constant
+//!   +5000), (c) a binomial test of *forward-drift* steps (`0 < step <
+//!   size/2`, probability 1/2 under uniform random; catches counters whose
+//!   increments are too wide to be near, e.g. RFC 6056 algorithm 5 on a
+//!   1000-port range), and (d) a chi-square goodness-of-fit test of the port
+//!   values against the uniform distribution over the range (`min(64, n/5)`
+//!   bins; skipped below 10 samples, where it has no power).
+//! * Anything else (structure that is not a forward counter, or mixed
+//!   evidence) is `insufficient-data`: the classifier never guesses.
+//!
+//! A sequential-like stream alone gets `sequential`; [`super::analyze`]
+//! refines streams that have a destination with the global verdict.
+//!
+//! # Global decision ([`classify_global`])
+//!
+//! The global sequence is every sample that has a destination (connect),
+//! in time order; when there is none, every sample. Let a *stream* be the
+//! samples of one [`StreamKey`].
+//!
+//! 1. Fewer than [`MIN_SAMPLES`] samples: `insufficient-data`.
+//! 2. **One counter without per-destination offset** (RFC 6056 algorithm 5,
+//!    BSD-style global counters): at least 2 streams, at least
+//!    [`MIN_CROSS_STEPS`] (7) steps between consecutive samples of
+//!    *different* streams, at least [`SINGLE_MIN_SHARE_NEAR`] (90 %) of those
+//!    cross steps near, with binomial p < [`SEQ_MAX_P`]: `sequential`
+//!    (`single_sequence = true`). The 90 % matters: per-destination counters
+//!    that happen to sit close together give near steps one way and
+//!    backward steps the other way, about 50 % each.
+//! 3. Each stream with `>= MIN_SAMPLES` samples is classified alone. No
+//!    sequential-like stream, at least one random stream and a random-looking
+//!    global sequence: `random`. Sequential-like and random streams mixed:
+//!    `insufficient-data`.
+//! 4. **Shared counter with per-destination offsets** (RFC 6056 algorithm 3,
+//!    Linux before 5.12) versus **per-destination counters** (algorithm 4,
+//!    Linux since 5.12): for every pair of consecutive samples of one
+//!    sequential-like stream whose step is at most [`counter_max_step`]
+//!    (`max(64, near_max / 8)`, 220 on the default range), take the step `s`
+//!    and the *gap* `g` (how many global samples later the second one
+//!    came). With one shared counter
+//!    `s` grows with `g` (every connect in between advanced it); with
+//!    per-destination counters `s` does not depend on `g`. With at least
+//!    [`MIN_COUNTER_PAIRS`] (20) pairs and gaps that vary, the Spearman
+//!    correlation `rho(g, s)` decides:
+//!    `rho >= SHARED_MIN_RHO` (0.5) with one-sided p < [`SHARED_MAX_P`]
+//!    (1e-3): `sequential`; the upper end of its 99 % confidence interval
+//!    below [`SHARED_MIN_RHO`]: `per-destination-sequential`; otherwise
+//!    `insufficient-data`. Constant steps (no variance in `s`) count as
+//!    `rho = 0`.
+//!
+//! One destination alone can never separate algorithm 3 from algorithm 4
+//! (the gaps are all 1), so it yields `insufficient-data` globally.
+
+use super::stats::{
+    Ring, binomial_upper_tail, chi_square_uniform, correlation_p_value, predictor, spearman,
+    spearman_upper_bound, step_stats,
+};
+use super::{PortRange, Sample, StreamKey};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Fewer in-range samples than this give `insufficient-data`.
+pub const MIN_SAMPLES: usize = 8;
+/// Sequential-like needs at least this share of near forward steps...
+pub const SEQ_MIN_SHARE_NEAR: f64 = 0.5;
+/// ...and a binomial p-value (near steps vs. uniform random) below this.
+pub const SEQ_MAX_P: f64 = 1e-6;
+/// Random needs every structure test's p-value to be at least this.
+pub const RANDOM_ALPHA: f64 = 1e-5;
+/// Share of near cross-stream steps that marks one counter without
+/// per-destination offsets.
+pub const SINGLE_MIN_SHARE_NEAR: f64 = 0.9;
+/// Minimum number of cross-stream steps for the single-counter test.
+pub const MIN_CROSS_STEPS: usize = 7;
+/// Minimum number of (gap, step) pairs for the shared-counter test.
+pub const MIN_COUNTER_PAIRS: usize = 20;
+/// Correlation between gap and step that marks a shared counter.
+pub const SHARED_MIN_RHO: f64 = 0.5;
+/// One-sided p-value the shared-counter correlation must beat.
+pub const SHARED_MAX_P: f64 = 1e-3;
+
+/// Largest step used by the shared-counter test: `max(64, near_max / 8)`.
+///
+/// Smaller than `near_max` on purpose: a re-salted destination (Linux 5.18+,
+/// every 10 s) jumps to a random port, and the chance that a pair spans a
+/// re-salt grows with the gap, so a random jump that happens to land near
+/// would fake a gap/step correlation. Keeping steps this small makes such
+/// accidents about 8 times rarer (0.8 % of re-salted pairs on the default
+/// range) while still covering a shared counter with dozens of
+/// destinations.
+pub fn counter_max_step(ring: &Ring) -> u32 {
+    (4 * super::stats::SMALL_STEP).max(ring.near_max() / 8)
+}
+
+/// Verdict about how ports are allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pattern {
+    /// One counter shared by all destinations (RFC 6056 algorithms 3 and 5,
+    /// Linux connect() before 5.12). For a stream without destination
+    /// (bind/listen/autobind), simply "sequential-like".
+    Sequential,
+    /// Each destination has its own counter (RFC 6056 algorithm 4, Linux
+    /// connect() since 5.12).
+    PerDestinationSequential,
+    /// No structure found (RFC 6056 algorithms 1 and 2, Linux bind(0), UDP).
+    Random,
+    /// Too few samples, or the tests did not agree.
+    InsufficientData,
+}
+
+impl Pattern {
+    pub const ALL: [Pattern; 4] = [
+        Pattern::Sequential,
+        Pattern::PerDestinationSequential,
+        Pattern::Random,
+        Pattern::InsufficientData,
+    ];
+
+    /// The serde name, e.g. `per-destination-sequential`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pattern::Sequential => "sequential",
+            Pattern::PerDestinationSequential => "per-destination-sequential",
+            Pattern::Random => "random",
+            Pattern::InsufficientData => "insufficient-data",
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parity of ports and steps.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Parity {
+    /// Share of even port numbers (Linux connect() prefers `low`'s parity,
+    /// bind() the other one).
+    pub even_ports: Option<f64>,
+    /// Share of even forward steps.
+    pub even_steps: Option<f64>,
+}
+
+/// p-values and statistics behind a stream's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct StreamTests {
+    /// One-sided binomial p-value of the number of near steps under uniform
+    /// random ports.
+    pub near_steps_p: Option<f64>,
+    /// One-sided binomial p-value of the predictor's hits under uniform
+    /// random ports.
+    pub predictor_p: Option<f64>,
+    /// One-sided binomial p-value of the number of forward-drift steps
+    /// (`0 < step < size/2`) against 1/2.
+    pub forward_p: Option<f64>,
+    /// Chi-square statistic of port values against uniform over the range.
+    pub uniformity_chi2: Option<f64>,
+    pub uniformity_df: Option<usize>,
+    pub uniformity_p: Option<f64>,
+}
+
+/// Analysis of one stream (or of the global sequence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamAnalysis {
+    /// Final verdict (for connect streams, after combining with the global
+    /// verdict in [`super::analyze`]).
+    pub pattern: Pattern,
+    /// What the stream alone shows: `sequential` here means sequential-like.
+    pub local_pattern: Pattern,
+    /// In-range samples used.
+    pub samples: usize,
+    /// Samples outside the usable range, ignored.
+    pub out_of_range: usize,
+    /// Share of ports the online predictor guessed (see
+    /// [`super::stats::predictor`]); `None` with fewer than 3 samples.
+    pub predictability: Option<f64>,
+    /// Lower median forward step (wrapping within the range).
+    pub median_step: Option<u32>,
+    /// Most common forward step.
+    pub mode_step: Option<u32>,
+    /// Share of forward steps with `0 < step <= 16`.
+    pub share_small_steps: Option<f64>,
+    /// Share of forward steps with `0 < step <= near_max`.
+    pub share_near_steps: Option<f64>,
+    pub parity: Parity,
+    /// Steps with `16 < step <= near_max` (`near_max` = range/16 on ranges
+    /// of 256 ports or more): occupied ports jumped over.
+    pub skips: usize,
+    /// The largest step counted as near for this range.
+    pub near_max: u32,
+    pub tests: StreamTests,
+    /// Human-readable reason for the verdict.
+    pub reason: String,
+}
+
+fn share(k: usize, n: usize) -> Option<f64> {
+    (n > 0).then(|| k as f64 / n as f64)
+}
+
+/// Is this step count sequential-like? Returns (verdict, p-value).
+fn near_test(near: usize, steps: usize, ring: &Ring, min_share: f64) -> (bool, Option<f64>) {
+    if steps == 0 {
+        return (false, None);
+    }
+    let p = binomial_upper_tail(near, steps, ring.near_probability());
+    let sequential = near as f64 / steps as f64 >= min_share && p < SEQ_MAX_P;
+    (sequential, Some(p))
+}
+
+/// Classifies one stream of ports given in time order.
+pub fn classify(ports: &[u16], range: PortRange) -> StreamAnalysis {
+    let ring = Ring::new(range);
+    let offsets: Vec<u32> = ports.iter().filter_map(|&p| ring.offset(p)).collect();
+    let n = offsets.len();
+    let st = step_stats(&offsets, &ring);
+    let (hits, predictions) = predictor(&offsets, &ring);
+    let (seq_like, near_p) = near_test(st.near, st.steps, &ring, SEQ_MIN_SHARE_NEAR);
+    let predictor_p =
+        (predictions > 0).then(|| binomial_upper_tail(hits, predictions, ring.predictor_chance()));
+    let chi = chi_square_uniform(&offsets, &ring);
+    let forward_p = (st.steps > 0).then(|| binomial_upper_tail(st.forward, st.steps, 0.5));
+    let tests = StreamTests {
+        near_steps_p: near_p,
+        predictor_p,
+        forward_p,
+        uniformity_chi2: chi.map(|c| c.statistic),
+        uniformity_df: chi.map(|c| c.df),
+        uniformity_p: chi.map(|c| c.p_value),
+    };
+    let no_structure = |p: Option<f64>| p.is_none_or(|p| p >= RANDOM_ALPHA);
+    let random_like = no_structure(near_p)
+        && no_structure(predictor_p)
+        && no_structure(forward_p)
+        && no_structure(tests.uniformity_p);
+    let share_near = share(st.near, st.steps);
+    let (pattern, reason) = if n < MIN_SAMPLES {
+        (
+            Pattern::InsufficientData,
+            format!("{n} in-range samples, need at least {MIN_SAMPLES}"),
+        )
+    } else if seq_like && !random_like {
+        (
+            Pattern::Sequential,
+            format!(
+                "{} of {} steps are forward steps of at most {} (p = {:.2e} under uniform random)",
+                st.near,
+                st.steps,
+                ring.near_max(),
+                near_p.unwrap_or(f64::NAN)
+            ),
+        )
+    } else if random_like && !seq_like {
+        (
+            Pattern::Random,
+            format!(
+                "no structure: near steps p = {:.2e}, predictor p = {:.2e}, forward p = {:.2e}, uniformity p = {}",
+                near_p.unwrap_or(f64::NAN),
+                predictor_p.unwrap_or(f64::NAN),
+                forward_p.unwrap_or(f64::NAN),
+                tests
+                    .uniformity_p
+                    .map_or("n/a".to_string(), |p| format!("{p:.2e}"))
+            ),
+        )
+    } else {
+        (
+            Pattern::InsufficientData,
+            format!(
+                "tests undecided: {:.0}% near steps (p = {:.2e}), predictor p = {:.2e}, forward p = {:.2e}, uniformity p = {}",
+                100.0 * share_near.unwrap_or(0.0),
+                near_p.unwrap_or(f64::NAN),
+                predictor_p.unwrap_or(f64::NAN),
+                forward_p.unwrap_or(f64::NAN),
+                tests
+                    .uniformity_p
+                    .map_or("n/a".to_string(), |p| format!("{p:.2e}"))
+            ),
+        )
+    };
+    StreamAnalysis {
+        pattern,
+        local_pattern: pattern,
+        samples: n,
+        out_of_range: ports.len() - n,
+        predictability: share(hits, predictions),
+        median_step: st.median,
+        mode_step: st.mode,
+        share_small_steps: share(st.small, st.steps),
+        share_near_steps: share_near,
+        parity: Parity {
+            even_ports: share(st.even_ports, n),
+            even_steps: share(st.even_steps, st.steps),
+        },
+        skips: st.skips,
+        near_max: ring.near_max(),
+        tests,
+        reason,
+    }
+}
+
+/// Analysis of the time-ordered sequence across destinations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlobalAnalysis {
+    pub pattern: Pattern,
+    /// Samples in the global sequence (destination-keyed ones, or all when
+    /// none has a destination).
+    pub samples: usize,
+    /// Distinct streams in the global sequence.
+    pub destinations: usize,
+    /// The unkeyed sequence in time order, classified like one stream.
+    pub sequence: StreamAnalysis,
+    /// Steps between consecutive samples of different streams.
+    pub cross_steps: usize,
+    pub cross_share_near: Option<f64>,
+    pub cross_near_p: Option<f64>,
+    /// Streams with at least [`MIN_SAMPLES`] samples, by their own verdict.
+    pub streams_sequential: usize,
+    pub streams_random: usize,
+    pub streams_undecided: usize,
+    /// (gap, step) pairs used by the shared-counter test.
+    pub counter_pairs: usize,
+    /// Spearman correlation between gap and step.
+    pub counter_rho: Option<f64>,
+    pub counter_p: Option<f64>,
+    /// Upper end of the 99 % confidence interval of `counter_rho`.
+    pub counter_rho_upper: Option<f64>,
+    /// Whether one counter is shared by all destinations; `None` if unknown.
+    pub shared_counter: Option<bool>,
+    /// The sequence across destinations is itself sequential: one counter
+    /// without per-destination offsets (RFC 6056 algorithm 5). Then every
+    /// destination stream with enough samples is part of it, even when its
+    /// own steps are diluted by many other destinations.
+    pub single_sequence: bool,
+    pub reason: String,
+}
+
+/// Classifies the sequence across destinations; see the module docs.
+/// `samples` may be in any order; they are sorted by `ts_ns` (stable).
+pub fn classify_global(samples: &[Sample], range: PortRange) -> GlobalAnalysis {
+    let ring = Ring::new(range);
+    let any_dest = samples.iter().any(|s| s.key.has_destination());
+    let mut seq: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| !any_dest || s.key.has_destination())
+        .filter(|s| ring.offset(s.port).is_some())
+        .collect();
+    seq.sort_by_key(|s| s.ts_ns);
+    let ports: Vec<u16> = seq.iter().map(|s| s.port).collect();
+    let mut sequence = classify(&ports, range);
+    // Out-of-range samples were filtered above; count them here.
+    sequence.out_of_range = samples
+        .iter()
+        .filter(|s| !any_dest || s.key.has_destination())
+        .count()
+        - seq.len();
+
+    // Positions of each stream's samples in the global order.
+    let mut by_key: BTreeMap<&StreamKey, Vec<usize>> = BTreeMap::new();
+    for (i, s) in seq.iter().enumerate() {
+        by_key.entry(&s.key).or_default().push(i);
+    }
+    let offset = |i: usize| ring.offset(seq[i].port).unwrap_or(0);
+
+    // Cross-stream steps.
+    let cross: Vec<u32> = (1..seq.len())
+        .filter(|&i| seq[i].key != seq[i - 1].key)
+        .map(|i| ring.step(offset(i - 1), offset(i)))
+        .collect();
+    let cross_near = cross
+        .iter()
+        .filter(|&&s| s > 0 && s <= ring.near_max())
+        .count();
+    let (cross_seq, cross_near_p) =
+        near_test(cross_near, cross.len(), &ring, SINGLE_MIN_SHARE_NEAR);
+
+    // Per-stream verdicts.
+    let (mut n_seq, mut n_rand, mut n_und) = (0, 0, 0);
+    let mut seq_streams = Vec::new();
+    for positions in by_key.values() {
+        if positions.len() < MIN_SAMPLES {
+            continue;
+        }
+        let p: Vec<u16> = positions.iter().map(|&i| seq[i].port).collect();
+        match classify(&p, range).local_pattern {
+            Pattern::Sequential => {
+                n_seq += 1;
+                seq_streams.push(positions);
+            }
+            Pattern::Random => n_rand += 1,
+            _ => n_und += 1,
+        }
+    }
+
+    // (gap, step) pairs from sequential-like streams.
+    let (mut gaps, mut steps) = (Vec::new(), Vec::new());
+    for positions in &seq_streams {
+        for w in positions.windows(2) {
+            let s = ring.step(offset(w[0]), offset(w[1]));
+            if s > 0 && s <= counter_max_step(&ring) {
+                gaps.push((w[1] - w[0]) as f64);
+                steps.push(f64::from(s));
+            }
+        }
+    }
+    let pairs = gaps.len();
+    let gaps_vary = gaps.iter().any(|&g| g != gaps[0]);
+    let steps_vary = steps.iter().any(|&s| s != steps[0]);
+    let rho = if pairs >= 3 && gaps_vary {
+        if steps_vary {
+            spearman(&gaps, &steps)
+        } else {
+            Some(0.0)
+        }
+    } else {
+        None
+    };
+    let counter_p = rho.map(|r| correlation_p_value(r, pairs));
+    let counter_rho_upper = rho.map(|r| spearman_upper_bound(r, pairs));
+
+    let mut shared_counter = None;
+    let mut single_sequence = false;
+    let (pattern, reason) = if seq.len() < MIN_SAMPLES {
+        (
+            Pattern::InsufficientData,
+            format!("{} samples, need at least {MIN_SAMPLES}", seq.len()),
+        )
+    } else if by_key.len() >= 2 && cross.len() >= MIN_CROSS_STEPS && cross_seq {
+        shared_counter = Some(true);
+        single_sequence = true;
+        (
+            Pattern::Sequential,
+            format!(
+                "{cross_near} of {} steps between different destinations are small forward steps \
+                 (p = {:.2e}): one counter, no per-destination offset",
+                cross.len(),
+                cross_near_p.unwrap_or(f64::NAN)
+            ),
+        )
+    } else if n_seq == 0 {
+        if n_rand > 0 && sequence.local_pattern == Pattern::Random {
+            (
+                Pattern::Random,
+                format!("{n_rand} random streams, none sequential; global sequence random"),
+            )
+        } else {
+            (
+                Pattern::InsufficientData,
+                format!(
+                    "no sequential stream; {n_rand} random, {n_und} undecided; global sequence {}",
+                    sequence.local_pattern
+                ),
+            )
+        }
+    } else if n_rand > 0 {
+        (
+            Pattern::InsufficientData,
+            format!("streams disagree: {n_seq} sequential-like, {n_rand} random"),
+        )
+    } else if pairs < MIN_COUNTER_PAIRS {
+        (
+            Pattern::InsufficientData,
+            format!(
+                "{n_seq} sequential-like streams but only {pairs} (gap, step) pairs, \
+                 need {MIN_COUNTER_PAIRS} to tell a shared counter from per-destination ones"
+            ),
+        )
+    } else {
+        match (rho, counter_p, counter_rho_upper) {
+            (Some(r), Some(p), _) if r >= SHARED_MIN_RHO && p < SHARED_MAX_P => {
+                shared_counter = Some(true);
+                (
+                    Pattern::Sequential,
+                    format!(
+                        "steps grow with the number of connects in between \
+                         (rho = {r:.2}, p = {p:.2e}, {pairs} pairs): one shared counter"
+                    ),
+                )
+            }
+            (Some(r), _, Some(up)) if up < SHARED_MIN_RHO => {
+                shared_counter = Some(false);
+                (
+                    Pattern::PerDestinationSequential,
+                    format!(
+                        "steps do not depend on connects to other destinations \
+                         (rho = {r:.2}, 99% upper bound {up:.2}, {pairs} pairs): per-destination counters"
+                    ),
+                )
+            }
+            (Some(r), _, _) => (
+                Pattern::InsufficientData,
+                format!("gap/step correlation rho = {r:.2} from {pairs} pairs is inconclusive"),
+            ),
+            (None, _, _) => (
+                Pattern::InsufficientData,
+                format!(
+                    "gaps between a destination's connects never vary ({} destinations): \
+                     cannot tell a shared counter from per-destination ones",
+                    by_key.len()
+                ),
+            ),
+        }
+    };
+
+    GlobalAnalysis {
+        pattern,
+        samples: seq.len(),
+        destinations: by_key.len(),
+        sequence,
+        cross_steps: cross.len(),
+        cross_share_near: share(cross_near, cross.len()),
+        cross_near_p,
+        streams_sequential: n_seq,
+        streams_random: n_rand,
+        streams_undecided: n_und,
+        counter_pairs: pairs,
+        counter_rho: rho,
+        counter_p,
+        counter_rho_upper,
+        shared_counter,
+        single_sequence,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: PortRange = (32768, 60999);
+
+    #[test]
+    fn serde_names() {
+        let names: Vec<String> = Pattern::ALL
+            .iter()
+            .map(|p| serde_json::to_string(p).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "\"sequential\"",
+                "\"per-destination-sequential\"",
+                "\"random\"",
+                "\"insufficient-data\""
+            ]
+        );
+        for p in Pattern::ALL {
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
+        }
+    }
+
+    #[test]
+    fn plain_counter_is_sequential() {
+        let ports: Vec<u16> = (0..30u32)
+            .map(|i| (32768 + (28220 + 2 * i) % 28232) as u16)
+            .collect();
+        let a = classify(&ports, DEFAULT);
+        assert_eq!(a.pattern, Pattern::Sequential, "{}", a.reason);
+        assert_eq!(a.mode_step, Some(2));
+        assert_eq!(a.median_step, Some(2));
+        assert_eq!(a.share_small_steps, Some(1.0));
+        assert_eq!(a.parity.even_ports, Some(1.0));
+        assert_eq!(a.predictability, Some(1.0));
+        assert_eq!(a.skips, 0);
+    }
+
+    #[test]
+    fn too_few_samples() {
+        let a = classify(&[40000, 40002, 40004], DEFAULT);
+        assert_eq!(a.pattern, Pattern::InsufficientData);
+        assert_eq!(a.samples, 3);
+        let a = classify(&[1, 2, 3, 4, 5, 6, 7, 8, 9], DEFAULT);
+        assert_eq!(a.samples, 0);
+        assert_eq!(a.out_of_range, 9);
+        assert_eq!(a.pattern, Pattern::InsufficientData);
+    }
+
+    #[test]
+    fn constant_stride_is_not_random() {
+        // A fixed stride of 5000 wraps over the whole range: uniform values and
+        // no near steps, but perfectly predictable. Never call it random.
+        let ports: Vec<u16> = (0..60u32)
+            .map(|i| (32768 + (i * 5000) % 28232) as u16)
+            .collect();
+        let a = classify(&ports, DEFAULT);
+        assert_eq!(a.pattern, Pattern::InsufficientData, "{}", a.reason);
+        assert!(a.predictability.unwrap() > 0.9);
+    }
+}

@@ -1,0 +1,454 @@
+//! Step statistics and the statistical tests used by the classifier.
+//!
+//! Everything here works on *offsets*: a port `p` in the usable range
+//! `[low, high]` becomes `p - low`, so the range is a ring of `size =
+//! high - low + 1` positions and ports wrap from `high` back to `low`.
+//! A *forward step* from offset `a` to offset `b` is `(b - a) mod size`, in
+//! `0..size`.
+
+use statrs::distribution::{Binomial, ChiSquared, ContinuousCDF, DiscreteCDF, StudentsT};
+use std::collections::{BTreeMap, HashMap};
+
+/// Steps with `0 < step <= SMALL_STEP` are "small" (Linux >= 5.18 connect()
+/// steps by 2..=16 within one destination and one 10 s window).
+pub const SMALL_STEP: u32 = 16;
+
+/// The online predictor accepts a guess within this many ports of the truth.
+pub const PREDICT_WINDOW: u32 = 8;
+
+/// The usable port range seen as a ring of offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ring {
+    pub low: u16,
+    pub high: u16,
+    /// Number of ports in the range, `high - low + 1`.
+    pub size: u32,
+}
+
+impl Ring {
+    /// Builds the ring; a reversed range is swapped.
+    pub fn new(range: (u16, u16)) -> Self {
+        let (low, high) = if range.0 <= range.1 {
+            range
+        } else {
+            (range.1, range.0)
+        };
+        Ring {
+            low,
+            high,
+            size: u32::from(high) - u32::from(low) + 1,
+        }
+    }
+
+    /// Offset of `port` inside the range, `None` when it lies outside.
+    pub fn offset(&self, port: u16) -> Option<u32> {
+        (self.low..=self.high)
+            .contains(&port)
+            .then(|| u32::from(port - self.low))
+    }
+
+    /// Forward step from offset `from` to offset `to`, wrapping in the range.
+    pub fn step(&self, from: u32, to: u32) -> u32 {
+        (to + self.size - from) % self.size
+    }
+
+    /// Distance between two offsets going the short way round the ring.
+    pub fn distance(&self, a: u32, b: u32) -> u32 {
+        let d = self.step(a, b);
+        d.min(self.size - d)
+    }
+
+    /// Largest forward step still counted as "near" (the kernel moved a
+    /// counter forward rather than picking a fresh random port):
+    /// `max(16, size / 16)`, capped at `size / 4` so that a uniform random
+    /// step is near with probability at most 1/4 and the test keeps power
+    /// on tiny ranges. For the default 32768..=60999 range this is 1764,
+    /// which also covers RFC 6056 algorithm 5's increments (1..=500).
+    pub fn near_max(&self) -> u32 {
+        SMALL_STEP.max(self.size / 16).min((self.size / 4).max(1))
+    }
+
+    /// Probability that a uniformly random step is near (`0 < step <= near_max`).
+    pub fn near_probability(&self) -> f64 {
+        f64::from(self.near_max()) / f64::from(self.size)
+    }
+
+    /// Probability that the online predictor hits by chance when ports are
+    /// uniformly random: the window holds `2 * PREDICT_WINDOW + 1` ports; one
+    /// more is allowed for streams confined to one parity (Linux bind()).
+    pub fn predictor_chance(&self) -> f64 {
+        (f64::from(2 * PREDICT_WINDOW + 2) / f64::from(self.size)).min(1.0)
+    }
+}
+
+/// Descriptive statistics of the forward steps of one sequence of offsets.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StepStats {
+    /// Number of steps (offsets - 1, or 0).
+    pub steps: usize,
+    /// Lower median of the forward steps.
+    pub median: Option<u32>,
+    /// Most common forward step (ties: the smallest).
+    pub mode: Option<u32>,
+    /// Steps with `0 < step <= SMALL_STEP`.
+    pub small: usize,
+    /// Steps with `0 < step <= ring.near_max()`.
+    pub near: usize,
+    /// Steps with `SMALL_STEP < step <= ring.near_max()`: the kernel went past
+    /// occupied ports (or other connects used the shared counter meanwhile).
+    pub skips: usize,
+    /// Steps with `0 < step < size / 2`: forward drift.
+    pub forward: usize,
+    /// Even ports among all offsets' ports.
+    pub even_ports: usize,
+    /// Even forward steps.
+    pub even_steps: usize,
+}
+
+/// Computes [`StepStats`] for offsets in time order.
+pub fn step_stats(offsets: &[u32], ring: &Ring) -> StepStats {
+    let steps: Vec<u32> = offsets.windows(2).map(|w| ring.step(w[0], w[1])).collect();
+    let near_max = ring.near_max();
+    let mut sorted = steps.clone();
+    sorted.sort_unstable();
+    let median = (!sorted.is_empty()).then(|| sorted[(sorted.len() - 1) / 2]);
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for &s in &steps {
+        *counts.entry(s).or_default() += 1;
+    }
+    let mode = counts
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .map(|(&s, _)| s);
+    StepStats {
+        steps: steps.len(),
+        median,
+        mode,
+        small: steps.iter().filter(|&&s| s > 0 && s <= SMALL_STEP).count(),
+        near: steps.iter().filter(|&&s| s > 0 && s <= near_max).count(),
+        forward: steps
+            .iter()
+            .filter(|&&s| s > 0 && 2 * s < ring.size)
+            .count(),
+        skips: steps
+            .iter()
+            .filter(|&&s| s > SMALL_STEP && s <= near_max)
+            .count(),
+        even_ports: offsets
+            .iter()
+            .filter(|&&o| (o + u32::from(ring.low)) % 2 == 0)
+            .count(),
+        even_steps: steps.iter().filter(|&&s| s % 2 == 0).count(),
+    }
+}
+
+/// Inclusive, non-wrapping ranges of offsets within `w` of `c` on a ring of
+/// `size` positions.
+fn ring_window(c: u32, w: u32, size: u32) -> Vec<(u32, u32)> {
+    if 2 * w + 1 >= size {
+        return vec![(0, size - 1)];
+    }
+    let lo = (c + size - w) % size;
+    let hi = (c + w) % size;
+    if lo <= hi {
+        vec![(lo, hi)]
+    } else {
+        vec![(lo, size - 1), (0, hi)]
+    }
+}
+
+/// Runs the online predictor over offsets in time order and returns
+/// `(hits, predictions)`.
+///
+/// Before each port (from the third on) the predictor guesses `previous
+/// port + the most common step seen so far` and scores a hit when the actual
+/// port is within [`PREDICT_WINDOW`] ports of the guess, wrapping within the
+/// range. The first two ports cannot be predicted (no step seen yet) and are
+/// not counted.
+///
+/// "Most common" is counted with the same tolerance as the hits: the
+/// predictor uses the past step `c` that has the most past steps within
+/// `PREDICT_WINDOW` of it (ties: the one that got there first), i.e. the
+/// step that would have scored best so far. For Linux connect() (steps
+/// spread evenly over 2, 4, .., 16) that is a step near 9, whose window
+/// covers all of them, where the exact mode would be an arbitrary one of the
+/// eight values.
+pub fn predictor(offsets: &[u32], ring: &Ring) -> (usize, usize) {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut scores: HashMap<u32, usize> = HashMap::new();
+    let mut best: Option<(u32, usize)> = None;
+    let (mut hits, mut predictions) = (0, 0);
+    for w in offsets.windows(2) {
+        if let Some((m, _)) = best {
+            predictions += 1;
+            let guess = (w[0] + m) % ring.size;
+            if ring.distance(guess, w[1]) <= PREDICT_WINDOW {
+                hits += 1;
+            }
+        }
+        let step = ring.step(w[0], w[1]);
+        let window = ring_window(step, PREDICT_WINDOW, ring.size);
+        *counts.entry(step).or_default() += 1;
+        let mut changed: Vec<u32> = Vec::new();
+        if let std::collections::hash_map::Entry::Vacant(e) = scores.entry(step) {
+            // New candidate: count every past step (this one included) near it.
+            e.insert(
+                window
+                    .iter()
+                    .map(|&(lo, hi)| counts.range(lo..=hi).map(|(_, n)| n).sum::<usize>())
+                    .sum(),
+            );
+            changed.push(step);
+        }
+        // Existing candidates near this step gain one.
+        for &(lo, hi) in &window {
+            for (&c, _) in counts.range(lo..=hi) {
+                if c != step || !changed.contains(&step) {
+                    *scores
+                        .get_mut(&c)
+                        .expect("every counted step is a candidate") += 1;
+                    changed.push(c);
+                }
+            }
+        }
+        for c in changed {
+            let sc = scores[&c];
+            if best.is_none_or(|(_, b)| sc > b) {
+                best = Some((c, sc));
+            }
+        }
+    }
+    (hits, predictions)
+}
+
+/// `P(X >= k)` for `X ~ Binomial(n, p)`: the one-sided p-value of seeing at
+/// least `k` successes when each has probability `p`.
+pub fn binomial_upper_tail(k: usize, n: usize, p: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > n {
+        return 0.0;
+    }
+    let p = p.clamp(0.0, 1.0);
+    match Binomial::new(p, n as u64) {
+        Ok(b) => b.sf(k as u64 - 1),
+        Err(_) => f64::NAN,
+    }
+}
+
+/// Result of a chi-square goodness-of-fit test.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChiSquare {
+    pub statistic: f64,
+    pub df: usize,
+    pub p_value: f64,
+}
+
+/// Most bins the uniformity test uses.
+pub const MAX_BINS: usize = 64;
+/// Expected count per bin the uniformity test wants (the usual rule of 5).
+pub const MIN_EXPECTED_PER_BIN: usize = 5;
+
+/// Chi-square goodness-of-fit test of offsets against the uniform
+/// distribution over the ring. The ring is cut into
+/// `min(64, n / 5, size)` equal-width bins (so each expects at least about
+/// 5 samples); `None` when that gives fewer than 2 bins (fewer than 10
+/// samples), i.e. when the test cannot be run.
+pub fn chi_square_uniform(offsets: &[u32], ring: &Ring) -> Option<ChiSquare> {
+    let n = offsets.len();
+    let bins = MAX_BINS
+        .min(n / MIN_EXPECTED_PER_BIN)
+        .min(ring.size as usize);
+    if bins < 2 {
+        return None;
+    }
+    let size = u64::from(ring.size);
+    let bin_of = |o: u32| (u64::from(o) * bins as u64 / size) as usize;
+    let mut observed = vec![0usize; bins];
+    for &o in offsets {
+        observed[bin_of(o)] += 1;
+    }
+    // Width of bin b: offsets o with floor(o * bins / size) == b.
+    let start = |b: u64| (b * size).div_ceil(bins as u64);
+    let mut statistic = 0.0;
+    for (b, &obs) in observed.iter().enumerate() {
+        let width = start(b as u64 + 1) - start(b as u64);
+        let expected = n as f64 * width as f64 / size as f64;
+        statistic += (obs as f64 - expected).powi(2) / expected;
+    }
+    let df = bins - 1;
+    let p_value = ChiSquared::new(df as f64)
+        .map(|d| d.sf(statistic))
+        .unwrap_or(f64::NAN);
+    Some(ChiSquare {
+        statistic,
+        df,
+        p_value,
+    })
+}
+
+/// Ranks with ties given their average rank (1-based).
+fn ranks(values: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut out = vec![0.0; values.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && values[idx[j + 1]] == values[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            out[k] = avg;
+        }
+        i = j + 1;
+    }
+    out
+}
+
+/// Pearson correlation; `None` when either side has no variance or the
+/// lengths differ or there are fewer than 3 points.
+pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
+    if x.len() != y.len() || x.len() < 3 {
+        return None;
+    }
+    let n = x.len() as f64;
+    let mx = x.iter().sum::<f64>() / n;
+    let my = y.iter().sum::<f64>() / n;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx).powi(2);
+        syy += (b - my).powi(2);
+    }
+    if sxx <= 0.0 || syy <= 0.0 {
+        return None;
+    }
+    Some((sxy / (sxx * syy).sqrt()).clamp(-1.0, 1.0))
+}
+
+/// Spearman rank correlation (Pearson on average ranks).
+pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
+    if x.len() != y.len() {
+        return None;
+    }
+    pearson(&ranks(x), &ranks(y))
+}
+
+/// One-sided p-value for `H0: rho = 0` against `rho > 0`, from the usual
+/// t approximation `t = r sqrt((n-2)/(1-r^2))` with `n - 2` degrees of
+/// freedom.
+pub fn correlation_p_value(r: f64, n: usize) -> f64 {
+    if n < 3 {
+        return 1.0;
+    }
+    let df = (n - 2) as f64;
+    if r >= 1.0 {
+        return 0.0;
+    }
+    let t = r * (df / (1.0 - r * r)).sqrt();
+    StudentsT::new(0.0, 1.0, df)
+        .map(|d| d.sf(t))
+        .unwrap_or(f64::NAN)
+}
+
+/// Upper bound of an approximate two-sided 99 % confidence interval for a
+/// Spearman correlation `r` from `n` pairs (Fisher z with the Bonett-Wright
+/// standard error `sqrt((1 + r^2/2) / (n - 3))`).
+pub fn spearman_upper_bound(r: f64, n: usize) -> f64 {
+    if n < 4 {
+        return 1.0;
+    }
+    let r = r.clamp(-0.999_999, 0.999_999);
+    let se = ((1.0 + r * r / 2.0) / (n as f64 - 3.0)).sqrt();
+    (r.atanh() + 2.576 * se).tanh()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: (u16, u16) = (32768, 60999);
+
+    #[test]
+    fn ring_wraps() {
+        let r = Ring::new(DEFAULT);
+        assert_eq!(r.size, 28232);
+        assert_eq!(r.offset(32767), None);
+        assert_eq!(r.offset(61000), None);
+        assert_eq!(r.offset(60999), Some(28231));
+        assert_eq!(r.step(28230, 2), 4);
+        assert_eq!(r.distance(28230, 2), 4);
+        assert_eq!(r.distance(2, 28230), 4);
+        assert_eq!(r.near_max(), 1764);
+        assert_eq!(Ring::new((61000, 32768)), Ring::new((32768, 61000)));
+        // Tiny ranges keep a testable near threshold.
+        assert_eq!(Ring::new((1000, 1099)).near_max(), 16);
+        assert_eq!(Ring::new((1000, 1019)).near_max(), 5);
+    }
+
+    #[test]
+    fn step_stats_counts() {
+        let r = Ring::new((100, 199));
+        // offsets 0,2,4,30,31 -> steps 2,2,26,1 ; near_max = 16
+        let s = step_stats(&[0, 2, 4, 30, 31], &r);
+        assert_eq!(s.steps, 4);
+        assert_eq!(s.mode, Some(2));
+        assert_eq!(s.median, Some(2));
+        assert_eq!(s.small, 3);
+        assert_eq!(s.near, 3);
+        assert_eq!(s.skips, 0);
+        assert_eq!(s.even_ports, 4);
+        assert_eq!(s.even_steps, 3);
+        let r = Ring::new(DEFAULT);
+        let s = step_stats(&[0, 100, 50], &r);
+        assert_eq!(s.skips, 1);
+        assert_eq!(s.near, 1);
+    }
+
+    #[test]
+    fn predictor_on_counter() {
+        let r = Ring::new(DEFAULT);
+        let offs: Vec<u32> = (0..20).map(|i| (28200 + i * 3) % r.size).collect();
+        assert_eq!(predictor(&offs, &r), (18, 18));
+        // Step changes within the window still hit.
+        assert_eq!(predictor(&[0, 4, 16, 20], &r), (2, 2));
+        assert_eq!(predictor(&[0, 4, 1000, 1004], &r), (1, 2));
+    }
+
+    #[test]
+    fn binomial_tail() {
+        assert_eq!(binomial_upper_tail(0, 10, 0.5), 1.0);
+        assert!((binomial_upper_tail(10, 10, 0.5) - 0.5f64.powi(10)).abs() < 1e-12);
+        assert!((binomial_upper_tail(1, 2, 0.5) - 0.75).abs() < 1e-12);
+        assert!(binomial_upper_tail(7, 7, 1.0 / 16.0) < 1e-8);
+    }
+
+    #[test]
+    fn chi_square_detects_clustering() {
+        let r = Ring::new(DEFAULT);
+        assert!(chi_square_uniform(&[1, 2, 3], &r).is_none());
+        let spread: Vec<u32> = (0..100).map(|i| i * 282).collect();
+        let c = chi_square_uniform(&spread, &r).unwrap();
+        assert_eq!(c.df, 19);
+        assert!(c.p_value > 0.99);
+        let clustered: Vec<u32> = (0..100).collect();
+        assert!(chi_square_uniform(&clustered, &r).unwrap().p_value < 1e-10);
+    }
+
+    #[test]
+    fn correlations() {
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let y = [2.0, 4.0, 6.0, 8.0, 100.0];
+        assert!((spearman(&x, &y).unwrap() - 1.0).abs() < 1e-12);
+        assert!(pearson(&x, &y).unwrap() < 1.0);
+        assert_eq!(spearman(&x, &[1.0; 5]), None);
+        assert_eq!(ranks(&[3.0, 1.0, 3.0]), vec![2.5, 1.0, 2.5]);
+        assert!(correlation_p_value(0.9, 30) < 1e-6);
+        assert!(correlation_p_value(0.0, 30) > 0.49);
+        assert!(spearman_upper_bound(0.0, 200) < 0.25);
+        assert!(spearman_upper_bound(0.0, 10) > 0.5);
+    }
+}
