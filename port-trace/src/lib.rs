@@ -10,3 +10,5 @@ pub mod loader;
 pub mod output;
 pub mod pressure;
 pub mod probe;
+pub mod recording;
+pub mod report;

@@ -135,11 +135,17 @@ pub struct TraceProcess {
 }
 
 impl TraceProcess {
-    /// Starts the tracer and waits until it prints its `tracing:` line (or exits).
+    /// Starts `port-trace trace --format json EXTRA...` and waits for its `tracing:` line.
     pub fn start(extra: &[&str]) -> Result<Self> {
+        let mut args = vec!["trace", "--format", "json"];
+        args.extend_from_slice(extra);
+        Self::spawn(&args)
+    }
+
+    /// Starts `port-trace ARGS...` and waits until it prints its `tracing:` line (or exits).
+    pub fn spawn(args: &[&str]) -> Result<Self> {
         let mut child = Command::new(port_trace_bin())
-            .args(["trace", "--format", "json"])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

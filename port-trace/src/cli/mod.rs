@@ -1,6 +1,8 @@
 //! Command line: one file per subcommand.
 
+pub mod analyze;
 pub mod check;
+pub mod record;
 pub mod trace;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +24,10 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Show what this kernel supports and which hook set would be used.
     Check(check::CheckArgs),
+    /// Trace into a JSON recording for `analyze` and `plot`.
+    Record(record::RecordArgs),
+    /// Allocation pattern, predictability, pressure and failures per stream of a recording.
+    Analyze(analyze::AnalyzeArgs),
 }
 
 impl Cli {
@@ -29,6 +35,8 @@ impl Cli {
         match self.command {
             Command::Trace(args) => trace::run(args),
             Command::Check(args) => check::run(args),
+            Command::Record(args) => record::run(args),
+            Command::Analyze(args) => analyze::run(args),
         }
     }
 }

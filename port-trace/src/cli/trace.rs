@@ -1,6 +1,11 @@
 //! `port-trace trace`: live events.
 
-use std::{io, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::{self, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -10,15 +15,19 @@ use tokio::{
 };
 
 use crate::{
-    event::{Clock, decode},
+    analysis::DEFAULT_RANGE,
+    event::{Clock, Event, decode},
     filter::{Filter, parse_netns},
     hooks::{self, HookSetName},
     loader::{LoadOptions, Tracer},
     output::{Format, Printer},
+    pressure::UsableRange,
     probe::KernelSupport,
+    recording,
+    report::{self, NetnsState},
 };
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct TraceArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -51,6 +60,10 @@ pub struct TraceArgs {
     /// Wake up early once this many KiB wait in the ring buffer (default: a quarter of it).
     #[arg(long, value_name = "KIB")]
     pub wakeup_kib: Option<u32>,
+    /// On exit, print a per-stream summary (pattern, predictability, pressure, failures) on
+    /// stderr.
+    #[arg(long)]
+    pub summary: bool,
     /// How often to drain the ring buffer when it is not filling up.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub drain_interval: Duration,
@@ -64,15 +77,64 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
+/// Most events kept in memory for `--summary` and `record`; beyond it the summary says so.
+const MAX_KEPT: usize = 2_000_000;
+
+/// What a finished trace hands back to its caller.
+pub struct Finished {
+    /// Events that passed the filter, when asked to keep them.
+    pub kept: Vec<Event>,
+    pub dropped_from_memory: u64,
+    /// A path to the `--netns` namespace, for reading its range and sockets.
+    pub netns_path: Option<PathBuf>,
+}
+
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let summary = args.summary;
+    let out: Box<dyn Write> = Box::new(io::stdout().lock());
+    let done = block_on(trace(args, out, summary))?;
+    if summary {
+        print_summary(&done);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(trace(args))
+    rt.block_on(f)
 }
 
-async fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
+/// Reads the namespaces' ranges and socket tables now and prints the summary on stderr.
+pub fn print_summary(done: &Finished) -> Vec<NetnsState> {
+    let namespaces = recording::snapshot(&done.kept, done.netns_path.as_deref());
+    let default = UsableRange::new(DEFAULT_RANGE.0, DEFAULT_RANGE.1, vec![]);
+    let summary = report::summarize(&done.kept, &namespaces, &default);
+    eprint!("{}", report::render_table(&summary));
+    if done.dropped_from_memory > 0 {
+        eprintln!(
+            "note: the summary covers the first {MAX_KEPT} events; {} more were not kept",
+            done.dropped_from_memory
+        );
+    }
+    namespaces
+}
+
+fn netns_path(arg: &str) -> Option<PathBuf> {
+    if arg.parse::<u32>().is_ok() {
+        return None;
+    }
+    [
+        PathBuf::from(arg),
+        PathBuf::from(format!("/run/netns/{arg}")),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+}
+
+pub async fn trace(args: TraceArgs, out: Box<dyn Write>, keep: bool) -> anyhow::Result<Finished> {
     // Before anything is attached: a signal that arrives right after the `tracing:` line
     // must still drain and exit cleanly.
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -131,8 +193,9 @@ async fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
     );
 
     let clock = Clock::now();
-    let stdout = io::stdout().lock();
-    let mut printer = Printer::new(io::BufWriter::new(stdout), args.format);
+    let mut printer = Printer::new(io::BufWriter::new(out), args.format);
+    let mut kept = Vec::new();
+    let mut dropped_from_memory = 0u64;
     // A duplicate of the ring buffer's fd: epoll on it reports the kernel's forced wake-ups.
     let dup = nix::unistd::dup(tracer.ring_fd()).context("cannot duplicate the ring buffer fd")?;
     // SAFETY: `dup` is an owned descriptor that nothing else registers or closes.
@@ -159,6 +222,13 @@ async fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 if printer.print(&e).is_err() {
                     *stdout_closed = true;
                 }
+                if keep {
+                    if kept.len() < MAX_KEPT {
+                        kept.push(e);
+                    } else {
+                        dropped_from_memory += 1;
+                    }
+                }
             }
         });
         if printer.flush().is_err() {
@@ -182,10 +252,16 @@ async fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
     }
     // Everything submitted before we stopped is still in the ring buffer.
     drain(&mut tracer, &mut stdout_closed);
+    drop(drain);
+    drop(printer);
     let lost = tracer.lost();
     eprintln!(
         "port-trace: {total} events, {shown} shown, {lost} lost to a full ring buffer{}",
         if lost > 0 { " (raise --ring-kib)" } else { "" }
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Finished {
+        kept,
+        dropped_from_memory,
+        netns_path: args.netns.as_deref().and_then(netns_path),
+    })
 }

@@ -49,7 +49,7 @@ pub enum PressureError {
 }
 
 /// Pressure on the ports available to connect() toward one destination.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DestPressure {
     pub daddr: IpAddr,
     pub dport: u16,
@@ -154,7 +154,7 @@ pub fn listeners_in_range(range: &UsableRange, sockets: &[SocketRecord]) -> Vec<
 }
 
 /// When a range runs out at a given allocation rate.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Forecast {
     /// Allocations per second the range sustains: each port stays in TIME_WAIT for the
     /// TIME_WAIT lifetime after an active close, so `usable / time_wait_secs`.

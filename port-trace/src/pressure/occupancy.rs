@@ -20,14 +20,20 @@ use super::PressureError;
 use super::range::{NetnsRef, run_in_netns};
 
 /// Transport protocol of a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Proto {
     Tcp,
     Udp,
 }
 
 /// Address family of a socket (an IPv6 socket may carry IPv4-mapped addresses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Family {
     V4,
     V6,
@@ -35,7 +41,8 @@ pub enum Family {
 
 /// Socket state as reported by sock_diag (the kernel's `TCP_*` numbering). UDP sockets are
 /// reported as `Established` when connected and `Close` when not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SockState {
     Established,
     SynSent,
@@ -80,7 +87,7 @@ impl SockState {
 }
 
 /// One socket from the kernel's tables.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SocketRecord {
     pub proto: Proto,
     pub family: Family,

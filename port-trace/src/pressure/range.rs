@@ -76,7 +76,7 @@ where
 }
 
 /// The ports that automatic port selection (connect(), bind(0), UDP autobind) may hand out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UsableRange {
     /// First port of `ip_local_port_range` (inclusive).
     pub low: u16,

@@ -1,0 +1,512 @@
+//! The per-stream summary: allocation pattern, pressure, failures, forecast and hazards, joined
+//! from events, the namespace's range and its socket table. Pure: plain data in and out.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    analysis::{self, GlobalAnalysis, Parity, Pattern, Sample, StreamKey},
+    event::Event,
+    pressure::{
+        self, DEFAULT_TIME_WAIT_SECS, Forecast, Proto, SocketRecord, UsableRange, connect_pressure,
+        listeners_in_range,
+    },
+};
+
+/// What the kernel knew about one network namespace when the recording ended.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetnsState {
+    pub netns: u32,
+    pub range: Option<UsableRange>,
+    pub sockets: Option<Vec<SocketRecord>>,
+    /// Why range or sockets are missing.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamSummary {
+    pub key: StreamKey,
+    /// Successful allocations.
+    pub samples: usize,
+    pub pattern: Pattern,
+    pub predictability: Option<f64>,
+    pub median_step: Option<u32>,
+    pub mode_step: Option<u32>,
+    pub share_small_steps: Option<f64>,
+    pub parity: Parity,
+    pub skips: usize,
+    /// In use / usable for this destination (connect) or this protocol (bind-style).
+    pub pressure: Option<f64>,
+    pub in_use: Option<u32>,
+    pub usable: Option<u32>,
+    /// Failures by errno name.
+    pub failures: BTreeMap<String, u64>,
+    /// Allocations per second over the last minute of the stream.
+    pub rate_per_s: f64,
+    pub forecast: Option<Forecast>,
+    /// Busiest commands, most first (bounded).
+    pub top_comms: Vec<(String, u64)>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfConnect {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hazards {
+    /// TCP listeners on a port inside their namespace's ephemeral range that the kernel did
+    /// not choose for them.
+    pub listeners_in_range: Vec<(u32, SocketRecord)>,
+    /// TCP connects whose local address:port equals the destination.
+    pub self_connects: Vec<SelfConnect>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub streams: Vec<StreamSummary>,
+    /// The unkeyed connect() stream across destinations.
+    pub global: GlobalAnalysis,
+    pub hazards: Hazards,
+    pub namespaces: Vec<NetnsState>,
+}
+
+const TOP_COMMS: usize = 3;
+const RATE_WINDOW_NS: u64 = 60_000_000_000;
+
+/// Connect streams are keyed by destination only: a failed connect has no local address.
+fn key_of(e: &Event) -> StreamKey {
+    match (e.op.as_str(), e.daddr, e.dport) {
+        ("connect", Some(d), Some(p)) => {
+            StreamKey::connect(e.netns, &e.proto, &e.family, None, d, p)
+        }
+        _ => StreamKey::local(&e.op, e.netns, &e.proto, &e.family),
+    }
+}
+
+fn range_of(ns: &HashMap<u32, &NetnsState>, netns: u32, fallback: &UsableRange) -> UsableRange {
+    ns.get(&netns)
+        .and_then(|s| s.range.clone())
+        .unwrap_or_else(|| fallback.clone())
+}
+
+/// Allocations per second over the last minute of the recording (`end` is its last event).
+/// A burst inside a short recording is spread over the recording, never over the burst
+/// itself, so 40 connects in a millisecond do not read as 40,000 per second.
+fn rate(ts: &[u64], start: u64, end: u64) -> f64 {
+    let from = end.saturating_sub(RATE_WINDOW_NS).max(start);
+    let n = ts.iter().filter(|&&t| t >= from && t <= end).count();
+    let window = ((end - from) as f64 / 1e9).max(1.0);
+    n as f64 / window
+}
+
+/// Builds the summary. `default_range` is used for namespaces whose range is unknown.
+pub fn summarize(
+    events: &[Event],
+    namespaces: &[NetnsState],
+    default_range: &UsableRange,
+) -> Summary {
+    let ns: HashMap<u32, &NetnsState> = namespaces.iter().map(|n| (n.netns, n)).collect();
+    let mut groups: BTreeMap<StreamKey, Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        groups.entry(key_of(e)).or_default().push(e);
+    }
+
+    // The global stream: successful connects, all destinations, in time order.
+    let connect_samples: Vec<Sample> = events
+        .iter()
+        .filter(|e| e.op == "connect" && e.is_ok())
+        .map(|e| Sample {
+            ts_ns: e.ts_ns,
+            port: e.port,
+            key: key_of(e),
+        })
+        .collect();
+    let global_range = connect_samples
+        .first()
+        .map(|s| range_of(&ns, s.key.netns, default_range))
+        .unwrap_or_else(|| default_range.clone());
+    let connect_report = analysis::analyze(&connect_samples, (global_range.low, global_range.high));
+    let connect_verdicts: HashMap<&StreamKey, &analysis::StreamAnalysis> = connect_report
+        .streams
+        .iter()
+        .map(|s| (&s.key, &s.analysis))
+        .collect();
+
+    let first_ts = events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
+    let last_ts = events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
+    let mut streams = Vec::new();
+    for (key, evs) in &groups {
+        let range = range_of(&ns, key.netns, default_range);
+        let ok: Vec<&&Event> = evs.iter().filter(|e| e.is_ok()).collect();
+        let mut sorted: Vec<(u64, u16)> = ok.iter().map(|e| (e.ts_ns, e.port)).collect();
+        sorted.sort();
+        let ports: Vec<u16> = sorted.iter().map(|p| p.1).collect();
+        let a = match connect_verdicts.get(key) {
+            Some(a) => (*a).clone(),
+            None => analysis::classify(&ports, (range.low, range.high)),
+        };
+        let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+        for e in evs.iter().filter(|e| !e.is_ok()) {
+            *failures.entry(e.result.clone()).or_default() += 1;
+        }
+        let mut comms: HashMap<&str, u64> = HashMap::new();
+        for e in evs {
+            *comms.entry(e.comm.as_str()).or_default() += 1;
+        }
+        let mut top: Vec<(String, u64)> =
+            comms.into_iter().map(|(c, n)| (c.to_string(), n)).collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        top.truncate(TOP_COMMS);
+
+        let sockets = ns.get(&key.netns).and_then(|s| s.sockets.as_ref());
+        let (pressure, in_use, usable) = match sockets {
+            Some(socks) if key.has_destination() => {
+                let dp = connect_pressure(&range, socks);
+                match dp
+                    .iter()
+                    .find(|d| Some(d.daddr) == key.daddr && Some(d.dport) == key.dport)
+                {
+                    Some(d) => (Some(d.pressure), Some(d.in_use), Some(d.usable)),
+                    None => (
+                        Some(0.0),
+                        Some(0),
+                        dp.first().map(|d| d.usable).or(Some(range.usable)),
+                    ),
+                }
+            }
+            Some(socks) => {
+                let proto = if key.proto == "udp" {
+                    Proto::Udp
+                } else {
+                    Proto::Tcp
+                };
+                let p = pressure::bind_pressure(&range, socks, proto);
+                let usable = range.usable;
+                (
+                    Some(p),
+                    Some((p * usable as f64).round() as u32),
+                    Some(usable),
+                )
+            }
+            None => (None, None, None),
+        };
+        let ts: Vec<u64> = ok.iter().map(|e| e.ts_ns).collect();
+        let rate_per_s = rate(&ts, first_ts, last_ts);
+        // Only connect() ports linger in TIME_WAIT after use; bind-style ports free on close.
+        let forecast = match (in_use, usable) {
+            (Some(i), Some(u)) if key.has_destination() => {
+                Some(pressure::forecast(i, u, rate_per_s, DEFAULT_TIME_WAIT_SECS))
+            }
+            _ => None,
+        };
+        streams.push(StreamSummary {
+            key: key.clone(),
+            samples: ok.len(),
+            pattern: a.pattern,
+            predictability: a.predictability,
+            median_step: a.median_step,
+            mode_step: a.mode_step,
+            share_small_steps: a.share_small_steps,
+            parity: a.parity.clone(),
+            skips: a.skips,
+            pressure,
+            in_use,
+            usable,
+            failures,
+            rate_per_s,
+            forecast,
+            top_comms: top,
+            reason: a.reason.clone(),
+        });
+    }
+    // Most pressing first.
+    streams.sort_by(|a, b| {
+        b.pressure
+            .unwrap_or(0.0)
+            .total_cmp(&a.pressure.unwrap_or(0.0))
+            .then(
+                b.failures
+                    .values()
+                    .sum::<u64>()
+                    .cmp(&a.failures.values().sum::<u64>()),
+            )
+            .then(b.samples.cmp(&a.samples))
+    });
+
+    // Listeners on a port inside the range that the kernel did not hand out (a listen()
+    // autobind is the kernel's own choice): a client may take that port first.
+    let chosen: std::collections::HashSet<(u32, u16)> = events
+        .iter()
+        .filter(|e| e.is_ok() && e.proto == "tcp" && e.op != "connect")
+        .map(|e| (e.netns, e.port))
+        .collect();
+    let mut hazards = Hazards::default();
+    for n in namespaces {
+        if let (Some(r), Some(s)) = (&n.range, &n.sockets) {
+            for l in listeners_in_range(r, s) {
+                if l.proto == Proto::Tcp
+                    && l.state == pressure::SockState::Listen
+                    && !chosen.contains(&(n.netns, l.local_port))
+                {
+                    hazards.listeners_in_range.push((n.netns, l));
+                }
+            }
+        }
+    }
+    for e in events {
+        if e.op == "connect" && e.is_ok() && e.daddr == Some(e.saddr) && e.dport == Some(e.port) {
+            hazards.self_connects.push(SelfConnect {
+                ts_ns: e.ts_ns,
+                pid: e.pid,
+                comm: e.comm.clone(),
+                addr: e.saddr,
+                port: e.port,
+            });
+        }
+    }
+    Summary {
+        streams,
+        global: connect_report.global,
+        hazards,
+        namespaces: namespaces.to_vec(),
+    }
+}
+
+fn key_text(k: &StreamKey) -> String {
+    match (k.daddr, k.dport) {
+        (Some(IpAddr::V6(a)), Some(p)) => format!("{} {} -> [{a}]:{p}", k.op, k.proto),
+        (Some(a), Some(p)) => format!("{} {} -> {a}:{p}", k.op, k.proto),
+        _ => format!("{} {} {}", k.op, k.proto, k.family),
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.1}%", v * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The human-readable summary table.
+pub fn render_table(s: &Summary) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<34} {:>10} {:>6} {:<26} {:>7} {:>6} {:>5} {:>8} {:<18} {}",
+        "STREAM",
+        "NETNS",
+        "N",
+        "PATTERN",
+        "PREDICT",
+        "STEP",
+        "SKIPS",
+        "PRESSURE",
+        "FAILURES",
+        "TOP COMMS"
+    );
+    for st in &s.streams {
+        let failures = if st.failures.is_empty() {
+            "-".to_string()
+        } else {
+            st.failures
+                .iter()
+                .map(|(k, v)| format!("{k}x{v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let comms = st
+            .top_comms
+            .iter()
+            .map(|(c, n)| format!("{c}({n})"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = writeln!(
+            out,
+            "{:<34} {:>10} {:>6} {:<26} {:>7} {:>6} {:>5} {:>8} {:<18} {}",
+            key_text(&st.key),
+            st.key.netns,
+            st.samples,
+            st.pattern.as_str(),
+            pct(st.predictability),
+            st.median_step
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
+            st.skips,
+            pct(st.pressure),
+            failures,
+            comms
+        );
+        if let Some(f) = &st.forecast
+            && let Some(secs) = f.seconds_to_exhaustion
+        {
+            let _ = writeln!(
+                out,
+                "    exhaustion in ~{secs:.0}s at {:.1}/s (sustainable {:.1}/s)",
+                st.rate_per_s, f.sustainable_rate
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "global connect stream: {} ({})",
+        s.global.pattern.as_str(),
+        s.global.reason
+    );
+    for (netns, l) in &s.hazards.listeners_in_range {
+        let _ = writeln!(
+            out,
+            "hazard: {:?} {:?} socket on port {} inside the ephemeral range (netns {netns})",
+            l.proto, l.state, l.local_port
+        );
+    }
+    for sc in &s.hazards.self_connects {
+        let _ = writeln!(
+            out,
+            "hazard: self-connect by {} (pid {}) on {}:{}",
+            sc.comm, sc.pid, sc.addr, sc.port
+        );
+    }
+    for n in &s.namespaces {
+        if let Some(note) = &n.note {
+            let _ = writeln!(out, "note: netns {}: {note}", n.netns);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pressure::{Family, SockState};
+    use std::net::Ipv4Addr;
+
+    fn ev(
+        op: &str,
+        proto: &str,
+        port: u16,
+        dest: Option<(Ipv4Addr, u16)>,
+        result: &str,
+        ts: u64,
+    ) -> Event {
+        Event {
+            ts_ns: ts,
+            op: op.into(),
+            proto: proto.into(),
+            family: "ipv4".into(),
+            port,
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            daddr: dest.map(|d| IpAddr::V4(d.0)),
+            dport: dest.map(|d| d.1),
+            result: result.into(),
+            pid: 1,
+            tid: 1,
+            comm: "curl".into(),
+            uid: 0,
+            cgroup_id: 1,
+            netns: 7,
+            hook: "test".into(),
+        }
+    }
+
+    fn sock(state: SockState, lport: u16, remote: Option<(Ipv4Addr, u16)>) -> SocketRecord {
+        SocketRecord {
+            proto: Proto::Tcp,
+            family: Family::V4,
+            state,
+            local_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: lport,
+            remote_addr: IpAddr::V4(remote.map(|r| r.0).unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            remote_port: remote.map(|r| r.1).unwrap_or(0),
+        }
+    }
+
+    #[test]
+    fn failures_and_pressure_go_to_the_right_destination() {
+        let a = (Ipv4Addr::LOCALHOST, 5000);
+        let b = (Ipv4Addr::new(127, 0, 0, 2), 5000);
+        let mut events = Vec::new();
+        for (i, p) in [40000, 40001, 40002, 40003].into_iter().enumerate() {
+            events.push(ev("connect", "tcp", p, Some(a), "ok", i as u64));
+        }
+        events.push(ev("connect", "tcp", 0, Some(a), "EADDRNOTAVAIL", 10));
+        events.push(ev("connect", "tcp", 40000, Some(b), "ok", 11));
+        let range = UsableRange::new(40000, 40003, vec![]);
+        let mut socks: Vec<SocketRecord> = (40000..=40003)
+            .map(|p| sock(SockState::Established, p, Some(a)))
+            .collect();
+        socks.push(sock(SockState::Established, 40000, Some(b)));
+        socks.push(sock(SockState::Listen, 5000, None));
+        let ns = NetnsState {
+            netns: 7,
+            range: Some(range.clone()),
+            sockets: Some(socks),
+            note: None,
+        };
+        let s = summarize(&events, &[ns], &range);
+        let first = &s.streams[0];
+        assert_eq!(first.key.daddr, Some(IpAddr::V4(a.0)));
+        assert_eq!(first.pressure, Some(1.0));
+        assert_eq!(first.failures.get("EADDRNOTAVAIL"), Some(&1));
+        assert_eq!(first.samples, 4);
+        let second = &s.streams[1];
+        assert_eq!(second.key.daddr, Some(IpAddr::V4(b.0)));
+        assert_eq!(second.pressure, Some(0.25));
+        assert!(second.failures.is_empty());
+        let table = render_table(&s);
+        assert!(table.contains("EADDRNOTAVAILx1"), "{table}");
+    }
+
+    #[test]
+    fn listeners_in_range_and_self_connects_are_hazards() {
+        let range = UsableRange::new(40000, 40003, vec![]);
+        let ns = NetnsState {
+            netns: 7,
+            range: Some(range.clone()),
+            sockets: Some(vec![sock(SockState::Listen, 40001, None)]),
+            note: None,
+        };
+        let events = vec![ev(
+            "connect",
+            "tcp",
+            40002,
+            Some((Ipv4Addr::LOCALHOST, 40002)),
+            "ok",
+            1,
+        )];
+        let s = summarize(&events, &[ns], &range);
+        assert_eq!(s.hazards.listeners_in_range.len(), 1);
+        assert_eq!(s.hazards.listeners_in_range[0].1.local_port, 40001);
+        assert_eq!(s.hazards.self_connects.len(), 1);
+        assert!(render_table(&s).contains("self-connect"));
+    }
+
+    #[test]
+    fn without_a_socket_table_pressure_is_unknown() {
+        let range = UsableRange::new(32768, 60999, vec![]);
+        let events = vec![ev("bind", "udp", 40000, None, "ok", 1)];
+        let s = summarize(&events, &[], &range);
+        assert_eq!(s.streams[0].pressure, None);
+        assert_eq!(s.streams[0].pattern, Pattern::InsufficientData);
+    }
+
+    #[test]
+    fn rate_uses_the_last_minute_of_the_recording() {
+        let s = 1_000_000_000;
+        let ts: Vec<u64> = (0..11).map(|i| i * s).collect();
+        assert!((rate(&ts, 0, 10 * s) - 1.1).abs() < 1e-9);
+        // A burst in a 6 s recording is 40 per 6 s, not 40 per millisecond.
+        let burst: Vec<u64> = (0..40).map(|i| i * 1000).collect();
+        assert!((rate(&burst, 0, 6 * s) - 40.0 / 6.0).abs() < 1e-9);
+        // Older than a minute before the end does not count.
+        assert!((rate(&[0, 100 * s], 0, 100 * s) - 1.0 / 60.0).abs() < 1e-9);
+    }
+}
