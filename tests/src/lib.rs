@@ -131,6 +131,8 @@ impl Drop for Netns {
 pub struct TraceProcess {
     child: Child,
     stderr: BufReader<ChildStderr>,
+    /// Reads stdout as it comes, so a full pipe never stalls the tracer's drain loop.
+    stdout: std::thread::JoinHandle<std::io::Result<String>>,
     pub banner: String,
 }
 
@@ -160,9 +162,15 @@ impl TraceProcess {
             }
             seen.push_str(&line);
             if line.starts_with("tracing:") {
+                let mut out = child.stdout.take().unwrap();
+                let stdout = std::thread::spawn(move || {
+                    let mut s = String::new();
+                    out.read_to_string(&mut s).map(|_| s)
+                });
                 return Ok(Self {
                     child,
                     stderr,
+                    stdout,
                     banner: line.trim().to_string(),
                 });
             }

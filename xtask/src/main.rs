@@ -47,6 +47,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure what tracing costs a loopback connect() workload (root).
+    Bench,
     /// Build and run all tests, including the root eBPF integration tests.
     Test {
         /// Extra arguments for `cargo test`.
@@ -86,6 +88,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .status()
                 .with_context(|| format!("run {}", bin.display()))?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        Cmd::Bench => {
+            setup(true)?;
+            let bin = build(true)?;
+            let status = Command::new(cargo())
+                .args(["bench", "-p", "port-trace-tests", "--bench", "overhead"])
+                .env("PORT_TRACE_BIN", &bin)
+                .status()
+                .context("run cargo bench")?;
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Test { args } => {
             setup(true)?;
