@@ -187,8 +187,10 @@ impl TraceProcess {
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
         )?;
-        let mut out = String::new();
-        self.child.stdout.take().unwrap().read_to_string(&mut out)?;
+        let out = self
+            .stdout
+            .join()
+            .map_err(|_| anyhow::anyhow!("stdout reader panicked"))??;
         let mut err = String::new();
         self.stderr.read_to_string(&mut err)?;
         let status = self.child.wait()?;
