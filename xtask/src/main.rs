@@ -106,7 +106,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Test { args } => {
             setup(true)?;
             let bin = build(false)?;
-            let status = Command::new(cargo())
+            let mut status = Command::new(cargo())
                 .args([
                     "test",
                     "-p",
@@ -120,14 +120,50 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ])
                 .args(&args)
                 .env("PORT_TRACE_BIN", &bin)
-                .status()
+                .stdout(std::process::Stdio::piped())
+                .spawn()
                 .context("run cargo test")?;
-            Ok(if status.success() {
+            // Echo as it comes and total the per-binary results into one closing line.
+            let (mut passed, mut failed) = (0u64, 0u64);
+            let out = std::io::BufReader::new(status.stdout.take().context("cargo test stdout")?);
+            for line in std::io::BufRead::lines(out) {
+                let line = line?;
+                println!("{line}");
+                if let Some((p, f)) = parse_result_line(&line) {
+                    passed += p;
+                    failed += f;
+                }
+            }
+            let ok = status.wait()?.success();
+            println!("tests: {passed} passed, {failed} failed");
+            Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// Reads "test result: ok. 7 passed; 0 failed; ..." into (7, 0).
+fn parse_result_line(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let num = |word: &str| -> Option<u64> {
+        rest.split(';')
+            .find_map(|part| part.trim().strip_suffix(word))
+            .and_then(|n| n.rsplit(' ').next())
+            .and_then(|n| n.trim().parse().ok())
+    };
+    Some((num(" passed")?, num(" failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let l = "test result: ok. 7 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(super::parse_result_line(l), Some((7, 2)));
+        assert_eq!(super::parse_result_line("running 7 tests"), None);
     }
 }
 
