@@ -165,3 +165,33 @@ fn exhaustion_is_attributed_to_its_destination() {
     assert_eq!(hazards.len(), 1, "{hazards:?}");
     assert_eq!(hazards[0][1]["local_port"], 40003);
 }
+
+#[test]
+fn trace_summary_prints_streams_on_exit() {
+    if !require_root("trace_summary_prints_streams_on_exit") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new().unwrap();
+    let tracer = TraceProcess::start(&["--netns", &ns.name, "--summary"]).expect("trace");
+    ns.run("pt-summary", || {
+        let keep: Vec<Socket> = (0..10)
+            .map(|_| {
+                let s = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+                s.bind(&SockAddr::from(v4([127, 0, 0, 1], 0))).unwrap();
+                s
+            })
+            .collect();
+        keep.len()
+    })
+    .unwrap();
+    let (events, stderr) = tracer.stop().unwrap();
+    assert_eq!(events.len(), 10);
+    assert!(stderr.contains("STREAM"), "{stderr}");
+    let row = stderr
+        .lines()
+        .find(|l| l.starts_with("bind udp ipv4"))
+        .unwrap_or_else(|| panic!("no bind udp row: {stderr}"));
+    assert!(row.contains(" 10 "), "{row}");
+    assert!(stderr.contains("global connect stream"), "{stderr}");
+}
