@@ -2,12 +2,15 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod config;
 pub mod event;
+pub mod exporter;
 pub mod filter;
 pub mod hooks;
 pub mod kernel_layout;
 pub mod loader;
 pub mod output;
+pub mod plot;
 pub mod pressure;
 pub mod probe;
 pub mod recording;

@@ -145,6 +145,8 @@ pub fn summarize(
     let first_ts = events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
     let last_ts = events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
     let mut streams = Vec::new();
+    type ByDest = HashMap<(IpAddr, u16), pressure::DestPressure>;
+    let mut dest_pressure: HashMap<u32, (ByDest, u32)> = HashMap::new();
     for (key, evs) in &groups {
         let range = range_of(&ns, key.netns, default_range);
         let ok: Vec<&&Event> = evs.iter().filter(|e| e.is_ok()).collect();
@@ -171,17 +173,16 @@ pub fn summarize(
         let sockets = ns.get(&key.netns).and_then(|s| s.sockets.as_ref());
         let (pressure, in_use, usable) = match sockets {
             Some(socks) if key.has_destination() => {
-                let dp = connect_pressure(&range, socks);
-                match dp
-                    .iter()
-                    .find(|d| Some(d.daddr) == key.daddr && Some(d.dport) == key.dport)
-                {
+                // One pass over the socket table per namespace, not per destination.
+                let (per_dest, any_usable) = dest_pressure.entry(key.netns).or_insert_with(|| {
+                    let all = connect_pressure(&range, socks);
+                    let usable = all.first().map(|d| d.usable).unwrap_or(range.usable);
+                    let by_dest = all.into_iter().map(|d| ((d.daddr, d.dport), d)).collect();
+                    (by_dest, usable)
+                });
+                match key.daddr.zip(key.dport).and_then(|k| per_dest.get(&k)) {
                     Some(d) => (Some(d.pressure), Some(d.in_use), Some(d.usable)),
-                    None => (
-                        Some(0.0),
-                        Some(0),
-                        dp.first().map(|d| d.usable).or(Some(range.usable)),
-                    ),
+                    None => (Some(0.0), Some(0), Some(*any_usable)),
                 }
             }
             Some(socks) => {

@@ -2,7 +2,9 @@
 
 pub mod analyze;
 pub mod check;
+pub mod plot;
 pub mod record;
+pub mod serve;
 pub mod trace;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,10 @@ pub enum Command {
     Record(record::RecordArgs),
     /// Allocation pattern, predictability, pressure and failures per stream of a recording.
     Analyze(analyze::AnalyzeArgs),
+    /// Run as a daemon: serve Prometheus metrics on /metrics and health on /healthz.
+    Serve(serve::ServeArgs),
+    /// Draw port against time from a recording (SVG).
+    Plot(plot::PlotArgs),
 }
 
 impl Cli {
@@ -37,6 +43,8 @@ impl Cli {
             Command::Check(args) => check::run(args),
             Command::Record(args) => record::run(args),
             Command::Analyze(args) => analyze::run(args),
+            Command::Plot(args) => plot::run(args),
+            Command::Serve(args) => serve::run(args),
         }
     }
 }

@@ -1,0 +1,157 @@
+//! `serve` configuration: an optional TOML file, overridden by flags.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+/// Chosen because no common exporter uses it (Prometheus' default port allocations list).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9864";
+pub const DEFAULT_TOP_DESTINATIONS: usize = 10;
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(15);
+pub const DEFAULT_WINDOW_EVENTS: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config {path}: {reason}")]
+    Parse { path: String, reason: String },
+}
+
+/// The file's shape. Every key is optional; unknown keys are errors (a typo must not be
+/// silently ignored).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub top_destinations: Option<usize>,
+    /// How often pressure and patterns are recomputed, e.g. "15s".
+    pub refresh_interval: Option<String>,
+    /// Events kept for pattern analysis.
+    pub window_events: Option<usize>,
+    pub cgroup: Option<std::path::PathBuf>,
+    pub ring_kib: Option<u32>,
+}
+
+/// What `serve` runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub top_destinations: usize,
+    pub refresh_interval: Duration,
+    pub window_events: usize,
+    pub cgroup: Option<std::path::PathBuf>,
+    pub ring_kib: u32,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            top_destinations: DEFAULT_TOP_DESTINATIONS,
+            refresh_interval: DEFAULT_REFRESH,
+            window_events: DEFAULT_WINDOW_EVENTS,
+            cgroup: None,
+            ring_kib: 4096,
+        }
+    }
+}
+
+pub fn parse(text: &str, path: &str) -> Result<FileConfig, ConfigError> {
+    let parsed: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        // toml's message names the line and column.
+        reason: e.to_string().trim().replace('\n', " "),
+    })?;
+    if let Some(r) = &parsed.refresh_interval {
+        humantime::parse_duration(r).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            reason: format!("refresh_interval {r:?}: {e}"),
+        })?;
+    }
+    if let Some(k) = parsed.ring_kib
+        && (!k.is_power_of_two() || !(4..=1 << 20).contains(&k))
+    {
+        return Err(ConfigError::Parse {
+            path: path.into(),
+            reason: format!("ring_kib {k}: must be a power of two between 4 and 1048576"),
+        });
+    }
+    if parsed.top_destinations == Some(0) {
+        return Err(ConfigError::Parse {
+            path: path.into(),
+            reason: "top_destinations must be at least 1".into(),
+        });
+    }
+    Ok(parsed)
+}
+
+pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Defaults, then the file, then flags (`overrides`, already in FileConfig shape).
+pub fn merge(file: &FileConfig, flags: &FileConfig) -> ServeConfig {
+    let d = ServeConfig::default();
+    let pick_dur =
+        |s: &Option<String>| s.as_deref().and_then(|s| humantime::parse_duration(s).ok());
+    ServeConfig {
+        listen: flags.listen.or(file.listen).unwrap_or(d.listen),
+        top_destinations: flags
+            .top_destinations
+            .or(file.top_destinations)
+            .unwrap_or(d.top_destinations),
+        refresh_interval: pick_dur(&flags.refresh_interval)
+            .or_else(|| pick_dur(&file.refresh_interval))
+            .unwrap_or(d.refresh_interval),
+        window_events: flags
+            .window_events
+            .or(file.window_events)
+            .unwrap_or(d.window_events),
+        cgroup: flags.cgroup.clone().or_else(|| file.cgroup.clone()),
+        ring_kib: flags.ring_kib.or(file.ring_kib).unwrap_or(d.ring_kib),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let file = parse("top_destinations = 5\nrefresh_interval = \"30s\"\n", "f").unwrap();
+        let flags = FileConfig {
+            top_destinations: Some(3),
+            ..Default::default()
+        };
+        let c = merge(&file, &flags);
+        assert_eq!(c.top_destinations, 3);
+        assert_eq!(c.refresh_interval, Duration::from_secs(30));
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn bad_config_names_the_line() {
+        let err = parse(
+            "listen = \"127.0.0.1:9864\"\ntop_destinations = \"ten\"\n",
+            "p.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        let err = parse("\n\nlisten_addr = \"x\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3") && err.contains("listen_addr"),
+            "{err}"
+        );
+        assert!(parse("refresh_interval = \"soon\"", "p").is_err());
+        assert!(parse("ring_kib = 3", "p").is_err());
+        assert!(parse("top_destinations = 0", "p").is_err());
+    }
+}
