@@ -75,8 +75,8 @@ pub fn read(path: &Path) -> Result<Recording, RecordingError> {
     Ok(rec)
 }
 
-/// Where each namespace seen in `events` can be entered: an explicit path first, then a thread
-/// or process that reported from it and still lives, then our own namespace.
+/// Where each namespace seen in `events` can be entered: an explicit path, our own namespace,
+/// a named one in /run/netns, then a thread or process that reported from it and still lives.
 fn locate(netns: u32, events: &[Event], hint: Option<&Path>) -> Option<NetnsRef> {
     let ino = |p: &Path| fs::metadata(p).ok().map(|m| m.ino() as u32);
     if let Some(h) = hint
@@ -86,6 +86,14 @@ fn locate(netns: u32, events: &[Event], hint: Option<&Path>) -> Option<NetnsRef>
     }
     if ino(Path::new("/proc/self/ns/net")) == Some(netns) {
         return Some(NetnsRef::Current);
+    }
+    // Namespaces made with `ip netns add` outlive their processes.
+    if let Ok(dir) = fs::read_dir("/run/netns") {
+        for entry in dir.flatten() {
+            if ino(&entry.path()) == Some(netns) {
+                return Some(NetnsRef::Path(entry.path()));
+            }
+        }
     }
     let mut tried = 0;
     for e in events.iter().rev().filter(|e| e.netns == netns) {
