@@ -132,8 +132,18 @@ pub struct TraceProcess {
     child: Child,
     stderr: BufReader<ChildStderr>,
     /// Reads stdout as it comes, so a full pipe never stalls the tracer's drain loop.
-    stdout: std::thread::JoinHandle<std::io::Result<String>>,
+    stdout: Option<std::thread::JoinHandle<std::io::Result<String>>>,
     pub banner: String,
+}
+
+/// A test that fails before `stop()` must not leave a tracer or daemon running.
+impl Drop for TraceProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl TraceProcess {
@@ -170,7 +180,7 @@ impl TraceProcess {
                 return Ok(Self {
                     child,
                     stderr,
-                    stdout,
+                    stdout: Some(stdout),
                     banner: line.trim().to_string(),
                 });
             }
@@ -189,6 +199,8 @@ impl TraceProcess {
         )?;
         let out = self
             .stdout
+            .take()
+            .expect("stop() runs once")
             .join()
             .map_err(|_| anyhow::anyhow!("stdout reader panicked"))??;
         let mut err = String::new();

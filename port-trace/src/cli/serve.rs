@@ -20,7 +20,7 @@ use tokio::{
 use crate::{
     config::{self, FileConfig, ServeConfig},
     event::{Clock, decode},
-    exporter::{Aggregator, http},
+    exporter::{self, Aggregator, Computed, http},
     hooks::{self, HookSetName},
     loader::{LoadError, LoadOptions, Tracer},
     pressure::{NetnsRef, dump_sockets, read_range},
@@ -142,6 +142,13 @@ fn snapshot(events: &[crate::event::Event]) -> Vec<NetnsState> {
     out
 }
 
+/// CLOCK_BOOTTIME now, the clock the kernel stamps events with.
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.config()?;
     crate::cli::trace::block_on(serve(args, cfg))?;
@@ -180,7 +187,7 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
         },
     )?;
 
-    let mut agg = Aggregator::new(cfg.window_events, cfg.top_destinations);
+    let agg = Aggregator::new(cfg.window_events, cfg.top_destinations);
     agg.metrics
         .set_hooks(&hook_set.to_string(), &hook_set.coverage(&k));
     let drain_interval = Duration::from_millis(100);
@@ -207,21 +214,27 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
     let mut tick = tokio::time::interval(drain_interval);
     let mut refresh = tokio::time::interval(cfg.refresh_interval);
-    let mut refreshing: Option<tokio::task::JoinHandle<Vec<NetnsState>>> = None;
+    let mut refreshing: Option<tokio::task::JoinHandle<Computed>> = None;
 
     loop {
         tokio::select! {
             guard = ring_fd.readable() => { if let Ok(mut g) = guard { g.clear_ready(); } }
             _ = tick.tick() => {}
             _ = refresh.tick(), if refreshing.is_none() => {
-                // Reading sysctls and socket tables blocks (setns threads, netlink).
-                let events: Vec<_> = shared.agg.lock().map(|a| a.window().cloned().collect()).unwrap_or_default();
-                refreshing = Some(tokio::task::spawn_blocking(move || snapshot(&events)));
+                // Reading sysctls and socket tables blocks (setns threads, netlink) and pattern
+                // analysis is CPU work: both run off the event loop, which keeps draining.
+                let now = clock.wall_ns(boot_ns());
+                if let Ok(input) = shared.agg.lock().map(|mut a| a.refresh_input(now)) {
+                    refreshing = Some(tokio::task::spawn_blocking(move || {
+                        let namespaces = snapshot(&input.newest_per_netns);
+                        exporter::compute(input, namespaces)
+                    }));
+                }
             }
             done = async { refreshing.as_mut().expect("guarded").await }, if refreshing.is_some() => {
                 refreshing = None;
-                if let (Ok(ns), Ok(mut a)) = (done, shared.agg.lock()) {
-                    a.refresh(&ns);
+                if let (Ok(computed), Ok(mut a)) = (done, shared.agg.lock()) {
+                    a.apply(&computed);
                 }
             }
             _ = sighup.recv() => {

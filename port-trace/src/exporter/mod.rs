@@ -5,7 +5,7 @@
 pub mod http;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::IpAddr,
 };
 
@@ -18,7 +18,7 @@ use crate::{
     analysis::{DEFAULT_RANGE, Pattern},
     event::Event,
     hooks::PathCoverage,
-    pressure::{self, Proto, SockState, UsableRange, connect_pressure},
+    pressure::{self, Proto, SockState, UsableRange, connect_pressure, listeners_in_range},
     report::{self, NetnsState},
 };
 
@@ -273,6 +273,10 @@ pub struct Aggregator {
     last_port: HashMap<StepKey, u16>,
     spans: HashMap<u32, u32>,
     lost_seen: u64,
+    /// Events arrived since the last pattern analysis.
+    dirty: bool,
+    /// Ports the kernel chose for TCP bind/listen (not hazards when listened on).
+    chosen: HashSet<(u32, u16)>,
     pub top_destinations: usize,
 }
 
@@ -289,6 +293,8 @@ impl Aggregator {
             last_port: HashMap::new(),
             spans: HashMap::new(),
             lost_seen: 0,
+            dirty: false,
+            chosen: HashSet::new(),
             top_destinations,
         }
     }
@@ -310,6 +316,12 @@ impl Aggregator {
             if e.op == "connect" && e.daddr == Some(e.saddr) && e.dport == Some(e.port) {
                 self.metrics.self_connects.inc();
             }
+            if e.proto == "tcp" && e.op != "connect" {
+                if self.chosen.len() >= MAX_STEP_KEYS {
+                    self.chosen.clear();
+                }
+                self.chosen.insert((e.netns, e.port));
+            }
         } else {
             m.failures
                 .with_label_values(&[&e.proto, &e.family, &e.op, &e.result])
@@ -320,6 +332,7 @@ impl Aggregator {
             self.window.pop_front();
         }
         self.window.push_back(e);
+        self.dirty = true;
     }
 
     fn observe_step(&mut self, e: &Event) {
@@ -366,11 +379,31 @@ impl Aggregator {
         self.window.iter()
     }
 
-    /// Recomputes every gauge from the recent events and the namespaces' state.
-    pub fn refresh(&mut self, namespaces: &[NetnsState]) {
-        let events: Vec<Event> = self.window.iter().cloned().collect();
-        let default = UsableRange::new(DEFAULT_RANGE.0, DEFAULT_RANGE.1, vec![]);
-        let summary = report::summarize(&events, namespaces, &default);
+    /// What a refresh needs from the aggregator, taken under its lock (cheap): the event
+    /// window only when it changed since the last pattern analysis.
+    pub fn refresh_input(&mut self, now_ns: u64) -> RefreshInput {
+        let events = self.dirty.then(|| self.window.iter().cloned().collect());
+        self.dirty = false;
+        let mut newest: HashMap<u32, Event> = HashMap::new();
+        for e in self.window.iter().rev() {
+            newest.entry(e.netns).or_insert_with(|| e.clone());
+        }
+        RefreshInput {
+            events,
+            newest_per_netns: newest.into_values().collect(),
+            connects: self
+                .window
+                .iter()
+                .filter(|e| e.op == "connect" && e.is_ok())
+                .filter_map(|e| Some((e.netns, e.daddr?, e.dport?, e.ts_ns)))
+                .collect(),
+            chosen: self.chosen.clone(),
+            now_ns,
+        }
+    }
+
+    /// Sets every gauge from a computed refresh (cheap; under the lock).
+    pub fn apply(&mut self, c: &Computed) {
         let m = &self.metrics;
         for g in [
             &m.range_low,
@@ -387,23 +420,14 @@ impl Aggregator {
             &m.dest_exhaustion,
             &m.dest_rate,
             &m.dest_sustainable,
-            &m.predictability,
         ] {
             g.reset();
         }
         m.ports_in_use.reset();
-        m.pattern_info.reset();
         m.listeners_in_range.reset();
 
-        // Rates per destination from the event window.
-        let rates: HashMap<(u32, IpAddr, u16), f64> = summary
-            .streams
-            .iter()
-            .filter_map(|s| Some(((s.key.netns, s.key.daddr?, s.key.dport?), s.rate_per_s)))
-            .collect();
-
         let mut top: Vec<(u32, pressure::DestPressure)> = Vec::new();
-        for ns in namespaces {
+        for ns in &c.namespaces {
             let label = netns_label(ns.netns);
             let Some(range) = &ns.range else { continue };
             self.spans.insert(ns.netns, range.span());
@@ -419,7 +443,6 @@ impl Aggregator {
             m.range_reserved
                 .with_label_values(&[&label])
                 .set(range.span() as i64 - range.usable as i64);
-            m.listeners_in_range.with_label_values(&[&label]).set(0);
             let Some(sockets) = &ns.sockets else { continue };
             let mut by_state: BTreeMap<(String, String), i64> = BTreeMap::new();
             for s in sockets.iter().filter(|s| range.contains(s.local_port)) {
@@ -443,6 +466,19 @@ impl Aggregator {
                 .with_label_values(&[&label])
                 .set(dests.first().map(|d| d.pressure).unwrap_or(0.0));
             top.extend(dests.into_iter().map(|d| (ns.netns, d)));
+            // Listeners on a port inside the range that the kernel did not hand out: a client
+            // may take that port first (or connect to itself).
+            let hazards = listeners_in_range(range, sockets)
+                .into_iter()
+                .filter(|l| {
+                    l.proto == Proto::Tcp
+                        && l.state == SockState::Listen
+                        && !c.chosen.contains(&(ns.netns, l.local_port))
+                })
+                .count();
+            m.listeners_in_range
+                .with_label_values(&[&label])
+                .set(hazards as i64);
         }
         top.sort_by(|a, b| b.1.pressure.total_cmp(&a.1.pressure));
         top.truncate(self.top_destinations);
@@ -453,7 +489,8 @@ impl Aggregator {
                 d.dport.to_string(),
             ];
             let labels: [&str; 3] = [&labels[0], &labels[1], &labels[2]];
-            let rate = rates
+            let rate = c
+                .rates
                 .get(&(*netns, d.daddr, d.dport))
                 .copied()
                 .unwrap_or(0.0);
@@ -467,8 +504,81 @@ impl Aggregator {
                 .with_label_values(&labels)
                 .set(f.seconds_to_exhaustion.unwrap_or(f64::INFINITY));
         }
+        if let Some(patterns) = &c.patterns {
+            m.pattern_info.reset();
+            m.predictability.reset();
+            for p in patterns {
+                let label = netns_label(p.netns);
+                m.pattern_info
+                    .with_label_values(&[&label, &p.proto, &p.op, p.pattern])
+                    .set(1);
+                if let Some(v) = p.predictability {
+                    m.predictability
+                        .with_label_values(&[&label, &p.proto, &p.op])
+                        .set(v);
+                }
+            }
+        }
+    }
 
-        // Pattern per namespace/protocol/operation: the verdict carrying the most samples.
+    /// Compute and apply in one go (tests, small windows).
+    pub fn refresh(&mut self, namespaces: &[NetnsState]) {
+        let now = self.window.back().map(|e| e.ts_ns).unwrap_or(0);
+        let input = self.refresh_input(now);
+        let computed = compute(input, namespaces.to_vec());
+        self.apply(&computed);
+    }
+}
+
+/// See [`Aggregator::refresh_input`].
+pub struct RefreshInput {
+    events: Option<Vec<Event>>,
+    /// One recent event per namespace: where to find a process inside it.
+    pub newest_per_netns: Vec<Event>,
+    connects: Vec<(u32, IpAddr, u16, u64)>,
+    chosen: HashSet<(u32, u16)>,
+    now_ns: u64,
+}
+
+/// A refresh's results, computed off the event loop.
+pub struct Computed {
+    namespaces: Vec<NetnsState>,
+    /// None when no event arrived since the last analysis: keep the current verdicts.
+    patterns: Option<Vec<PatternRow>>,
+    rates: HashMap<(u32, IpAddr, u16), f64>,
+    chosen: HashSet<(u32, u16)>,
+}
+
+struct PatternRow {
+    netns: u32,
+    proto: String,
+    op: String,
+    pattern: &'static str,
+    predictability: Option<f64>,
+}
+
+/// The expensive part of a refresh: pattern analysis (only when events arrived) and rates.
+pub fn compute(input: RefreshInput, namespaces: Vec<NetnsState>) -> Computed {
+    // connect() allocations per destination over the last minute before now.
+    let from = input.now_ns.saturating_sub(60_000_000_000);
+    let mut counts: HashMap<(u32, IpAddr, u16), u64> = HashMap::new();
+    let mut oldest = input.now_ns;
+    for &(netns, d, p, ts) in &input.connects {
+        oldest = oldest.min(ts);
+        if ts >= from {
+            *counts.entry((netns, d, p)).or_default() += 1;
+        }
+    }
+    let window = ((input.now_ns - from.max(oldest)) as f64 / 1e9).max(1.0);
+    let rates = counts
+        .into_iter()
+        .map(|(k, n)| (k, n as f64 / window))
+        .collect();
+
+    let patterns = input.events.map(|events| {
+        let default = UsableRange::new(DEFAULT_RANGE.0, DEFAULT_RANGE.1, vec![]);
+        let summary = report::summarize(&events, &namespaces, &default);
+        // Per namespace/protocol/operation: the verdict carrying the most samples.
         let mut groups: BTreeMap<(u32, String, String), Vec<&report::StreamSummary>> =
             BTreeMap::new();
         for s in &summary.streams {
@@ -477,37 +587,39 @@ impl Aggregator {
                 .or_default()
                 .push(s);
         }
-        for ((netns, proto, op), streams) in groups {
-            let label = netns_label(netns);
-            let mut weight: BTreeMap<&'static str, usize> = BTreeMap::new();
-            for s in &streams {
-                if s.pattern != Pattern::InsufficientData {
-                    *weight.entry(s.pattern.as_str()).or_default() += s.samples;
+        groups
+            .into_iter()
+            .map(|((netns, proto, op), streams)| {
+                let mut weight: BTreeMap<&'static str, usize> = BTreeMap::new();
+                for s in &streams {
+                    if s.pattern != Pattern::InsufficientData {
+                        *weight.entry(s.pattern.as_str()).or_default() += s.samples;
+                    }
                 }
-            }
-            let pattern = weight
-                .iter()
-                .max_by_key(|(_, n)| **n)
-                .map(|(p, _)| *p)
-                .unwrap_or(Pattern::InsufficientData.as_str());
-            m.pattern_info
-                .with_label_values(&[&label, &proto, &op, pattern])
-                .set(1);
-            let (sum, n) = streams
-                .iter()
-                .filter_map(|s| s.predictability.map(|p| (p * s.samples as f64, s.samples)))
-                .fold((0.0, 0usize), |a, b| (a.0 + b.0, a.1 + b.1));
-            if n > 0 {
-                m.predictability
-                    .with_label_values(&[&label, &proto, &op])
-                    .set(sum / n as f64);
-            }
-        }
-        for (netns, _) in &summary.hazards.listeners_in_range {
-            m.listeners_in_range
-                .with_label_values(&[&netns_label(*netns)])
-                .inc();
-        }
+                let pattern = weight
+                    .iter()
+                    .max_by_key(|(_, n)| **n)
+                    .map(|(p, _)| *p)
+                    .unwrap_or(Pattern::InsufficientData.as_str());
+                let (sum, n) = streams
+                    .iter()
+                    .filter_map(|s| s.predictability.map(|p| (p * s.samples as f64, s.samples)))
+                    .fold((0.0, 0usize), |a, b| (a.0 + b.0, a.1 + b.1));
+                PatternRow {
+                    netns,
+                    proto,
+                    op,
+                    pattern,
+                    predictability: (n > 0).then(|| sum / n as f64),
+                }
+            })
+            .collect()
+    });
+    Computed {
+        namespaces,
+        patterns,
+        rates,
+        chosen: input.chosen,
     }
 }
 
