@@ -192,11 +192,18 @@ impl TraceProcess {
     }
 
     /// SIGINT, then every event it printed, and the rest of its stderr.
-    pub fn stop(mut self) -> Result<(Vec<Value>, String)> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        )?;
+    pub fn stop(self) -> Result<(Vec<Value>, String)> {
+        self.stop_with(nix::sys::signal::Signal::SIGINT)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)?;
+        Ok(())
+    }
+
+    /// Sends `sig`; the process must exit 0. Returns its events and the rest of its stderr.
+    pub fn stop_with(mut self, sig: nix::sys::signal::Signal) -> Result<(Vec<Value>, String)> {
+        self.signal(sig)?;
         let out = self
             .stdout
             .take()
