@@ -52,6 +52,8 @@ pub struct Metrics {
     ring_fill: Gauge,
     hook_info: IntGaugeVec,
     last_event: Gauge,
+    last_drain: Gauge,
+    netns_errors: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -212,6 +214,22 @@ impl Metrics {
                 "Which programs serve each capture path.",
                 &["hook_set", "path", "hooks"],
             ),
+            last_drain: reg(
+                &r,
+                Gauge::new(
+                    "port_trace_last_drain_timestamp_seconds",
+                    "Wall-clock time the ring buffer was last drained.",
+                )
+                .expect("valid"),
+            ),
+            netns_errors: reg(
+                &r,
+                IntCounter::new(
+                    "port_trace_netns_refresh_errors_total",
+                    "Namespace refreshes that could not read the range or the socket table.",
+                )
+                .expect("valid"),
+            ),
             last_event: reg(
                 &r,
                 Gauge::new(
@@ -222,6 +240,20 @@ impl Metrics {
             ),
             registry: r,
         };
+        // Known label sets start at 0, so increase() sees the first failure too.
+        for family in ["ipv4", "ipv6"] {
+            for (proto, op, errno) in [
+                ("tcp", "connect", "EADDRNOTAVAIL"),
+                ("tcp", "bind", "EADDRINUSE"),
+                ("udp", "bind", "EADDRINUSE"),
+                ("tcp", "listen", "EADDRINUSE"),
+                ("udp", "autobind", "EAGAIN"),
+            ] {
+                m.failures.with_label_values(&[proto, family, op, errno]);
+                m.assignments.with_label_values(&[proto, family, op]);
+            }
+        }
+        m.skips.with_label_values(&["tcp", "connect"]);
         let build = IntGaugeVec::new(
             Opts::new("port_trace_build_info", "Build information."),
             &["version"],
@@ -373,6 +405,11 @@ impl Aggregator {
             self.lost_seen = lost_total;
         }
         self.metrics.ring_fill.set(fill);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.metrics.last_drain.set(now);
     }
 
     pub fn window(&self) -> impl Iterator<Item = &Event> {
@@ -427,6 +464,8 @@ impl Aggregator {
         m.listeners_in_range.reset();
 
         let mut top: Vec<(u32, pressure::DestPressure)> = Vec::new();
+        m.netns_errors
+            .inc_by(c.namespaces.iter().filter(|n| n.note.is_some()).count() as u64);
         for ns in &c.namespaces {
             let label = netns_label(ns.netns);
             let Some(range) = &ns.range else { continue };

@@ -1,0 +1,616 @@
+//! `port-trace serve` against ground truth: scrape /metrics after a workload in a namespace,
+//! check the values, lint the scrape with promtool, and let a real Prometheus scrape it and
+//! evaluate the dashboard's and the alert rules' expressions.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use port_trace_tests::{Netns, SERIAL, TraceProcess, require_root};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 GET; returns (status, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // HTTP/1.0: no chunked replies to decode.
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|b| b.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+fn value(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Scrapes until `ready` holds (the daemon refreshes its gauges on a timer). This waits for a
+/// state, it does not time anything: the bound only keeps a broken daemon from hanging CI.
+fn scrape_until(addr: SocketAddr, ready: impl Fn(&str) -> bool) -> String {
+    for _ in 0..600 {
+        let (status, body) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        if ready(&body) {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the daemon never reported the expected state");
+}
+
+struct Daemon {
+    tracer: Option<TraceProcess>,
+    addr: SocketAddr,
+}
+
+impl Daemon {
+    fn start() -> Self {
+        Self::start_with(&["--top-destinations", "5"])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let listen = addr.to_string();
+        let mut args = vec!["serve", "--listen", &listen, "--refresh-interval", "1s"];
+        args.extend_from_slice(extra);
+        let tracer = TraceProcess::spawn(&args).expect("start port-trace serve");
+        Self {
+            tracer: Some(tracer),
+            addr,
+        }
+    }
+
+    fn stop(mut self) -> String {
+        let (_, stderr) = self
+            .tracer
+            .take()
+            .unwrap()
+            .stop_with(nix::sys::signal::Signal::SIGTERM)
+            .expect("serve exits 0 on SIGTERM");
+        stderr
+    }
+
+    fn hup(&self) {
+        self.tracer
+            .as_ref()
+            .unwrap()
+            .signal(nix::sys::signal::Signal::SIGHUP)
+            .unwrap();
+    }
+}
+
+/// A namespace whose range toward 127.0.0.1:5000 is exhausted: 4 connects, 1 EADDRNOTAVAIL.
+fn exhausted_namespace() -> (Netns, Vec<Socket>) {
+    let ns = Netns::new().unwrap();
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40003")
+        .unwrap();
+    let (keep, _) = ns
+        .run("pt-serve", || {
+            let dest = SocketAddr::from((Ipv4Addr::LOCALHOST, 5000));
+            let mut keep = vec![Socket::from(TcpListener::bind(dest).unwrap())];
+            loop {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                match s.connect(&SockAddr::from(dest)) {
+                    Ok(()) => keep.push(s),
+                    Err(e) => {
+                        assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL));
+                        break;
+                    }
+                }
+            }
+            keep
+        })
+        .unwrap();
+    (ns, keep)
+}
+
+#[test]
+fn metrics_match_ground_truth_and_pass_promtool() {
+    if !require_root("metrics_match_ground_truth_and_pass_promtool") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let daemon = Daemon::start();
+    assert_eq!(get(daemon.addr, "/healthz").0, 200);
+    assert_eq!(get(daemon.addr, "/nope").0, 404);
+    let (ns, keep) = exhausted_namespace();
+    let n = ns.inode.to_string();
+    let scrape = scrape_until(daemon.addr, |s| {
+        value(s, &format!("port_trace_range_low{{netns=\"{n}\"}}")).is_some()
+    });
+    let v = |series: String| value(&scrape, &series);
+    assert_eq!(
+        v(format!("port_trace_range_low{{netns=\"{n}\"}}")),
+        Some(40000.0)
+    );
+    assert_eq!(
+        v(format!("port_trace_range_high{{netns=\"{n}\"}}")),
+        Some(40003.0)
+    );
+    assert_eq!(
+        v(format!("port_trace_range_usable_ports{{netns=\"{n}\"}}")),
+        Some(4.0)
+    );
+    assert_eq!(
+        v(format!(
+            "port_trace_ports_in_use{{netns=\"{n}\",proto=\"tcp\",state=\"established\"}}"
+        )),
+        Some(4.0)
+    );
+    assert_eq!(
+        v(format!("port_trace_pressure_max_ratio{{netns=\"{n}\"}}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        v(format!(
+            "port_trace_destination_pressure_ratio{{daddr=\"127.0.0.1\",dport=\"5000\",netns=\"{n}\"}}"
+        )),
+        Some(1.0)
+    );
+    assert_eq!(
+        v("port_trace_failures_total{errno=\"EADDRNOTAVAIL\",family=\"ipv4\",op=\"connect\",proto=\"tcp\"}".into()),
+        Some(1.0)
+    );
+    assert!(
+        v("port_trace_assignments_total{family=\"ipv4\",op=\"connect\",proto=\"tcp\"}".into())
+            .unwrap()
+            >= 4.0
+    );
+    assert_eq!(v("port_trace_events_lost_total".into()), Some(0.0));
+    assert!(scrape.contains("port_trace_hook_info{hook_set=\"cgroup\""));
+
+    // promtool lints the exposition format and naming conventions.
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(keep);
+    drop(ns);
+    let stderr = daemon.stop();
+    assert!(stderr.contains("stopped"), "{stderr}");
+}
+
+#[test]
+fn series_stay_bounded_with_10000_destinations() {
+    if !require_root("series_stay_bounded_with_10000_destinations") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let daemon = Daemon::start();
+    let ns = Netns::new().unwrap();
+    const DESTINATIONS: u32 = 10_000;
+    let started = std::time::Instant::now();
+    // 10,000 distinct destinations (127.0.x.y:7000), each a connect() to a listener on the
+    // wildcard address; the client sockets stay open so every destination holds a port.
+    let (keep, _) = ns
+        .run("pt-many", || {
+            let l = TcpListener::bind("0.0.0.0:7000").unwrap();
+            // Accept as they come (threads made here inherit this namespace) so the backlog
+            // never overflows, and close the server side: the client sockets keep their
+            // ports (in CLOSE_WAIT) within the sandbox's descriptor limit.
+            let acceptor = std::thread::spawn(move || {
+                for _ in 0..DESTINATIONS {
+                    drop(l.accept().unwrap());
+                }
+            });
+            let mut keep = Vec::new();
+            for i in 0..DESTINATIONS {
+                let d = Ipv4Addr::from(0x7f00_0000 + 0x100 + i);
+                let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                s.connect(&SockAddr::from(SocketAddr::from((d, 7000))))
+                    .unwrap();
+                keep.push(s);
+            }
+            acceptor.join().unwrap();
+            keep
+        })
+        .unwrap();
+    eprintln!("workload done at {:?}", started.elapsed());
+    let n = ns.inode.to_string();
+    let scrape = scrape_until(daemon.addr, |s| {
+        let state = |st: &str| {
+            value(
+                s,
+                &format!("port_trace_ports_in_use{{netns=\"{n}\",proto=\"tcp\",state=\"{st}\"}}"),
+            )
+            .unwrap_or(0.0)
+        };
+        state("established") + state("close_wait") == DESTINATIONS as f64
+    });
+    let series: Vec<&str> = scrape.lines().filter(|l| !l.starts_with('#')).collect();
+    let dest_series = series
+        .iter()
+        .filter(|l| l.starts_with("port_trace_destination_pressure_ratio{"))
+        .count();
+    assert_eq!(dest_series, 5, "top-N destinations only");
+    eprintln!(
+        "series after {DESTINATIONS} destinations: {} (scraped at {:?})",
+        series.len(),
+        started.elapsed()
+    );
+    assert!(series.len() < 400, "{} series", series.len());
+    drop(keep);
+    drop(ns);
+    daemon.stop();
+}
+
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Starts Prometheus on loopback scraping `target` every second, with the repository's alert
+/// rules (their `for:` durations set to 0s: the durations themselves are covered by
+/// `promtool test rules`).
+fn start_prometheus(target: SocketAddr) -> Prometheus {
+    let dir = std::env::temp_dir().join(format!("pt-prom-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
+    let rules: String = rules
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("for:") {
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{indent}for: 0s")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.join("alerts.yml"), rules).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alerts.yml]\nscrape_configs:\n  - job_name: port-trace\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package prometheus)");
+    Prometheus { child, dir, addr }
+}
+
+fn query(p: &Prometheus, expr: &str) -> serde_json::Value {
+    let q: String = expr
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, body) = get(p.addr, &format!("/api/v1/query?query={q}"));
+    assert_eq!(status, 200, "{expr}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn has_data(v: &serde_json::Value) -> bool {
+    match v["data"]["result"].as_array() {
+        Some(a) => !a.is_empty(),
+        None => !v["data"]["result"].is_null(),
+    }
+}
+
+/// Every `expr` in the dashboard and every alert expression, with Grafana's variables
+/// replaced.
+fn expressions() -> Vec<(String, String)> {
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/port-trace.json")).unwrap(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    fn walk(v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(e) = m.get("expr").and_then(|e| e.as_str())
+                    && !e.is_empty()
+                {
+                    out.push(("dashboard".into(), e.to_string()));
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(&dash, &mut out);
+    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
+    let mut alert = String::new();
+    let mut lines = rules.lines().peekable();
+    while let Some(l) = lines.next() {
+        let t = l.trim_start();
+        if let Some(name) = t.strip_prefix("- alert:") {
+            alert = name.trim().to_string();
+        } else if let Some(e) = t.strip_prefix("expr:") {
+            let mut e = e.trim().to_string();
+            if matches!(e.as_str(), "|" | ">" | "|-" | ">-") {
+                let indent = l.len() - t.len();
+                e.clear();
+                while let Some(n) = lines.peek() {
+                    if n.trim().is_empty() || n.len() - n.trim_start().len() <= indent {
+                        break;
+                    }
+                    e.push_str(n.trim());
+                    e.push(' ');
+                    lines.next();
+                }
+            }
+            out.push((format!("alert {alert}"), e.trim().to_string()));
+        }
+    }
+    out.into_iter()
+        .map(|(src, e)| {
+            let e = e
+                .replace("$__rate_interval", "1m")
+                .replace("$__interval", "1m")
+                .replace("$__range", "5m")
+                .replace("${netns}", ".*")
+                .replace("$netns", ".*");
+            (src, e)
+        })
+        .collect()
+}
+
+/// The metric names an expression reads (`up` and `port_trace_*`).
+fn metric_names(e: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < e.len() {
+        let word_start = i == 0
+            || !e[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let rest = &e[i..];
+        let take = if word_start && rest.starts_with("port_trace_") {
+            rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len())
+        } else if word_start && rest.starts_with("up{") {
+            2
+        } else {
+            0
+        };
+        if take > 0 {
+            if !names.iter().any(|n| n == &rest[..take]) {
+                names.push(rest[..take].to_string());
+            }
+            i += take;
+        } else {
+            i += rest.chars().next().map(char::len_utf8).unwrap_or(1);
+        }
+    }
+    names
+}
+
+#[test]
+fn prometheus_evaluates_dashboard_and_alerts() {
+    if !require_root("prometheus_evaluates_dashboard_and_alerts") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let daemon = Daemon::start();
+    let prom = start_prometheus(daemon.addr);
+    // Prometheus must have scraped the daemon before the failure, so increase() sees it.
+    for _ in 0..600 {
+        if TcpStream::connect(prom.addr).is_ok() && has_data(&query(&prom, "port_trace_build_info"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        has_data(&query(&prom, "port_trace_build_info")),
+        "Prometheus never scraped the daemon"
+    );
+    let (ns, keep) = exhausted_namespace();
+    let n = ns.inode.to_string();
+    scrape_until(daemon.addr, |s| {
+        value(
+            s,
+            &format!("port_trace_pressure_max_ratio{{netns=\"{n}\"}}"),
+        ) == Some(1.0)
+    });
+    // Wait until Prometheus has scraped the exhausted state and evaluated the rules.
+    let mut fired = Vec::new();
+    for _ in 0..600 {
+        let (status, body) = if std::net::TcpStream::connect(prom.addr).is_ok() {
+            get(prom.addr, "/api/v1/alerts")
+        } else {
+            (0, String::new())
+        };
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            fired = v["data"]["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["state"] == "firing")
+                .map(|a| a["labels"]["alertname"].as_str().unwrap_or("").to_string())
+                .collect();
+            if fired.iter().any(|a| a == "PortRangeExhaustionImminent")
+                && fired.iter().any(|a| a == "PortAllocationFailures")
+            {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("firing: {fired:?}");
+    assert!(
+        fired.iter().any(|a| a == "PortRangeExhaustionImminent"),
+        "{fired:?}"
+    );
+    assert!(
+        fired.iter().any(|a| a == "PortAllocationFailures"),
+        "{fired:?}"
+    );
+
+    // Dashboard queries must return data as written. An alert's expression must evaluate,
+    // and every metric it reads must have data; whether a threshold is crossed (or whether
+    // `pattern="sequential"` exists on this kernel) is the alert's business.
+    let mut empty = Vec::new();
+    for (src, e) in expressions() {
+        let v = query(&prom, &e);
+        assert_eq!(v["status"], "success", "{src}: {e}: {v}");
+        if src == "dashboard" {
+            if !has_data(&v) {
+                empty.push(format!("{src}: {e}"));
+            }
+            continue;
+        }
+        for name in metric_names(&e) {
+            if !has_data(&query(&prom, &name)) {
+                empty.push(format!("{src}: {name}"));
+            }
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "expressions without data:\n{}",
+        empty.join("\n")
+    );
+    drop(keep);
+    drop(ns);
+    daemon.stop();
+}
+
+#[test]
+fn bad_config_is_refused_with_its_line() {
+    let f = std::env::temp_dir().join(format!("pt-bad-{}.toml", std::process::id()));
+    std::fs::write(
+        &f,
+        "listen = \"127.0.0.1:9864\"\ntop_destinations = \"ten\"\n",
+    )
+    .unwrap();
+    let out = Command::new(port_trace_tests::port_trace_bin())
+        .args(["serve", "--config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&f);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+fn dest_series(scrape: &str) -> usize {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with("port_trace_destination_pressure_ratio{"))
+        .count()
+}
+
+#[test]
+fn sighup_rereads_the_config() {
+    if !require_root("sighup_rereads_the_config") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let f = std::env::temp_dir().join(format!("pt-hup-{}.toml", std::process::id()));
+    std::fs::write(&f, "top_destinations = 5\n").unwrap();
+    let daemon = Daemon::start_with(&["--config", f.to_str().unwrap()]);
+    // Three destinations hold ports in a namespace.
+    let ns = Netns::new().unwrap();
+    let (keep, _) = ns
+        .run("pt-hup", || {
+            let l = TcpListener::bind("0.0.0.0:7000").unwrap();
+            let mut keep = vec![Socket::from(l)];
+            for last in 1..=3u8 {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                s.connect(&SockAddr::from(SocketAddr::from(([127, 0, 0, last], 7000))))
+                    .unwrap();
+                keep.push(s);
+            }
+            keep
+        })
+        .unwrap();
+    scrape_until(daemon.addr, |s| dest_series(s) >= 3);
+    std::fs::write(&f, "top_destinations = \"many\"\n").unwrap();
+    daemon.hup();
+    std::fs::write(&f, "top_destinations = 1\n").unwrap();
+    daemon.hup();
+    scrape_until(daemon.addr, |s| dest_series(s) == 1);
+    drop(keep);
+    drop(ns);
+    let _ = std::fs::remove_file(&f);
+    let stderr = daemon.stop();
+    assert!(stderr.contains("configuration reloaded"), "{stderr}");
+}
+
+#[test]
+fn metric_names_in_expressions() {
+    assert_eq!(
+        metric_names("increase(port_trace_failures_total[5m]) > 0 or up{job=\"x\"} == 0"),
+        vec!["port_trace_failures_total", "up"]
+    );
+}
