@@ -21,8 +21,15 @@ const LLVM_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-/// Packages the tests drive: `ip netns`, `sysctl`.
-const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("sysctl", "procps")];
+/// Programs the tests drive, and the Debian package of each: namespaces, sysctls, dropping
+/// privileges, and a real Prometheus with promtool for the exporter tests.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("sysctl", "procps"),
+    ("setpriv", "util-linux"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+];
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -314,11 +321,12 @@ fn setup(for_tests: bool) -> Result<()> {
 
     // 3. What the root tests drive.
     if for_tests {
-        let missing: Vec<&str> = TEST_PACKAGES
+        let mut missing: Vec<&str> = TEST_PACKAGES
             .iter()
             .filter(|(bin, _)| !ok(Command::new("sh").args(["-c", &format!("command -v {bin}")])))
             .map(|(_, pkg)| *pkg)
             .collect();
+        missing.dedup();
         if !missing.is_empty() {
             apt_install(&missing, &mut manual)?;
         }
