@@ -144,6 +144,36 @@ pub fn decode(raw: &PortEvent, clock: &Clock) -> Event {
     }
 }
 
+/// A TCP/UDP IPv4 event from 127.0.0.1 in namespace 7, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn test_event(
+    op: &str,
+    proto: &str,
+    port: u16,
+    dest: Option<(Ipv4Addr, u16)>,
+    result: &str,
+    ts: u64,
+) -> Event {
+    Event {
+        ts_ns: ts,
+        op: op.into(),
+        proto: proto.into(),
+        family: "ipv4".into(),
+        port,
+        saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        daddr: dest.map(|d| IpAddr::V4(d.0)),
+        dport: dest.map(|d| d.1),
+        result: result.into(),
+        pid: 1,
+        tid: 1,
+        comm: "curl".into(),
+        uid: 0,
+        cgroup_id: 1,
+        netns: 7,
+        hook: "test".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -218,7 +218,7 @@ pub fn summarize(
             median_step: a.median_step,
             mode_step: a.mode_step,
             share_small_steps: a.share_small_steps,
-            parity: a.parity.clone(),
+            parity: a.parity,
             skips: a.skips,
             pressure,
             in_use,
@@ -302,17 +302,8 @@ pub fn render_table(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:>10} {:>6} {:<26} {:>7} {:>6} {:>5} {:>8} {:<18} {}",
-        "STREAM",
-        "NETNS",
-        "N",
-        "PATTERN",
-        "PREDICT",
-        "STEP",
-        "SKIPS",
-        "PRESSURE",
-        "FAILURES",
-        "TOP COMMS"
+        "{:<34} {:>10} {:>6} {:<26} {:>7} {:>6} {:>5} {:>8} {:<18} TOP COMMS",
+        "STREAM", "NETNS", "N", "PATTERN", "PREDICT", "STEP", "SKIPS", "PRESSURE", "FAILURES"
     );
     for st in &s.streams {
         let failures = if st.failures.is_empty() {
@@ -398,24 +389,7 @@ mod tests {
         result: &str,
         ts: u64,
     ) -> Event {
-        Event {
-            ts_ns: ts,
-            op: op.into(),
-            proto: proto.into(),
-            family: "ipv4".into(),
-            port,
-            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            daddr: dest.map(|d| IpAddr::V4(d.0)),
-            dport: dest.map(|d| d.1),
-            result: result.into(),
-            pid: 1,
-            tid: 1,
-            comm: "curl".into(),
-            uid: 0,
-            cgroup_id: 1,
-            netns: 7,
-            hook: "test".into(),
-        }
+        crate::event::test_event(op, proto, port, dest, result, ts)
     }
 
     fn sock(state: SockState, lport: u16, remote: Option<(Ipv4Addr, u16)>) -> SocketRecord {

@@ -139,6 +139,20 @@ fn metrics_match_ground_truth_and_pass_promtool() {
     let daemon = Daemon::start();
     assert_eq!(get(daemon.addr, "/healthz").0, 200);
     assert_eq!(get(daemon.addr, "/nope").0, 404);
+    // Idle and malformed clients neither stall nor crash it.
+    let idle: Vec<TcpStream> = (0..10)
+        .map(|_| TcpStream::connect(daemon.addr).unwrap())
+        .collect();
+    let mut bad = TcpStream::connect(daemon.addr).unwrap();
+    bad.write_all(b"\x00\x01garbage\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    let _ = bad.read_to_string(&mut reply);
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+        "{reply}"
+    );
+    assert_eq!(get(daemon.addr, "/healthz").0, 200);
+    drop(idle);
     let (ns, keep) = exhausted_namespace();
     let n = ns.inode.to_string();
     let scrape = scrape_until(daemon.addr, |s| {

@@ -164,16 +164,6 @@ fn parse_result_line(line: &str) -> Option<(u64, u64)> {
     Some((num(" passed")?, num(" failed")?))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_cargo_test_result_lines() {
-        let l = "test result: ok. 7 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
-        assert_eq!(super::parse_result_line(l), Some((7, 2)));
-        assert_eq!(super::parse_result_line("running 7 tests"), None);
-    }
-}
-
 extern "C" fn ignore(_: libc::c_int) {}
 
 /// Ctrl-C reaches the whole foreground group: let port-trace handle it (drain, print its
@@ -339,4 +329,14 @@ fn setup(for_tests: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let l = "test result: ok. 7 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(super::parse_result_line(l), Some((7, 2)));
+        assert_eq!(super::parse_result_line("running 7 tests"), None);
+    }
 }

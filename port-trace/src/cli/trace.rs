@@ -252,7 +252,6 @@ pub async fn trace(args: TraceArgs, out: Box<dyn Write>, keep: bool) -> anyhow::
     }
     // Everything submitted before we stopped is still in the ring buffer.
     drain(&mut tracer, &mut stdout_closed);
-    drop(drain);
     drop(printer);
     let lost = tracer.lost();
     eprintln!(

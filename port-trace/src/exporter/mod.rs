@@ -676,24 +676,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn ev(op: &str, port: u16, dest: Option<(Ipv4Addr, u16)>, result: &str, ts: u64) -> Event {
-        Event {
-            ts_ns: ts,
-            op: op.into(),
-            proto: "tcp".into(),
-            family: "ipv4".into(),
-            port,
-            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            daddr: dest.map(|d| IpAddr::V4(d.0)),
-            dport: dest.map(|d| d.1),
-            result: result.into(),
-            pid: 1,
-            tid: 1,
-            comm: "c".into(),
-            uid: 0,
-            cgroup_id: 1,
-            netns: 7,
-            hook: "h".into(),
-        }
+        crate::event::test_event(op, "tcp", port, dest, result, ts)
     }
 
     fn value(text: &str, prefix: &str) -> Option<f64> {
