@@ -49,6 +49,16 @@ pub mod hook {
     pub const SYS_EXIT_SENDTO: u8 = 8;
     pub const SYS_EXIT_SENDMSG: u8 = 9;
     pub const SYS_EXIT_SENDMMSG: u8 = 10;
+    // The "fexit" hook set: fentry stashes the entry state, fexit reports.
+    pub const FEXIT_INET_HASH_CONNECT: u8 = 11;
+    pub const FEXIT_INET6_HASH_CONNECT: u8 = 12;
+    pub const FEXIT_INET_CSK_GET_PORT: u8 = 13;
+    pub const FEXIT_UDP_LIB_GET_PORT: u8 = 14;
+    // The "kprobe" hook set: kprobe stashes the entry state, kretprobe reports.
+    pub const KRETPROBE_INET_HASH_CONNECT: u8 = 15;
+    pub const KRETPROBE_INET6_HASH_CONNECT: u8 = 16;
+    pub const KRETPROBE_INET_CSK_GET_PORT: u8 = 17;
+    pub const KRETPROBE_UDP_LIB_GET_PORT: u8 = 18;
 
     pub fn name(hook: u8) -> &'static str {
         match hook {
@@ -62,6 +72,14 @@ pub mod hook {
             SYS_EXIT_SENDTO => "tracepoint/sys_exit_sendto",
             SYS_EXIT_SENDMSG => "tracepoint/sys_exit_sendmsg",
             SYS_EXIT_SENDMMSG => "tracepoint/sys_exit_sendmmsg",
+            FEXIT_INET_HASH_CONNECT => "fexit/inet_hash_connect",
+            FEXIT_INET6_HASH_CONNECT => "fexit/inet6_hash_connect",
+            FEXIT_INET_CSK_GET_PORT => "fexit/inet_csk_get_port",
+            FEXIT_UDP_LIB_GET_PORT => "fexit/udp_lib_get_port",
+            KRETPROBE_INET_HASH_CONNECT => "kretprobe/inet_hash_connect",
+            KRETPROBE_INET6_HASH_CONNECT => "kretprobe/inet6_hash_connect",
+            KRETPROBE_INET_CSK_GET_PORT => "kretprobe/inet_csk_get_port",
+            KRETPROBE_UDP_LIB_GET_PORT => "kretprobe/udp_lib_get_port",
             _ => "unknown",
         }
     }
@@ -96,10 +114,14 @@ pub struct PortEvent {
     pub has_daddr: u8,
     pub _pad: [u8; 3],
     pub comm: [u8; 16],
+    /// Time the kernel spent choosing the port (entry to exit of the choosing function), in
+    /// nanoseconds; 0 when the hook set cannot measure it (the cgroup set).
+    pub latency_ns: u64,
 }
 
-pub const EVENT_SIZE: usize = 96;
+pub const EVENT_SIZE: usize = 104;
 const _: () = assert!(core::mem::size_of::<PortEvent>() == EVENT_SIZE);
+const _: () = assert!(core::mem::align_of::<PortEvent>() == 8);
 
 /// Byte offsets into kernel structures, resolved from the running kernel's BTF by the loader
 /// (Rust emits no CO-RE relocations, so these cannot be compiled in).
@@ -122,6 +144,14 @@ pub struct KernelOffsets {
     pub task_nsproxy: u32,
     pub nsproxy_net_ns: u32,
     pub net_ns_inum: u32,
+    /// `sock_common.skc_daddr` (IPv4 peer address).
+    pub sk_daddr: u32,
+    /// `sock_common.skc_dport` (peer port, network order).
+    pub sk_dport: u32,
+    /// `sock_common.skc_v6_daddr` (IPv6 peer address).
+    pub sk_v6_daddr: u32,
+    /// `sock_common.skc_state` (a u8 TCP state).
+    pub sk_state: u32,
     /// Bit set of `layout::*`: which groups of offsets are valid.
     pub valid: u32,
 }
@@ -134,6 +164,8 @@ pub mod layout {
     pub const SOCK: u32 = 2;
     /// task -> nsproxy -> net -> ns.inum.
     pub const NETNS: u32 = 4;
+    /// sock peer address/port and state (the fexit and kprobe hook sets).
+    pub const SOCK_PEER: u32 = 8;
 }
 
 /// Index of counters in the `STATS` per-CPU array.

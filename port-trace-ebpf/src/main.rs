@@ -14,8 +14,15 @@
 //!   the port the kernel gave it, or reports EAGAIN.
 //!
 //! Pending state is keyed by thread id: a thread is in at most one syscall at a time.
+//!
+//! The "fexit" and "kprobe" hook sets (fexit.rs, kprobe.rs, sharing common.rs) hook the kernel
+//! functions that choose the port instead; the loader loads and attaches one set only.
 #![no_std]
 #![no_main]
+
+mod common;
+mod fexit;
+mod kprobe;
 
 use aya_ebpf::Global;
 use aya_ebpf::{
@@ -86,6 +93,10 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     task_nsproxy: 0,
     nsproxy_net_ns: 0,
     net_ns_inum: 0,
+    sk_daddr: 0,
+    sk_dport: 0,
+    sk_v6_daddr: 0,
+    sk_state: 0,
     valid: 0,
 });
 /// Wake userspace early once this many bytes wait in the ring buffer; otherwise it drains on
@@ -163,8 +174,9 @@ fn current_netns(o: &KernelOffsets) -> u32 {
 }
 
 /// Reserve, fill and submit one event; a full ring buffer is counted, never silent.
+/// `latency_ns` is 0 where the hook set cannot measure the port search.
 #[inline(always)]
-fn emit(tgid: u32, tid: u32, p: &Pending, port: u16, errno: i32, hook_id: u8) {
+fn emit(tgid: u32, tid: u32, p: &Pending, port: u16, errno: i32, hook_id: u8, latency_ns: u64) {
     let Some(mut entry) = EVENTS.reserve::<PortEvent>(0) else {
         count(stat::LOST);
         return;
@@ -190,6 +202,7 @@ fn emit(tgid: u32, tid: u32, p: &Pending, port: u16, errno: i32, hook_id: u8) {
         has_daddr: p.has_daddr,
         _pad: [0; 3],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        latency_ns,
     };
     entry.write(ev);
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES.load() {
@@ -355,7 +368,7 @@ fn on_tcp_cb(so: *const bpf_sock_ops, want_op: u8, hook_id: u8) {
         p.dport = u32::from_be(remote_port) as u16;
         p.has_daddr = 1;
     }
-    emit(tgid, tid, &p, local_port as u16, 0, hook_id);
+    emit(tgid, tid, &p, local_port as u16, 0, hook_id, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -415,7 +428,7 @@ fn on_post_bind(ctx: &SockContext, hook_id: u8) {
     if port == 0 {
         return;
     }
-    emit(tgid, tid, &p, port, 0, hook_id);
+    emit(tgid, tid, &p, port, 0, hook_id, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -518,20 +531,10 @@ fn on_send_enter(fd: u64, uaddr: u64) {
     let mut p = empty_pending(op::AUTOBIND, proto::UDP, fam as u8);
     p.sk = sk;
     // The destination comes from the user's sockaddr.
-    let sa_family: u16 = unsafe { bpf_probe_read_user(uaddr as *const u16).unwrap_or(0) };
-    if sa_family == family::INET as u16 {
-        let port: u16 = unsafe { bpf_probe_read_user((uaddr + 2) as *const u16).unwrap_or(0) };
-        let addr: [u8; 4] =
-            unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4]).unwrap_or([0; 4]) };
-        p.dport = u16::from_be(port);
-        p.daddr[..4].copy_from_slice(&addr);
-        p.has_daddr = 1;
-    } else if sa_family == family::INET6 as u16 {
-        let port: u16 = unsafe { bpf_probe_read_user((uaddr + 2) as *const u16).unwrap_or(0) };
-        p.dport = u16::from_be(port);
-        p.daddr = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]).unwrap_or([0; 16]) };
-        p.has_daddr = 1;
-    }
+    let (has_daddr, daddr, dport) = common::user_dest(uaddr);
+    p.has_daddr = has_daddr;
+    p.daddr = daddr;
+    p.dport = dport;
     let _ = PENDING.insert(tid, p, 0);
 }
 
@@ -594,9 +597,9 @@ fn on_exit(ctx: &TracePointContext, hook_id: u8) {
             } else {
                 p.saddr = unsafe { read(p.sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]) };
             }
-            emit(tgid, tid, &p, port, 0, hook_id);
+            emit(tgid, tid, &p, port, 0, hook_id, 0);
         } else if ret == -EAGAIN {
-            emit(tgid, tid, &p, 0, EAGAIN as i32, hook_id);
+            emit(tgid, tid, &p, 0, EAGAIN as i32, hook_id, 0);
         }
         return;
     }
@@ -610,7 +613,7 @@ fn on_exit(ctx: &TracePointContext, hook_id: u8) {
         _ => false,
     };
     if report {
-        emit(tgid, tid, &p, 0, (-ret) as i32, hook_id);
+        emit(tgid, tid, &p, 0, (-ret) as i32, hook_id, 0);
     }
 }
 

@@ -34,6 +34,11 @@ pub struct Event {
     pub cgroup_id: u64,
     pub netns: u32,
     pub hook: String,
+    /// Nanoseconds the kernel spent choosing the port (entry to return of the choosing
+    /// function); `null` when the hook set cannot measure it (the cgroup set) and in
+    /// recordings made before the field existed.
+    #[serde(default)]
+    pub latency_ns: Option<u64>,
 }
 
 impl Event {
@@ -141,6 +146,7 @@ pub fn decode(raw: &PortEvent, clock: &Clock) -> Event {
         cgroup_id: raw.cgroup_id,
         netns: raw.netns,
         hook: hook::name(raw.hook).into(),
+        latency_ns: (raw.latency_ns != 0).then_some(raw.latency_ns),
     }
 }
 
@@ -171,6 +177,7 @@ pub(crate) fn test_event(
         cgroup_id: 1,
         netns: 7,
         hook: "test".into(),
+        latency_ns: None,
     }
 }
 
@@ -269,9 +276,58 @@ mod tests {
             "cgroup_id",
             "netns",
             "hook",
+            "latency_ns",
         ] {
             assert!(keys.contains(&k), "missing {k}");
         }
-        assert_eq!(keys.len(), 16);
+        assert_eq!(keys.len(), 17);
+    }
+
+    #[test]
+    fn latency_is_null_when_unknown() {
+        let mut r = raw();
+        let e = decode(&r, &Clock::identity());
+        assert_eq!(e.latency_ns, None);
+        let v = serde_json::to_value(&e).unwrap();
+        assert!(v["latency_ns"].is_null());
+
+        r.hook = hook::FEXIT_INET_HASH_CONNECT;
+        r.latency_ns = 1234;
+        let bytes: [u8; EVENT_SIZE] = unsafe { std::mem::transmute(r) };
+        let e = decode(&parse_raw(&bytes).unwrap(), &Clock::identity());
+        assert_eq!(e.latency_ns, Some(1234));
+        assert_eq!(e.hook, "fexit/inet_hash_connect");
+        assert_eq!(serde_json::to_value(&e).unwrap()["latency_ns"], 1234);
+    }
+
+    #[test]
+    fn recordings_without_latency_still_parse() {
+        let line = r#"{"ts_ns":1,"op":"bind","proto":"udp","family":"ipv4","port":40000,"saddr":"0.0.0.0","daddr":null,"dport":null,"result":"ok","pid":1,"tid":1,"comm":"x","uid":0,"cgroup_id":1,"netns":9,"hook":"h"}"#;
+        let e: Event = serde_json::from_str(line).unwrap();
+        assert_eq!(e.latency_ns, None);
+    }
+
+    #[test]
+    fn event_layout_is_fixed() {
+        assert_eq!(EVENT_SIZE, 104);
+        assert_eq!(std::mem::align_of::<PortEvent>(), 8);
+        assert_eq!(std::mem::offset_of!(PortEvent, comm), 80);
+        assert_eq!(std::mem::offset_of!(PortEvent, latency_ns), 96);
+    }
+
+    #[test]
+    fn new_hook_names() {
+        assert_eq!(
+            hook::name(hook::FEXIT_UDP_LIB_GET_PORT),
+            "fexit/udp_lib_get_port"
+        );
+        assert_eq!(
+            hook::name(hook::KRETPROBE_UDP_LIB_GET_PORT),
+            "kretprobe/udp_lib_get_port"
+        );
+        assert_eq!(
+            hook::name(hook::KRETPROBE_INET6_HASH_CONNECT),
+            "kretprobe/inet6_hash_connect"
+        );
     }
 }

@@ -55,7 +55,17 @@ impl HookSetName {
 
     /// Whether this build carries programs for the hook set.
     pub fn built(&self) -> bool {
-        matches!(self, Self::Cgroup)
+        true
+    }
+
+    /// Whether automatic selection may pick this hook set; unverified sets run only when
+    /// forced with `--hooks`.
+    pub fn verified(&self) -> bool {
+        match self {
+            // verified in the VM matrix (issue 5) before auto-selection
+            Self::Fexit | Self::Kprobe => false,
+            Self::Cgroup => true,
+        }
     }
 
     /// What stops this hook set on this kernel, if anything.
@@ -74,11 +84,13 @@ impl HookSetName {
                 if !k.fentry.ok {
                     why.push(format!("fentry/fexit: {}", k.fentry.note));
                 }
+                why.extend(sock_layout_missing(k));
             }
             Self::Kprobe => {
                 if !k.kprobes.ok {
                     why.push(format!("kprobes: {}", k.kprobes.note));
                 }
+                why.extend(sock_layout_missing(k));
             }
             Self::Cgroup => {
                 if k.cgroup2.is_none() {
@@ -116,9 +128,100 @@ impl HookSetName {
     pub fn coverage(&self, k: &KernelSupport) -> Vec<PathCoverage> {
         match self {
             Self::Cgroup => cgroup_coverage(k),
-            _ => Vec::new(),
+            Self::Fexit => function_coverage(k, &FEXIT_HOOKS),
+            Self::Kprobe => function_coverage(k, &KPROBE_HOOKS),
         }
     }
+}
+
+/// The fexit and kprobe sets read `struct sock` (port, addresses, state) at the hooked
+/// functions; without those offsets they see nothing.
+fn sock_layout_missing(k: &KernelSupport) -> Option<String> {
+    let want = layout::SOCK | layout::SOCK_PEER;
+    match &k.layout {
+        Some(l) if l.has(want) => None,
+        Some(l) => Some(format!(
+            "kernel BTF lacks the struct sock layout ({})",
+            l.problems.join("; ")
+        )),
+        None => Some("kernel BTF lacks the struct sock layout".into()),
+    }
+}
+
+/// Program names of a hook set on the port-choosing functions, for the coverage table.
+struct FunctionHooks {
+    tcp_connect: &'static str,
+    csk_get_port: &'static str,
+    udp_get_port: &'static str,
+}
+
+const FEXIT_HOOKS: FunctionHooks = FunctionHooks {
+    tcp_connect: "fentry+fexit/inet_hash_connect, fentry+fexit/inet6_hash_connect",
+    csk_get_port: "fentry+fexit/inet_csk_get_port",
+    udp_get_port: "fentry+fexit/udp_lib_get_port",
+};
+
+const KPROBE_HOOKS: FunctionHooks = FunctionHooks {
+    tcp_connect: "kprobe+kretprobe/inet_hash_connect, kprobe+kretprobe/inet6_hash_connect",
+    csk_get_port: "kprobe+kretprobe/inet_csk_get_port",
+    udp_get_port: "kprobe+kretprobe/udp_lib_get_port",
+};
+
+/// Coverage of the fexit and kprobe sets: every path goes through one of the hooked functions.
+fn function_coverage(k: &KernelSupport, h: &FunctionHooks) -> Vec<PathCoverage> {
+    let has = |group| k.layout.as_ref().is_some_and(|l| l.has(group));
+    let sock = sock_layout_missing(k);
+    // udp_lib_get_port tells bind(0) from an autobind, and finds the destination, from the
+    // syscall registers; the programs read them with the x86_64 layout.
+    let syscall_regs = (std::env::consts::ARCH != "x86_64").then(|| {
+        format!(
+            "syscall registers are read with the x86_64 layout, this is {}",
+            std::env::consts::ARCH
+        )
+    });
+    let row = |path, hooks, why: Option<String>| PathCoverage {
+        path,
+        hooks,
+        seen: why.is_none(),
+        why_not: why,
+    };
+    vec![
+        row("tcp connect (v4/v6)", h.tcp_connect, sock.clone()),
+        row(
+            "tcp connect failure EADDRNOTAVAIL",
+            h.tcp_connect,
+            sock.clone(),
+        ),
+        row("tcp bind(0) (v4/v6)", h.csk_get_port, sock.clone()),
+        row(
+            "udp bind(0) (v4/v6)",
+            h.udp_get_port,
+            sock.clone().or_else(|| syscall_regs.clone()),
+        ),
+        row("bind(0) failure EADDRINUSE", h.csk_get_port, sock.clone()),
+        row(
+            "tcp listen() autobind (v4/v6)",
+            h.csk_get_port,
+            sock.clone(),
+        ),
+        row("listen() failure EADDRINUSE", h.csk_get_port, sock.clone()),
+        row(
+            "udp autobind on connect() (v4/v6) and EAGAIN",
+            h.udp_get_port,
+            sock.clone().or_else(|| syscall_regs.clone()),
+        ),
+        row(
+            "udp autobind on sendto/sendmsg/sendmmsg (v4/v6) and EAGAIN",
+            h.udp_get_port,
+            sock.clone().or_else(|| syscall_regs.clone()),
+        ),
+        row("port-search latency of each event", h.tcp_connect, sock),
+        row(
+            "network namespace of each event",
+            "task->nsproxy->net_ns",
+            (!has(layout::NETNS)).then(|| "kernel BTF lacks the nsproxy layout".to_string()),
+        ),
+    ]
 }
 
 fn cgroup_coverage(k: &KernelSupport) -> Vec<PathCoverage> {
@@ -208,6 +311,15 @@ pub fn choose(
     };
     let mut reasons = Vec::new();
     for c in candidates {
+        if forced.is_none() && !c.verified() {
+            reasons.push((
+                c,
+                Unavailable(vec![format!(
+                    "not yet verified for automatic selection (force it with --hooks {c})"
+                )]),
+            ));
+            continue;
+        }
         match c.availability(k) {
             Ok(()) => return Ok(c),
             Err(why) => reasons.push((c, why)),
@@ -281,6 +393,78 @@ mod tests {
         let err = choose(&k, None).unwrap_err();
         assert_eq!(err.len(), 3);
         assert!(err[2].1.to_string().contains("cgroup v2"));
+    }
+
+    /// A stock kernel with kprobes and working trampolines.
+    fn stock_kernel() -> KernelSupport {
+        let mut k = like_this_host();
+        k.kprobes = yes();
+        k.fentry = yes();
+        if let Some(l) = k.layout.as_mut() {
+            l.offsets.valid |= layout::SOCK_PEER;
+        }
+        k
+    }
+
+    #[test]
+    fn unverified_sets_are_only_used_when_forced() {
+        let k = stock_kernel();
+        assert!(HookSetName::ALL.iter().all(|h| h.built()));
+        assert!(!HookSetName::Fexit.verified() && !HookSetName::Kprobe.verified());
+        assert_eq!(HookSetName::Fexit.availability(&k), Ok(()));
+        assert_eq!(HookSetName::Kprobe.availability(&k), Ok(()));
+        assert_eq!(choose(&k, None), Ok(HookSetName::Cgroup));
+        assert_eq!(choose(&k, Some(HookSetName::Fexit)), Ok(HookSetName::Fexit));
+        assert_eq!(
+            choose(&k, Some(HookSetName::Kprobe)),
+            Ok(HookSetName::Kprobe)
+        );
+    }
+
+    #[test]
+    fn forced_fexit_on_this_host_names_fentry() {
+        let err = choose(&like_this_host(), Some(HookSetName::Fexit)).unwrap_err();
+        assert_eq!(err.len(), 1);
+        let why = err[0].1.to_string();
+        assert!(why.contains("fentry/fexit"), "{why}");
+        assert!(!why.contains("not built"), "{why}");
+    }
+
+    #[test]
+    fn function_sets_need_the_sock_layout() {
+        let mut k = stock_kernel();
+        if let Some(l) = k.layout.as_mut() {
+            l.offsets.valid &= !layout::SOCK_PEER;
+        }
+        let why = HookSetName::Kprobe
+            .availability(&k)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("struct sock"), "{why}");
+        let rows = HookSetName::Fexit.coverage(&k);
+        assert!(rows.iter().any(|r| !r.seen));
+    }
+
+    #[test]
+    fn function_sets_cover_every_path_with_their_hooks() {
+        let k = stock_kernel();
+        for (set, prefix) in [
+            (HookSetName::Fexit, "fentry+fexit/"),
+            (HookSetName::Kprobe, "kprobe+kretprobe/"),
+        ] {
+            let rows = set.coverage(&k);
+            if std::env::consts::ARCH == "x86_64" {
+                assert!(rows.iter().all(|r| r.seen), "{rows:?}");
+            }
+            let find = |p: &str| rows.iter().find(|r| r.path == p).unwrap().hooks;
+            assert!(find("tcp connect (v4/v6)").contains(&format!("{prefix}inet_hash_connect")));
+            assert!(find("tcp connect (v4/v6)").contains("inet6_hash_connect"));
+            assert!(find("tcp listen() autobind (v4/v6)").contains("inet_csk_get_port"));
+            assert!(
+                find("udp autobind on sendto/sendmsg/sendmmsg (v4/v6) and EAGAIN")
+                    .contains(&format!("{prefix}udp_lib_get_port"))
+            );
+        }
     }
 
     #[test]

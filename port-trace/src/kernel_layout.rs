@@ -153,6 +153,15 @@ pub fn resolve(btf: &Btf) -> Layout {
         ]
     );
     grp!(
+        layout::SOCK_PEER,
+        [
+            (sk_daddr, "sock", &["__sk_common", "skc_daddr"]),
+            (sk_dport, "sock", &["__sk_common", "skc_dport"]),
+            (sk_v6_daddr, "sock", &["__sk_common", "skc_v6_daddr"]),
+            (sk_state, "sock", &["__sk_common", "skc_state"]),
+        ]
+    );
+    grp!(
         layout::NETNS,
         [
             (task_nsproxy, "task_struct", &["nsproxy"]),
@@ -182,9 +191,18 @@ mod tests {
         let btf = load(path).unwrap();
         let l = resolve(&btf);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
-        assert!(l.has(layout::FD_WALK | layout::SOCK | layout::NETNS));
+        assert!(l.has(layout::FD_WALK | layout::SOCK | layout::NETNS | layout::SOCK_PEER));
         // skc_family is the first 2-byte field after the addresses and hash in sock_common.
         assert!(l.offsets.sk_family > 0 && l.offsets.sk_family < 64);
         assert_ne!(l.offsets.sk_num, l.offsets.sk_family);
+        let o = &l.offsets;
+        // sock_common starts with skc_addrpair: { skc_daddr, skc_rcv_saddr }, then the hash,
+        // then skc_portpair: { skc_dport, skc_num }; skc_family and skc_state follow.
+        assert_eq!(o.sk_daddr, 0);
+        assert_eq!(o.sk_rcv_saddr, o.sk_daddr + 4);
+        assert_eq!(o.sk_num, o.sk_dport + 2);
+        assert!(o.sk_state > o.sk_family && o.sk_state < 64);
+        // The IPv6 addresses are 16 bytes each, peer first, inside sock_common.
+        assert_eq!(o.sk_v6_rcv_saddr, o.sk_v6_daddr + 16);
     }
 }

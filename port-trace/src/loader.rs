@@ -3,9 +3,11 @@
 use std::{fs, os::fd::AsFd, path::Path};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, FEntry, FExit, KProbe, SockOps, TracePoint,
+    },
 };
 use port_trace_common::{PortEvent, stat};
 
@@ -122,11 +124,14 @@ impl Tracer {
         if let Err(why) = opts.hook_set.availability(k) {
             return Err(LoadError::NoHookSet(format!("{}: {why}", opts.hook_set)));
         }
-        let tracefs = k.tracefs.clone().unwrap_or_default();
-        let fmt_path = tracefs.join("events/sock/inet_sock_set_state/format");
-        let fmt = fs::read_to_string(&fmt_path).unwrap_or_default();
-        check_format(&fmt, SET_STATE_FIELDS)
-            .map_err(|e| LoadError::TracepointLayout("sock/inet_sock_set_state".into(), e))?;
+        if opts.hook_set == HookSetName::Cgroup {
+            // Only the cgroup set reads tracepoint fields at compiled-in offsets.
+            let tracefs = k.tracefs.clone().unwrap_or_default();
+            let fmt_path = tracefs.join("events/sock/inet_sock_set_state/format");
+            let fmt = fs::read_to_string(&fmt_path).unwrap_or_default();
+            check_format(&fmt, SET_STATE_FIELDS)
+                .map_err(|e| LoadError::TracepointLayout("sock/inet_sock_set_state".into(), e))?;
+        }
 
         // Not needed on kernels with memcg accounting for BPF (5.11+); harmless where it fails.
         let _ = nix::sys::resource::setrlimit(
@@ -147,11 +152,8 @@ impl Tracer {
 
         let attached = match opts.hook_set {
             HookSetName::Cgroup => attach_cgroup_set(&mut ebpf, &opts.cgroup)?,
-            other => {
-                return Err(LoadError::NoHookSet(format!(
-                    "{other}: not built into this version"
-                )));
-            }
+            HookSetName::Fexit => attach_fexit_set(&mut ebpf)?,
+            HookSetName::Kprobe => attach_kprobe_set(&mut ebpf)?,
         };
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::Map("EVENTS"))?)
@@ -270,6 +272,66 @@ fn attach_cgroup_set(ebpf: &mut Ebpf, cgroup_dir: &Path) -> Result<Vec<String>, 
         attached.push(format!("tracepoint/{category}/{tp}"));
     }
     Ok(attached)
+}
+
+/// The kernel functions that choose a port, hooked by the fexit and kprobe sets. Program
+/// names in port-trace-ebpf are `pt_{fentry,fexit,kprobe,kretprobe}_<function>`.
+pub const PORT_FUNCTIONS: [&str; 4] = [
+    "inet_hash_connect",
+    "inet6_hash_connect",
+    "inet_csk_get_port",
+    "udp_lib_get_port",
+];
+
+/// Attaches the fexit hook set: fentry + fexit on each port-choosing function (BPF
+/// trampolines, attached by BTF id of the running kernel).
+fn attach_fexit_set(ebpf: &mut Ebpf) -> Result<Vec<String>, LoadError> {
+    let btf = Btf::from_sys_fs().map_err(|e| LoadError::NoBtf(error_chain(&e)))?;
+    let mut attached = Vec::new();
+    for func in PORT_FUNCTIONS {
+        // fentry first: an fexit without its entry state reports nothing.
+        let name = format!("pt_fentry_{func}");
+        let prog: &mut FEntry = typed_program(ebpf, &name)?;
+        prog.load(func, &btf).map_err(|e| program_err(&name, &e))?;
+        prog.attach()
+            .map_err(|e| attach_err(&name, &format!("fentry/{func}"), &e))?;
+        attached.push(format!("fentry/{func}"));
+
+        let name = format!("pt_fexit_{func}");
+        let prog: &mut FExit = typed_program(ebpf, &name)?;
+        prog.load(func, &btf).map_err(|e| program_err(&name, &e))?;
+        prog.attach()
+            .map_err(|e| attach_err(&name, &format!("fexit/{func}"), &e))?;
+        attached.push(format!("fexit/{func}"));
+    }
+    Ok(attached)
+}
+
+/// Attaches the kprobe hook set: kprobe + kretprobe on each port-choosing function.
+fn attach_kprobe_set(ebpf: &mut Ebpf) -> Result<Vec<String>, LoadError> {
+    let mut attached = Vec::new();
+    for func in PORT_FUNCTIONS {
+        for kind in ["kprobe", "kretprobe"] {
+            let name = format!("pt_{kind}_{func}");
+            load_program!(ebpf, &name, KProbe)
+                .attach(func, 0)
+                .map_err(|e| attach_err(&name, &format!("{kind}/{func}"), &e))?;
+            attached.push(format!("{kind}/{func}"));
+        }
+    }
+    Ok(attached)
+}
+
+/// Looks up a program by name and checks its type, without loading it (fentry/fexit load
+/// with a BTF target).
+fn typed_program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| program_err(name, &e))
 }
 
 #[cfg(test)]

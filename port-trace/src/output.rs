@@ -126,6 +126,7 @@ mod tests {
         assert_eq!(v["daddr"], "127.0.0.2");
         assert_eq!(v["dport"], 80);
         assert_eq!(v["result"], "ok");
+        assert!(v["latency_ns"].is_null());
     }
 
     #[test]

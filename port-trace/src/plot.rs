@@ -371,6 +371,7 @@ mod tests {
             cgroup_id: 0,
             netns: 1,
             hook: "test".into(),
+            latency_ns: None,
         }
     }
 

@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 const NIGHTLY: &str = "nightly";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_PACKAGES: &[&str] = &[
@@ -56,6 +58,13 @@ enum Cmd {
     },
     /// Measure what tracing costs a loopback connect() workload (root).
     Bench,
+    /// Boot stock Debian 6.1 kernels under qemu (TCG) and run `port-trace check` and a short
+    /// trace inside: the binary built here against another kernel's struct layout.
+    VmCheck {
+        /// Kernel flavours: "cloud" and/or "generic".
+        #[arg(long = "flavour", default_values = ["cloud", "generic"])]
+        flavours: Vec<String>,
+    },
     /// Build and run all tests, including the root eBPF integration tests.
     Test {
         /// Extra arguments for `cargo test`.
@@ -95,6 +104,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .status()
                 .with_context(|| format!("run {}", bin.display()))?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        Cmd::VmCheck { flavours } => {
+            setup(false)?;
+            let bin = build(false)?;
+            vm_check(&bin, &flavours).map(|_| ExitCode::SUCCESS)
         }
         Cmd::Bench => {
             setup(true)?;
@@ -162,6 +176,69 @@ fn parse_result_line(line: &str) -> Option<(u64, u64)> {
             .and_then(|n| n.trim().parse().ok())
     };
     Some((num(" passed")?, num(" failed")?))
+}
+
+/// What the guest runs: check, then a short trace while busybox makes a TCP connect (refused,
+/// but the kernel still picks a port) and a UDP send; the trace must show both.
+const VM_CHECK_BODY: &str = r#"
+mkdir -p /sys/fs/cgroup /tmp
+mount -t cgroup2 none /sys/fs/cgroup
+ip link set lo up
+/port-trace check || true
+/port-trace trace --format json --duration 20s > /tmp/ev.json 2> /tmp/tr.err &
+for i in $(seq 1 240); do grep -q '^tracing:' /tmp/tr.err && break; sleep 0.5; done
+wget -q -T 1 -O /dev/null http://127.0.0.1:5000/ || true
+echo hi | nc -u -w 1 127.0.0.1 9 || true
+kill -INT %1 2>/dev/null || kill -INT $(pidof port-trace)
+wait
+cat /tmp/tr.err
+cat /tmp/ev.json
+grep -q '"op":"connect"' /tmp/ev.json
+grep -q '"op":"autobind"' /tmp/ev.json
+"#;
+
+fn vm_check(bin: &Path, flavours: &[String]) -> Result<()> {
+    let cache = workspace_root().join("target/vm/cache");
+    std::fs::create_dir_all(&cache)?;
+    let qemu = vm::fetch_qemu(&cache)?;
+    // The binary and the shared libraries it needs, at the same paths in the guest.
+    let mut files: Vec<(PathBuf, String)> = vec![(bin.to_path_buf(), "/port-trace".into())];
+    let ldd = Command::new("ldd").arg(bin).output().context("run ldd")?;
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(PathBuf::from);
+        if let Some(p) = path {
+            let guest = p.display().to_string();
+            files.push((p, guest));
+        }
+    }
+    let files: Vec<(PathBuf, &str)> = files.iter().map(|(h, g)| (h.clone(), g.as_str())).collect();
+    let initramfs = vm::build_initramfs(&cache, &files, &vm::init_script(VM_CHECK_BODY))?;
+    let mut failed = Vec::new();
+    for flavour in flavours {
+        let kernel = vm::fetch_kernel(&cache, if flavour == "generic" { "" } else { flavour })?;
+        let started = std::time::Instant::now();
+        let console = vm::boot(
+            &qemu,
+            &kernel,
+            &initramfs,
+            std::time::Duration::from_secs(600),
+        )?;
+        println!(
+            "===== {flavour} ({:.1}s)\n{console}",
+            started.elapsed().as_secs_f64()
+        );
+        if let Err(e) = vm::parse_result(&console) {
+            failed.push(format!("{flavour}: {e}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("vm-check failed: {}", failed.join("; "));
+    }
+    println!("vm-check: {} kernel(s) ok", flavours.len());
+    Ok(())
 }
 
 extern "C" fn ignore(_: libc::c_int) {}

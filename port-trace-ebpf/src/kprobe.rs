@@ -1,0 +1,94 @@
+//! The "kprobe" hook set: a kprobe stashes the entry arguments of each port-choosing function
+//! per thread, the kretprobe reports the outcome (it sees only the return value).
+
+use aya_ebpf::{
+    macros::{kprobe, kretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use port_trace_common::hook;
+
+use crate::common::{
+    F_INET_CSK_GET_PORT, F_INET_HASH_CONNECT, F_INET6_HASH_CONNECT, F_UDP_LIB_GET_PORT, on_enter,
+    on_exit,
+};
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+// int inet_hash_connect(struct inet_timewait_death_row *death_row, struct sock *sk)
+
+#[kprobe(function = "inet_hash_connect")]
+pub fn pt_kprobe_inet_hash_connect(ctx: ProbeContext) -> u32 {
+    on_enter(F_INET_HASH_CONNECT, arg(&ctx, 1), 0);
+    0
+}
+
+#[kretprobe(function = "inet_hash_connect")]
+pub fn pt_kretprobe_inet_hash_connect(ctx: RetProbeContext) -> u32 {
+    on_exit(
+        F_INET_HASH_CONNECT,
+        0,
+        ctx.ret::<i32>(),
+        hook::KRETPROBE_INET_HASH_CONNECT,
+    );
+    0
+}
+
+// int inet6_hash_connect(struct inet_timewait_death_row *death_row, struct sock *sk)
+
+#[kprobe(function = "inet6_hash_connect")]
+pub fn pt_kprobe_inet6_hash_connect(ctx: ProbeContext) -> u32 {
+    on_enter(F_INET6_HASH_CONNECT, arg(&ctx, 1), 0);
+    0
+}
+
+#[kretprobe(function = "inet6_hash_connect")]
+pub fn pt_kretprobe_inet6_hash_connect(ctx: RetProbeContext) -> u32 {
+    on_exit(
+        F_INET6_HASH_CONNECT,
+        0,
+        ctx.ret::<i32>(),
+        hook::KRETPROBE_INET6_HASH_CONNECT,
+    );
+    0
+}
+
+// int inet_csk_get_port(struct sock *sk, unsigned short snum)
+
+#[kprobe(function = "inet_csk_get_port")]
+pub fn pt_kprobe_inet_csk_get_port(ctx: ProbeContext) -> u32 {
+    on_enter(F_INET_CSK_GET_PORT, arg(&ctx, 0), arg(&ctx, 1) as u16);
+    0
+}
+
+#[kretprobe(function = "inet_csk_get_port")]
+pub fn pt_kretprobe_inet_csk_get_port(ctx: RetProbeContext) -> u32 {
+    on_exit(
+        F_INET_CSK_GET_PORT,
+        0,
+        ctx.ret::<i32>(),
+        hook::KRETPROBE_INET_CSK_GET_PORT,
+    );
+    0
+}
+
+// int udp_lib_get_port(struct sock *sk, unsigned short snum, unsigned int hash2_nulladdr)
+
+#[kprobe(function = "udp_lib_get_port")]
+pub fn pt_kprobe_udp_lib_get_port(ctx: ProbeContext) -> u32 {
+    on_enter(F_UDP_LIB_GET_PORT, arg(&ctx, 0), arg(&ctx, 1) as u16);
+    0
+}
+
+#[kretprobe(function = "udp_lib_get_port")]
+pub fn pt_kretprobe_udp_lib_get_port(ctx: RetProbeContext) -> u32 {
+    on_exit(
+        F_UDP_LIB_GET_PORT,
+        0,
+        ctx.ret::<i32>(),
+        hook::KRETPROBE_UDP_LIB_GET_PORT,
+    );
+    0
+}
