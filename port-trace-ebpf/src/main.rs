@@ -28,12 +28,15 @@ use aya_ebpf::Global;
 use aya_ebpf::{
     bindings::{
         BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock, bpf_sock_addr, bpf_sock_ops,
+        bpf_sock, bpf_sock_addr, bpf_sock_ops,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie,
+            bpf_ktime_get_boot_ns,
+        },
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -126,10 +129,37 @@ struct Pending {
     /// TCP connect: the kernel failed to find a port (SYN_SENT -> CLOSE with port 0).
     failed: u8,
     _pad: u8,
+    /// TCP connect: the socket's cookie, the key of its `CONNECTING` entry.
+    cookie: u64,
 }
 
 #[map]
 static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+/// Who made a socket's connect() call, captured in process context by connect4/6.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Owner {
+    cgroup_id: u64,
+    tgid: u32,
+    tid: u32,
+    uid: u32,
+    netns: u32,
+    comm: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Connecting {
+    owner: Owner,
+    pending: Pending,
+}
+
+/// TCP connects waiting for TCP_CONNECT_CB, by socket cookie. sock_ops programs may not ask
+/// who the current task is on older kernels (6.1 rejects bpf_get_current_pid_tgid there), so
+/// the owner is recorded at connect4/6 and the callback finds it through the socket.
+#[map]
+static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 fn count(idx: u32) {
@@ -177,19 +207,37 @@ fn current_netns(o: &KernelOffsets) -> u32 {
 /// `latency_ns` is 0 where the hook set cannot measure the port search.
 #[inline(always)]
 fn emit(tgid: u32, tid: u32, p: &Pending, port: u16, errno: i32, hook_id: u8, latency_ns: u64) {
+    emit_owned(&owner_now(tgid, tid), p, port, errno, hook_id, latency_ns);
+}
+
+/// The calling task's identity; only for programs that run in process context.
+#[inline(always)]
+fn owner_now(tgid: u32, tid: u32) -> Owner {
+    let o = OFFSETS.load();
+    Owner {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tgid,
+        tid,
+        uid: bpf_get_current_uid_gid() as u32,
+        netns: current_netns(&o),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Like `emit`, with the identity given: usable where current-task helpers are not.
+#[inline(always)]
+fn emit_owned(w: &Owner, p: &Pending, port: u16, errno: i32, hook_id: u8, latency_ns: u64) {
     let Some(mut entry) = EVENTS.reserve::<PortEvent>(0) else {
         count(stat::LOST);
         return;
     };
-    let o = OFFSETS.load();
-    let uid_gid = bpf_get_current_uid_gid();
     let ev = PortEvent {
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: tgid,
-        tid,
-        uid: uid_gid as u32,
-        netns: current_netns(&o),
+        cgroup_id: w.cgroup_id,
+        pid: w.tgid,
+        tid: w.tid,
+        uid: w.uid,
+        netns: w.netns,
         errno,
         port,
         dport: p.dport,
@@ -201,7 +249,7 @@ fn emit(tgid: u32, tid: u32, p: &Pending, port: u16, errno: i32, hook_id: u8, la
         hook: hook_id,
         has_daddr: p.has_daddr,
         _pad: [0; 3],
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: w.comm,
         latency_ns,
     };
     entry.write(ev);
@@ -251,6 +299,7 @@ const fn empty_pending(op_id: u8, proto_id: u8, family_id: u8) -> Pending {
         has_daddr: 0,
         failed: 0,
         _pad: 0,
+        cookie: 0,
     }
 }
 
@@ -298,7 +347,7 @@ fn on_connect(ctx: &SockAddrContext, fam: u8) {
     let (protocol, user_port, daddr) = user_sockaddr(sa, fam);
     let sk: *mut bpf_sock =
         unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*sa).__bindgen_anon_1.sk)) };
-    let Some((_, tid)) = current() else { return };
+    let Some((tgid, tid)) = current() else { return };
     let Some(pr) = proto_of(protocol) else { return };
     if sk.is_null() {
         return;
@@ -320,22 +369,30 @@ fn on_connect(ctx: &SockAddrContext, fam: u8) {
     p.has_daddr = 1;
     p.dport = u16::from_be(user_port as u16);
     p.daddr = daddr;
+    if pr == proto::TCP {
+        p.cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        let c = Connecting {
+            owner: owner_now(tgid, tid),
+            pending: p,
+        };
+        let _ = CONNECTING.insert(p.cookie, c, 0);
+    }
     let _ = PENDING.insert(tid, p, 0);
 }
 
 #[sock_ops]
 pub fn pt_sockops(ctx: SockOpsContext) -> u32 {
     let so: *const bpf_sock_ops = ctx.ops;
-    match ctx_read!(so, op) {
-        BPF_SOCK_OPS_TCP_CONNECT_CB => on_tcp_cb(so, op::CONNECT, hook::SOCK_OPS_CONNECT),
-        BPF_SOCK_OPS_TCP_LISTEN_CB => on_tcp_cb(so, op::LISTEN, hook::SOCK_OPS_LISTEN),
-        _ => {}
+    if ctx_read!(so, op) == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        on_connect_cb(so);
     }
     1
 }
 
+/// The port inet_hash_connect chose, seen from tcp_connect(). No current-task helpers here:
+/// the owner comes from the `CONNECTING` entry made at connect4/6.
 #[inline(always)]
-fn on_tcp_cb(so: *const bpf_sock_ops, want_op: u8, hook_id: u8) {
+fn on_connect_cb(so: *const bpf_sock_ops) {
     let fam = ctx_read!(so, family) as u8;
     let local4 = ctx_read!(so, local_ip4);
     let remote4 = ctx_read!(so, remote_ip4);
@@ -343,32 +400,32 @@ fn on_tcp_cb(so: *const bpf_sock_ops, want_op: u8, hook_id: u8) {
     let remote6 = ctx_read6!(so, remote_ip6);
     let local_port = ctx_read!(so, local_port);
     let remote_port = ctx_read!(so, remote_port);
-    let Some((tgid, tid)) = current() else { return };
-    let Some(pending) = (unsafe { PENDING.get(tid) }) else {
+    let cookie = unsafe { bpf_get_socket_cookie(so as *mut _) };
+    let Some(c) = (unsafe { CONNECTING.get(cookie) }) else {
         return;
     };
-    if pending.op != want_op || pending.proto != proto::TCP {
-        return;
-    }
-    let mut p = *pending;
-    let _ = PENDING.remove(tid);
+    let c = *c;
+    let _ = CONNECTING.remove(cookie);
+    let mut p = c.pending;
     p.family = fam;
     if fam == family::INET {
         p.saddr = ip4(local4);
+        p.daddr = ip4(remote4);
     } else {
         p.saddr = ip6(local6);
+        p.daddr = ip6(remote6);
     }
-    if want_op == op::CONNECT {
-        p.daddr = if fam == family::INET {
-            ip4(remote4)
-        } else {
-            ip6(remote6)
-        };
-        // remote_port holds the big-endian port in its upper 16 bits.
-        p.dport = u32::from_be(remote_port) as u16;
-        p.has_daddr = 1;
-    }
-    emit(tgid, tid, &p, local_port as u16, 0, hook_id, 0);
+    // remote_port holds the big-endian port in its upper 16 bits.
+    p.dport = u32::from_be(remote_port) as u16;
+    p.has_daddr = 1;
+    emit_owned(
+        &c.owner,
+        &p,
+        local_port as u16,
+        0,
+        hook::SOCK_OPS_CONNECT,
+        0,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -456,6 +513,8 @@ fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     if oldstate == TCP_CLOSE && newstate == TCP_LISTEN {
         let fam: u16 = unsafe { ctx.read_at(28)? };
         let mut p = empty_pending(op::LISTEN, proto::TCP, fam as u8);
+        // The socket, whose port is read back at sys_exit_listen.
+        p.sk = unsafe { ctx.read_at(8)? };
         p.saddr = if fam == family::INET as u16 {
             let a: [u8; 4] = unsafe { ctx.read_at(32)? };
             let mut s = [0u8; 16];
@@ -583,7 +642,8 @@ fn on_exit(ctx: &TracePointContext, hook_id: u8) {
     let mut p = *pending;
     let _ = PENDING.remove(tid);
     let ret: i64 = unsafe { ctx.read_at(16).unwrap_or(0) };
-    if p.op == op::AUTOBIND {
+    // Autobind and listen(): the port is read back from the socket.
+    if p.op == op::AUTOBIND || (p.op == op::LISTEN && ret >= 0) {
         let o = OFFSETS.load();
         if p.sk == 0 || o.valid & layout::SOCK == 0 {
             count(stat::PENDING_MISS);
@@ -598,13 +658,17 @@ fn on_exit(ctx: &TracePointContext, hook_id: u8) {
                 p.saddr = unsafe { read(p.sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]) };
             }
             emit(tgid, tid, &p, port, 0, hook_id, 0);
-        } else if ret == -EAGAIN {
+        } else if p.op == op::AUTOBIND && ret == -EAGAIN {
             emit(tgid, tid, &p, 0, EAGAIN as i32, hook_id, 0);
         }
         return;
     }
     if ret >= 0 {
         return;
+    }
+    if p.op == op::CONNECT && p.cookie != 0 {
+        // No TCP_CONNECT_CB will come for this attempt.
+        let _ = CONNECTING.remove(p.cookie);
     }
     let report = match p.op {
         op::CONNECT => p.failed != 0,

@@ -266,8 +266,9 @@ fn cgroup_coverage(k: &KernelSupport) -> Vec<PathCoverage> {
         ),
         row(
             "tcp listen() autobind (v4/v6)",
-            "sock/inet_sock_set_state, sock_ops/tcp_listen_cb",
-            tp_missing(&["sock/inet_sock_set_state"]),
+            "sock/inet_sock_set_state, syscalls/sys_exit_listen",
+            tp_missing(&["sock/inet_sock_set_state", "syscalls/sys_exit_listen"])
+                .or_else(|| layout_missing(layout::SOCK, "struct sock")),
         ),
         row(
             "listen() failure EADDRINUSE",

@@ -185,16 +185,20 @@ mkdir -p /sys/fs/cgroup /tmp
 mount -t cgroup2 none /sys/fs/cgroup
 ip link set lo up
 /port-trace check || true
-/port-trace trace --format json --duration 20s > /tmp/ev.json 2> /tmp/tr.err &
+/port-trace trace --format json --duration 60s > /tmp/ev.json 2> /tmp/tr.err &
 for i in $(seq 1 240); do grep -q '^tracing:' /tmp/tr.err && break; sleep 0.5; done
-wget -q -T 1 -O /dev/null http://127.0.0.1:5000/ || true
-echo hi | nc -u -w 1 127.0.0.1 9 || true
-kill -INT %1 2>/dev/null || kill -INT $(pidof port-trace)
-wait
+cat /tmp/tr.err
+nc -l -p 5000 > /dev/null &
+sleep 1
+echo hi | nc -w 1 127.0.0.1 5000 || true
+nslookup example.invalid 127.0.0.1 > /dev/null 2>&1 || true
+kill -INT $(pidof port-trace)
+wait $(pidof port-trace) 2>/dev/null
+sleep 1
 cat /tmp/tr.err
 cat /tmp/ev.json
 grep -q '"op":"connect"' /tmp/ev.json
-grep -q '"op":"autobind"' /tmp/ev.json
+grep -q '"op":"bind"' /tmp/ev.json || grep -q '"op":"autobind"' /tmp/ev.json
 "#;
 
 fn vm_check(bin: &Path, flavours: &[String]) -> Result<()> {
