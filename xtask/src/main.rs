@@ -64,6 +64,9 @@ enum Cmd {
         /// Kernel flavours: "cloud" and/or "generic".
         #[arg(long = "flavour", default_values = ["cloud", "generic"])]
         flavours: Vec<String>,
+        /// Force a hook set in the guest (fexit, kprobe, cgroup); default: automatic.
+        #[arg(long)]
+        hooks: Option<String>,
     },
     /// Build and run all tests, including the root eBPF integration tests.
     Test {
@@ -105,10 +108,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("run {}", bin.display()))?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
         }
-        Cmd::VmCheck { flavours } => {
+        Cmd::VmCheck { flavours, hooks } => {
             setup(false)?;
             let bin = build(false)?;
-            vm_check(&bin, &flavours).map(|_| ExitCode::SUCCESS)
+            vm_check(&bin, &flavours, hooks.as_deref()).map(|_| ExitCode::SUCCESS)
         }
         Cmd::Bench => {
             setup(true)?;
@@ -185,7 +188,7 @@ mkdir -p /sys/fs/cgroup /tmp
 mount -t cgroup2 none /sys/fs/cgroup
 ip link set lo up
 /port-trace check || true
-/port-trace trace --format json --duration 60s > /tmp/ev.json 2> /tmp/tr.err &
+/port-trace trace HOOKS --format json --duration 60s > /tmp/ev.json 2> /tmp/tr.err &
 for i in $(seq 1 240); do grep -q '^tracing:' /tmp/tr.err && break; sleep 0.5; done
 cat /tmp/tr.err
 nc -l -p 5000 > /dev/null &
@@ -201,7 +204,7 @@ grep -q '"op":"connect"' /tmp/ev.json
 grep -q '"op":"bind"' /tmp/ev.json || grep -q '"op":"autobind"' /tmp/ev.json
 "#;
 
-fn vm_check(bin: &Path, flavours: &[String]) -> Result<()> {
+fn vm_check(bin: &Path, flavours: &[String], hooks: Option<&str>) -> Result<()> {
     let cache = workspace_root().join("target/vm/cache");
     std::fs::create_dir_all(&cache)?;
     let qemu = vm::fetch_qemu(&cache)?;
@@ -219,7 +222,9 @@ fn vm_check(bin: &Path, flavours: &[String]) -> Result<()> {
         }
     }
     let files: Vec<(PathBuf, &str)> = files.iter().map(|(h, g)| (h.clone(), g.as_str())).collect();
-    let initramfs = vm::build_initramfs(&cache, &files, &vm::init_script(VM_CHECK_BODY))?;
+    let hooks_arg = hooks.map(|h| format!("--hooks {h}")).unwrap_or_default();
+    let body = VM_CHECK_BODY.replace("HOOKS", &hooks_arg);
+    let initramfs = vm::build_initramfs(&cache, &files, &vm::init_script(&body))?;
     let mut failed = Vec::new();
     for flavour in flavours {
         let kernel = vm::fetch_kernel(&cache, if flavour == "generic" { "" } else { flavour })?;
