@@ -148,8 +148,13 @@ impl Drop for TraceProcess {
 
 impl TraceProcess {
     /// Starts `port-trace trace --format json EXTRA...` and waits for its `tracing:` line.
+    /// $PORT_TRACE_HOOKS forces a hook set (the VM matrix runs these tests once per set).
     pub fn start(extra: &[&str]) -> Result<Self> {
+        let hooks = std::env::var("PORT_TRACE_HOOKS").unwrap_or_default();
         let mut args = vec!["trace", "--format", "json"];
+        if !hooks.is_empty() {
+            args.extend_from_slice(&["--hooks", &hooks]);
+        }
         args.extend_from_slice(extra);
         Self::spawn(&args)
     }

@@ -58,6 +58,16 @@ enum Cmd {
     },
     /// Measure what tracing costs a loopback connect() workload (root).
     Bench,
+    /// Boot stock Debian 6.1 kernels under qemu and run the capture tests there once per hook
+    /// set; print a kernel x hook-set matrix, fail on any mismatch.
+    VmTest {
+        /// Kernel flavours: "cloud" and/or "generic".
+        #[arg(long = "flavour", default_values = ["cloud", "generic"])]
+        flavours: Vec<String>,
+        /// Hook sets to run.
+        #[arg(long = "hooks", default_values = ["fexit", "kprobe", "cgroup"])]
+        hooks: Vec<String>,
+    },
     /// Boot stock Debian 6.1 kernels under qemu (TCG) and run `port-trace check` and a short
     /// trace inside: the binary built here against another kernel's struct layout.
     VmCheck {
@@ -112,6 +122,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             setup(false)?;
             let bin = build(false)?;
             vm_check(&bin, &flavours, hooks.as_deref()).map(|_| ExitCode::SUCCESS)
+        }
+        Cmd::VmTest { flavours, hooks } => {
+            setup(true)?;
+            let bin = build(false)?;
+            vm_test(&bin, &flavours, &hooks).map(|_| ExitCode::SUCCESS)
         }
         Cmd::Bench => {
             setup(true)?;
@@ -247,6 +262,120 @@ fn vm_check(bin: &Path, flavours: &[String], hooks: Option<&str>) -> Result<()> 
         bail!("vm-check failed: {}", failed.join("; "));
     }
     println!("vm-check: {} kernel(s) ok", flavours.len());
+    Ok(())
+}
+
+/// The capture test binary, built but not run.
+fn capture_test_binary() -> Result<PathBuf> {
+    let out = Command::new(cargo())
+        .args([
+            "test",
+            "-p",
+            "port-trace-tests",
+            "--test",
+            "capture",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("build the capture tests")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"executable\"") && l.contains("\"capture\""))
+        .find_map(|l| {
+            let i = l.find("\"executable\":\"")? + 14;
+            let end = l[i..].find('"')? + i;
+            Some(PathBuf::from(&l[i..end]))
+        })
+        .context("no capture test executable in cargo's output")
+}
+
+/// Host files for the guest at the same paths, plus the shared libraries they load.
+fn with_libraries(bins: &[(PathBuf, String)]) -> Result<Vec<(PathBuf, String)>> {
+    let mut files = bins.to_vec();
+    for (host, _) in bins {
+        let ldd = Command::new("ldd").arg(host).output().context("run ldd")?;
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            if let Some(p) = line.split_whitespace().find(|w| w.starts_with('/')) {
+                let p = PathBuf::from(p);
+                let guest = p.display().to_string();
+                if !files.iter().any(|(_, g)| *g == guest) {
+                    files.push((p, guest));
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn which_path(bin: &str) -> Result<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .output()?;
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if p.is_empty() {
+        bail!("{bin} not found");
+    }
+    Ok(PathBuf::from(p))
+}
+
+const VM_MATRIX_MARK: &str = "PORT-TRACE-MATRIX:";
+
+fn vm_test(bin: &Path, flavours: &[String], hooks: &[String]) -> Result<()> {
+    let cache = workspace_root().join("target/vm/cache");
+    std::fs::create_dir_all(&cache)?;
+    let qemu = vm::fetch_qemu(&cache)?;
+    let capture = capture_test_binary()?;
+    let mut bins = vec![
+        (bin.to_path_buf(), "/port-trace".to_string()),
+        (capture, "/capture".to_string()),
+    ];
+    for tool in ["ip", "sysctl"] {
+        let p = which_path(tool)?;
+        let g = p.display().to_string();
+        bins.push((p, g));
+    }
+    let files = with_libraries(&bins)?;
+    let files: Vec<(PathBuf, &str)> = files.iter().map(|(h, g)| (h.clone(), g.as_str())).collect();
+    // One run of the capture tests per hook set; each prints a matrix line.
+    let mut body = String::from(
+        "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\nmkdir -p /sys/fs/cgroup /tmp /run/netns /etc\nmount -t cgroup2 none /sys/fs/cgroup\nmount -t tmpfs tmpfs /run\nmkdir -p /run/netns\nip link set lo up\nrc=0\n",
+    );
+    for h in hooks {
+        body.push_str(&format!(
+            "if PORT_TRACE_BIN=/port-trace PORT_TRACE_HOOKS={h} CI=true /capture --test-threads=1 --nocapture 2>&1; then echo \"{VM_MATRIX_MARK} {h} ok\"; else echo \"{VM_MATRIX_MARK} {h} FAIL\"; rc=1; fi\n"
+        ));
+    }
+    body.push_str("exit $rc\n");
+    let initramfs = vm::build_initramfs(&cache, &files, &vm::init_script(&body))?;
+    let mut rows = Vec::new();
+    let mut ok = true;
+    for flavour in flavours {
+        let kernel = vm::fetch_kernel(&cache, if flavour == "generic" { "" } else { flavour })?;
+        let started = std::time::Instant::now();
+        let console = vm::boot(&qemu, &kernel, &initramfs, std::time::Duration::from_secs(1500))?;
+        println!("===== {flavour} ({:.0}s)\n{console}", started.elapsed().as_secs_f64());
+        for h in hooks {
+            let line = console
+                .lines()
+                .find(|l| l.starts_with(&format!("{VM_MATRIX_MARK} {h} ")));
+            let verdict = line
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap_or("missing")
+                .to_string();
+            ok &= verdict == "ok";
+            rows.push((flavour.clone(), h.clone(), verdict));
+        }
+        ok &= vm::parse_result(&console).is_ok();
+    }
+    println!("kernel    hook set  capture tests");
+    for (f, h, v) in &rows {
+        println!("{f:<9} {h:<9} {v}");
+    }
+    if !ok {
+        bail!("vm-test: a kernel or hook set failed the capture tests");
+    }
     Ok(())
 }
 
