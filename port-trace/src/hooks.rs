@@ -62,9 +62,9 @@ impl HookSetName {
     /// forced with `--hooks`.
     pub fn verified(&self) -> bool {
         match self {
-            // verified in the VM matrix (issue 5) before auto-selection
-            Self::Fexit | Self::Kprobe => false,
-            Self::Cgroup => true,
+            // All three pass the capture tests on Debian 6.1 (`cargo xtask vm-test`); a new set
+            // stays forced-only until it does.
+            Self::Fexit | Self::Kprobe | Self::Cgroup => true,
         }
     }
 
@@ -301,6 +301,18 @@ fn cgroup_coverage(k: &KernelSupport) -> Vec<PathCoverage> {
     ]
 }
 
+/// Every hook set automatic selection may use here, in order of preference (for falling back
+/// when one fails to attach), or just the forced one.
+pub fn candidates(k: &KernelSupport, forced: Option<HookSetName>) -> Vec<HookSetName> {
+    match forced {
+        Some(f) => vec![f],
+        None => HookSetName::ALL
+            .into_iter()
+            .filter(|h| h.verified() && h.availability(k).is_ok())
+            .collect(),
+    }
+}
+
 /// The first usable hook set, or the reasons none is.
 pub fn choose(
     k: &KernelSupport,
@@ -408,13 +420,15 @@ mod tests {
     }
 
     #[test]
-    fn unverified_sets_are_only_used_when_forced() {
-        let k = stock_kernel();
-        assert!(HookSetName::ALL.iter().all(|h| h.built()));
-        assert!(!HookSetName::Fexit.verified() && !HookSetName::Kprobe.verified());
+    fn stock_kernels_prefer_fexit_then_kprobe() {
+        let mut k = stock_kernel();
+        assert!(HookSetName::ALL.iter().all(|h| h.built() && h.verified()));
         assert_eq!(HookSetName::Fexit.availability(&k), Ok(()));
         assert_eq!(HookSetName::Kprobe.availability(&k), Ok(()));
-        assert_eq!(choose(&k, None), Ok(HookSetName::Cgroup));
+        assert_eq!(choose(&k, None), Ok(HookSetName::Fexit));
+        k.fentry = no();
+        assert_eq!(choose(&k, None), Ok(HookSetName::Kprobe));
+        let k = stock_kernel();
         assert_eq!(choose(&k, Some(HookSetName::Fexit)), Ok(HookSetName::Fexit));
         assert_eq!(
             choose(&k, Some(HookSetName::Kprobe)),

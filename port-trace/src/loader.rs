@@ -109,6 +109,27 @@ pub fn check_format(format: &str, fields: &[(&str, usize)]) -> Result<(), String
     Ok(())
 }
 
+/// Starts the first hook set of `sets` that loads and attaches; a set the kernel refuses at
+/// load or attach time falls back to the next. Returns the tracer and why earlier sets failed.
+pub fn start_first(
+    k: &KernelSupport,
+    sets: &[HookSetName],
+    opts: &LoadOptions,
+) -> Result<(Tracer, Vec<String>), LoadError> {
+    let mut skipped = Vec::new();
+    for (i, set) in sets.iter().enumerate() {
+        let mut o = opts.clone();
+        o.hook_set = *set;
+        match Tracer::start(k, &o) {
+            Ok(t) => return Ok((t, skipped)),
+            Err(e @ (LoadError::NotRoot | LoadError::NoBtf(_))) => return Err(e),
+            Err(e) if i + 1 < sets.len() => skipped.push(format!("{set}: {e}")),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(LoadError::NoHookSet("no hook set to try".into()))
+}
+
 impl Tracer {
     pub fn start(k: &KernelSupport, opts: &LoadOptions) -> Result<Self, LoadError> {
         if !k.root.ok {

@@ -326,6 +326,18 @@ pub fn assert_same(events: &[Value], truths: &[Truth], tid: u32, comm: &str) {
     for (row, (expected, seen)) in &rows {
         eprintln!("  {row:<40} expected {expected:>3}  seen {seen:>3}");
     }
+    // Port-search latency, where the hook set measures it (fexit, kprobe).
+    for e in events {
+        if let Some(ns) = e["latency_ns"].as_u64() {
+            eprintln!(
+                "  latency {} {} {} {} {ns} ns",
+                e["op"].as_str().unwrap_or(""),
+                e["proto"].as_str().unwrap_or(""),
+                e["family"].as_str().unwrap_or(""),
+                e["result"].as_str().unwrap_or("")
+            );
+        }
+    }
     assert!(
         missing.is_empty() && unmatched.is_empty(),
         "port-trace disagrees with ground truth\nnot reported: {missing:#?}\ninvented: {unmatched:#?}"

@@ -22,7 +22,7 @@ use crate::{
     event::{Clock, decode},
     exporter::{self, Aggregator, Computed, http},
     hooks::{self, HookSetName},
-    loader::{LoadError, LoadOptions, Tracer},
+    loader::{LoadError, LoadOptions},
     pressure::{NetnsRef, dump_sockets, read_range},
     probe::KernelSupport,
     recording,
@@ -177,8 +177,9 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let mut tracer = Tracer::start(
+    let (mut tracer, skipped) = crate::loader::start_first(
         &k,
+        &hooks::candidates(&k, args.hooks),
         &LoadOptions {
             hook_set,
             ring_bytes,
@@ -186,6 +187,10 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
             cgroup: cgroup.clone(),
         },
     )?;
+    for why in &skipped {
+        eprintln!("port-trace: falling back: {why}");
+    }
+    let hook_set = tracer.hook_set;
 
     let agg = Aggregator::new(cfg.window_events, cfg.top_destinations);
     agg.metrics

@@ -174,7 +174,12 @@ pub async fn trace(args: TraceArgs, out: Box<dyn Write>, keep: bool) -> anyhow::
             .unwrap_or(args.ring_kib as u64 * 1024 / 4),
         cgroup,
     };
-    let mut tracer = Tracer::start(&k, &opts)?;
+    let (mut tracer, skipped) =
+        crate::loader::start_first(&k, &hooks::candidates(&k, args.hooks), &opts)?;
+    for why in &skipped {
+        eprintln!("port-trace: falling back: {why}");
+    }
+    let hook_set = tracer.hook_set;
     let blind: Vec<&str> = hook_set
         .coverage(&k)
         .iter()

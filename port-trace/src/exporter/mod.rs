@@ -46,6 +46,7 @@ pub struct Metrics {
     predictability: GaugeVec,
     step_size: HistogramVec,
     skips: IntCounterVec,
+    search: HistogramVec,
     listeners_in_range: IntGaugeVec,
     self_connects: IntCounter,
     events_lost: IntCounter,
@@ -172,6 +173,18 @@ impl Metrics {
                         65536.0,
                     ]),
                     &["proto", "op"],
+                )
+                .expect("valid histogram"),
+            ),
+            search: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "port_trace_port_search_seconds",
+                        "Time the kernel spent choosing a port (fexit/kprobe hook sets only).",
+                    )
+                    .buckets(prometheus::exponential_buckets(1e-6, 4.0, 12).expect("valid")),
+                    &["proto", "op", "result"],
                 )
                 .expect("valid histogram"),
             ),
@@ -358,6 +371,13 @@ impl Aggregator {
             m.failures
                 .with_label_values(&[&e.proto, &e.family, &e.op, &e.result])
                 .inc();
+        }
+        if let Some(ns) = e.latency_ns {
+            let result = if e.is_ok() { "ok" } else { "failed" };
+            self.metrics
+                .search
+                .with_label_values(&[&e.proto, &e.op, result])
+                .observe(ns as f64 / 1e9);
         }
         self.metrics.last_event.set(e.ts_ns as f64 / 1e9);
         if self.window.len() >= self.window_cap {
