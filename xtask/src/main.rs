@@ -251,37 +251,14 @@ fn vm_check(bin: &Path, flavours: &[String], hooks: Option<&str>) -> Result<()> 
     let cache = workspace_root().join("target/vm/cache");
     std::fs::create_dir_all(&cache)?;
     let qemu = vm::fetch_qemu(&cache)?;
-    // The binary and the shared libraries it needs, at the same paths in the guest.
-    let mut files: Vec<(PathBuf, String)> = vec![(bin.to_path_buf(), "/port-trace".into())];
-    let ldd = Command::new("ldd").arg(bin).output().context("run ldd")?;
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let path = line
-            .split_whitespace()
-            .find(|w| w.starts_with('/'))
-            .map(PathBuf::from);
-        if let Some(p) = path {
-            let guest = p.display().to_string();
-            files.push((p, guest));
-        }
-    }
+    let files = with_libraries(&[(bin.to_path_buf(), "/port-trace".into())])?;
     let files: Vec<(PathBuf, &str)> = files.iter().map(|(h, g)| (h.clone(), g.as_str())).collect();
     let hooks_arg = hooks.map(|h| format!("--hooks {h}")).unwrap_or_default();
     let body = VM_CHECK_BODY.replace("HOOKS", &hooks_arg);
     let initramfs = vm::build_initramfs(&cache, &files, &vm::init_script(&body))?;
     let mut failed = Vec::new();
     for flavour in flavours {
-        let kernel = vm::fetch_kernel(&cache, if flavour == "generic" { "" } else { flavour })?;
-        let started = std::time::Instant::now();
-        let console = vm::boot(
-            &qemu,
-            &kernel,
-            &initramfs,
-            std::time::Duration::from_secs(600),
-        )?;
-        println!(
-            "===== {flavour} ({:.1}s)\n{console}",
-            started.elapsed().as_secs_f64()
-        );
+        let console = boot_flavour(&qemu, &cache, &initramfs, flavour, 600)?;
         if let Err(e) = vm::parse_result(&console) {
             failed.push(format!("{flavour}: {e}"));
         }
@@ -291,6 +268,30 @@ fn vm_check(bin: &Path, flavours: &[String], hooks: Option<&str>) -> Result<()> 
     }
     println!("vm-check: {} kernel(s) ok", flavours.len());
     Ok(())
+}
+
+/// Fetches a Debian 6.1 kernel of `flavour` ("cloud" or "generic"), boots it with
+/// `initramfs`, prints and returns the serial console.
+fn boot_flavour(
+    qemu: &vm::Qemu,
+    cache: &Path,
+    initramfs: &Path,
+    flavour: &str,
+    timeout_secs: u64,
+) -> Result<String> {
+    let kernel = vm::fetch_kernel(cache, if flavour == "generic" { "" } else { flavour })?;
+    let started = std::time::Instant::now();
+    let console = vm::boot(
+        qemu,
+        &kernel,
+        initramfs,
+        std::time::Duration::from_secs(timeout_secs),
+    )?;
+    println!(
+        "===== {flavour} ({:.0}s)\n{console}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(console)
 }
 
 /// The capture test binary, built but not run.
@@ -386,18 +387,7 @@ fn vm_test(
     let initramfs = vm::build_initramfs(&cache, &files, &vm::init_script(&body))?;
     let mut rows = Vec::new();
     for flavour in flavours {
-        let kernel = vm::fetch_kernel(&cache, if flavour == "generic" { "" } else { flavour })?;
-        let started = std::time::Instant::now();
-        let console = vm::boot(
-            &qemu,
-            &kernel,
-            &initramfs,
-            std::time::Duration::from_secs(1500),
-        )?;
-        println!(
-            "===== {flavour} ({:.0}s)\n{console}",
-            started.elapsed().as_secs_f64()
-        );
+        let console = boot_flavour(&qemu, &cache, &initramfs, flavour, 1500)?;
         for h in hooks {
             let line = console
                 .lines()
