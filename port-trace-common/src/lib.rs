@@ -40,7 +40,6 @@ pub mod family {
 /// Which program produced an event. The name is what users see in the `hook` field.
 pub mod hook {
     pub const SOCK_OPS_CONNECT: u8 = 1;
-    pub const SOCK_OPS_LISTEN: u8 = 2;
     pub const POST_BIND4: u8 = 3;
     pub const POST_BIND6: u8 = 4;
     pub const SYS_EXIT_CONNECT: u8 = 5;
@@ -63,7 +62,6 @@ pub mod hook {
     pub fn name(hook: u8) -> &'static str {
         match hook {
             SOCK_OPS_CONNECT => "sock_ops/tcp_connect_cb",
-            SOCK_OPS_LISTEN => "sock_ops/tcp_listen_cb",
             POST_BIND4 => "cgroup/post_bind4",
             POST_BIND6 => "cgroup/post_bind6",
             SYS_EXIT_CONNECT => "tracepoint/sys_exit_connect",

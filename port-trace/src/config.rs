@@ -57,32 +57,45 @@ impl Default for ServeConfig {
     }
 }
 
+/// Ring buffer sizes the kernel accepts: a power-of-two number of pages.
+pub fn check_ring_kib(k: u32) -> Result<(), String> {
+    if k.is_power_of_two() && (4..=1 << 20).contains(&k) {
+        Ok(())
+    } else {
+        Err(format!(
+            "ring_kib {k}: must be a power of two between 4 and 1048576"
+        ))
+    }
+}
+
+impl FileConfig {
+    /// The checks TOML types cannot express; the same for the file and the flags.
+    pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        let bad = |reason: String| ConfigError::Parse {
+            path: source.into(),
+            reason,
+        };
+        if let Some(r) = &self.refresh_interval {
+            humantime::parse_duration(r)
+                .map_err(|e| bad(format!("refresh_interval {r:?}: {e}")))?;
+        }
+        if let Some(k) = self.ring_kib {
+            check_ring_kib(k).map_err(bad)?;
+        }
+        if self.top_destinations == Some(0) {
+            return Err(bad("top_destinations must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
 pub fn parse(text: &str, path: &str) -> Result<FileConfig, ConfigError> {
     let parsed: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.into(),
         // toml's message names the line and column.
         reason: e.to_string().trim().replace('\n', " "),
     })?;
-    if let Some(r) = &parsed.refresh_interval {
-        humantime::parse_duration(r).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            reason: format!("refresh_interval {r:?}: {e}"),
-        })?;
-    }
-    if let Some(k) = parsed.ring_kib
-        && (!k.is_power_of_two() || !(4..=1 << 20).contains(&k))
-    {
-        return Err(ConfigError::Parse {
-            path: path.into(),
-            reason: format!("ring_kib {k}: must be a power of two between 4 and 1048576"),
-        });
-    }
-    if parsed.top_destinations == Some(0) {
-        return Err(ConfigError::Parse {
-            path: path.into(),
-            reason: "top_destinations must be at least 1".into(),
-        });
-    }
+    parsed.validate(path)?;
     Ok(parsed)
 }
 

@@ -207,6 +207,11 @@ impl Tracer {
         self.stat(stat::LOST)
     }
 
+    /// Port choices seen whose socket could not be read back (missing kernel layout).
+    pub fn unresolved(&self) -> u64 {
+        self.stat(stat::PENDING_MISS)
+    }
+
     pub fn stat(&self, idx: u32) -> u64 {
         self.stats.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }

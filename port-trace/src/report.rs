@@ -381,16 +381,7 @@ mod tests {
     use crate::pressure::{Family, SockState};
     use std::net::Ipv4Addr;
 
-    fn ev(
-        op: &str,
-        proto: &str,
-        port: u16,
-        dest: Option<(Ipv4Addr, u16)>,
-        result: &str,
-        ts: u64,
-    ) -> Event {
-        crate::event::test_event(op, proto, port, dest, result, ts)
-    }
+    use crate::event::test_event as ev;
 
     fn sock(state: SockState, lport: u16, remote: Option<(Ipv4Addr, u16)>) -> SocketRecord {
         SocketRecord {

@@ -72,27 +72,13 @@ impl ServeArgs {
     fn config(&self) -> anyhow::Result<ServeConfig> {
         let flags = self.as_overrides();
         // Flags get the same checks as the file.
-        config::parse(&toml_of(&flags), "command line")?;
+        flags.validate("command line")?;
         let file = match &self.config {
             Some(p) => config::load(p)?,
             None => FileConfig::default(),
         };
         Ok(config::merge(&file, &flags))
     }
-}
-
-fn toml_of(f: &FileConfig) -> String {
-    let mut s = String::new();
-    if let Some(r) = &f.refresh_interval {
-        s.push_str(&format!("refresh_interval = {r:?}\n"));
-    }
-    if let Some(k) = f.ring_kib {
-        s.push_str(&format!("ring_kib = {k}\n"));
-    }
-    if let Some(t) = f.top_destinations {
-        s.push_str(&format!("top_destinations = {t}\n"));
-    }
-    s
 }
 
 /// State shared by the drain loop, the refresher and the HTTP server.
@@ -267,13 +253,11 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        let mut drained = 0usize;
         if let Ok(mut a) = shared.agg.lock() {
-            drained = tracer.drain(|raw| a.ingest(decode(&raw, &clock)));
+            let drained = tracer.drain(|raw| a.ingest(decode(&raw, &clock)));
             let fill = (drained * (EVENT_SIZE + 8)) as f64 / ring_bytes as f64;
-            a.set_health(tracer.lost(), fill.min(1.0));
+            a.set_health(tracer.lost(), tracer.unresolved(), fill.min(1.0));
         }
-        let _ = drained;
         if let Ok(mut t) = shared.last_drain.lock() {
             *t = Instant::now();
         }

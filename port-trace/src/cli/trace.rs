@@ -71,9 +71,7 @@ pub struct TraceArgs {
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
-    if !(4..=1 << 20).contains(&v) || !v.is_power_of_two() {
-        return Err("must be a power of two between 4 and 1048576".into());
-    }
+    crate::config::check_ring_kib(v)?;
     Ok(v)
 }
 
@@ -259,9 +257,15 @@ pub async fn trace(args: TraceArgs, out: Box<dyn Write>, keep: bool) -> anyhow::
     drain(&mut tracer, &mut stdout_closed);
     drop(printer);
     let lost = tracer.lost();
+    let unresolved = tracer.unresolved();
     eprintln!(
-        "port-trace: {total} events, {shown} shown, {lost} lost to a full ring buffer{}",
-        if lost > 0 { " (raise --ring-kib)" } else { "" }
+        "port-trace: {total} events, {shown} shown, {lost} lost to a full ring buffer{}{}",
+        if lost > 0 { " (raise --ring-kib)" } else { "" },
+        if unresolved > 0 {
+            format!(", {unresolved} port choices whose socket could not be read")
+        } else {
+            String::new()
+        }
     );
     Ok(Finished {
         kept,

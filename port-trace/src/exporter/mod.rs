@@ -50,6 +50,7 @@ pub struct Metrics {
     listeners_in_range: IntGaugeVec,
     self_connects: IntCounter,
     events_lost: IntCounter,
+    unresolved: IntCounter,
     ring_fill: Gauge,
     hook_info: IntGaugeVec,
     last_event: Gauge,
@@ -206,6 +207,14 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            unresolved: reg(
+                &r,
+                IntCounter::new(
+                    "port_trace_unresolved_events_total",
+                    "Port choices seen whose socket could not be read back (kernel layout).",
+                )
+                .expect("valid"),
+            ),
             events_lost: reg(
                 &r,
                 IntCounter::new(
@@ -318,6 +327,7 @@ pub struct Aggregator {
     last_port: HashMap<StepKey, u16>,
     spans: HashMap<u32, u32>,
     lost_seen: u64,
+    unresolved_seen: u64,
     /// Events arrived since the last pattern analysis.
     dirty: bool,
     /// Ports the kernel chose for TCP bind/listen (not hazards when listened on).
@@ -338,6 +348,7 @@ impl Aggregator {
             last_port: HashMap::new(),
             spans: HashMap::new(),
             lost_seen: 0,
+            unresolved_seen: 0,
             dirty: false,
             chosen: HashSet::new(),
             top_destinations,
@@ -419,10 +430,16 @@ impl Aggregator {
     }
 
     /// Kernel-side drop counter (cumulative) and the ring buffer fill at the last drain.
-    pub fn set_health(&mut self, lost_total: u64, fill: f64) {
+    pub fn set_health(&mut self, lost_total: u64, unresolved_total: u64, fill: f64) {
         if lost_total > self.lost_seen {
             self.metrics.events_lost.inc_by(lost_total - self.lost_seen);
             self.lost_seen = lost_total;
+        }
+        if unresolved_total > self.unresolved_seen {
+            self.metrics
+                .unresolved
+                .inc_by(unresolved_total - self.unresolved_seen);
+            self.unresolved_seen = unresolved_total;
         }
         self.metrics.ring_fill.set(fill);
         let now = std::time::SystemTime::now()
@@ -430,10 +447,6 @@ impl Aggregator {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         self.metrics.last_drain.set(now);
-    }
-
-    pub fn window(&self) -> impl Iterator<Item = &Event> {
-        self.window.iter()
     }
 
     /// What a refresh needs from the aggregator, taken under its lock (cheap): the event
@@ -456,6 +469,7 @@ impl Aggregator {
                 .collect(),
             chosen: self.chosen.clone(),
             now_ns,
+            top_destinations: self.top_destinations,
         }
     }
 
@@ -483,12 +497,10 @@ impl Aggregator {
         m.ports_in_use.reset();
         m.listeners_in_range.reset();
 
-        let mut top: Vec<(u32, pressure::DestPressure)> = Vec::new();
-        m.netns_errors
-            .inc_by(c.namespaces.iter().filter(|n| n.note.is_some()).count() as u64);
+        m.netns_errors.inc_by(c.netns_errors);
         for ns in &c.namespaces {
             let label = netns_label(ns.netns);
-            let Some(range) = &ns.range else { continue };
+            let range = &ns.range;
             self.spans.insert(ns.netns, range.span());
             m.range_low
                 .with_label_values(&[&label])
@@ -502,66 +514,41 @@ impl Aggregator {
             m.range_reserved
                 .with_label_values(&[&label])
                 .set(range.span() as i64 - range.usable as i64);
-            let Some(sockets) = &ns.sockets else { continue };
-            let mut by_state: BTreeMap<(String, String), i64> = BTreeMap::new();
-            for s in sockets.iter().filter(|s| range.contains(s.local_port)) {
-                let proto = if s.proto == Proto::Tcp { "tcp" } else { "udp" };
-                *by_state
-                    .entry((proto.into(), state_name(s.state)))
-                    .or_default() += 1;
-            }
-            for ((proto, state), n) in by_state {
+            let Some(socks) = &ns.sockets else { continue };
+            for ((proto, state), n) in &socks.in_use {
                 m.ports_in_use
-                    .with_label_values(&[&label, &proto, &state])
-                    .set(n);
+                    .with_label_values(&[&label, proto, state])
+                    .set(*n);
             }
-            for (proto, p) in [("tcp", Proto::Tcp), ("udp", Proto::Udp)] {
+            for (proto, p) in &socks.bind_pressure {
                 m.bind_pressure
-                    .with_label_values(&[&label, proto])
-                    .set(pressure::bind_pressure(range, sockets, p));
+                    .with_label_values(&[label.as_str(), proto])
+                    .set(*p);
             }
-            let dests = connect_pressure(range, sockets);
             m.pressure_max
                 .with_label_values(&[&label])
-                .set(dests.first().map(|d| d.pressure).unwrap_or(0.0));
-            top.extend(dests.into_iter().map(|d| (ns.netns, d)));
-            // Listeners on a port inside the range that the kernel did not hand out: a client
-            // may take that port first (or connect to itself).
-            let hazards = listeners_in_range(range, sockets)
-                .into_iter()
-                .filter(|l| {
-                    l.proto == Proto::Tcp
-                        && l.state == SockState::Listen
-                        && !c.chosen.contains(&(ns.netns, l.local_port))
-                })
-                .count();
+                .set(socks.pressure_max);
             m.listeners_in_range
                 .with_label_values(&[&label])
-                .set(hazards as i64);
+                .set(socks.listeners_in_range);
         }
-        top.sort_by(|a, b| b.1.pressure.total_cmp(&a.1.pressure));
-        top.truncate(self.top_destinations);
-        for (netns, d) in &top {
+        for t in &c.top {
             let labels = [
-                netns_label(*netns),
-                d.daddr.to_string(),
-                d.dport.to_string(),
+                netns_label(t.netns),
+                t.dest.daddr.to_string(),
+                t.dest.dport.to_string(),
             ];
             let labels: [&str; 3] = [&labels[0], &labels[1], &labels[2]];
-            let rate = c
-                .rates
-                .get(&(*netns, d.daddr, d.dport))
-                .copied()
-                .unwrap_or(0.0);
-            let f = pressure::forecast(d.in_use, d.usable, rate, pressure::DEFAULT_TIME_WAIT_SECS);
-            m.dest_pressure.with_label_values(&labels).set(d.pressure);
-            m.dest_rate.with_label_values(&labels).set(rate);
+            m.dest_pressure
+                .with_label_values(&labels)
+                .set(t.dest.pressure);
+            m.dest_rate.with_label_values(&labels).set(t.rate);
             m.dest_sustainable
                 .with_label_values(&labels)
-                .set(f.sustainable_rate);
+                .set(t.forecast.sustainable_rate);
             m.dest_exhaustion
                 .with_label_values(&labels)
-                .set(f.seconds_to_exhaustion.unwrap_or(f64::INFINITY));
+                .set(t.forecast.seconds_to_exhaustion.unwrap_or(f64::INFINITY));
         }
         if let Some(patterns) = &c.patterns {
             m.pattern_info.reset();
@@ -597,15 +584,79 @@ pub struct RefreshInput {
     connects: Vec<(u32, IpAddr, u16, u64)>,
     chosen: HashSet<(u32, u16)>,
     now_ns: u64,
+    top_destinations: usize,
 }
 
 /// A refresh's results, computed off the event loop.
 pub struct Computed {
-    namespaces: Vec<NetnsState>,
+    /// Namespaces whose range could be read.
+    namespaces: Vec<NsGauges>,
+    netns_errors: u64,
     /// None when no event arrived since the last analysis: keep the current verdicts.
     patterns: Option<Vec<PatternRow>>,
-    rates: HashMap<(u32, IpAddr, u16), f64>,
-    chosen: HashSet<(u32, u16)>,
+    /// The most pressed destinations across namespaces, at most `top_destinations`.
+    top: Vec<TopDest>,
+}
+
+struct NsGauges {
+    netns: u32,
+    range: UsableRange,
+    sockets: Option<SocketGauges>,
+}
+
+/// What the socket table says about one namespace's range.
+struct SocketGauges {
+    in_use: BTreeMap<(String, String), i64>,
+    bind_pressure: [(&'static str, f64); 2],
+    pressure_max: f64,
+    listeners_in_range: i64,
+}
+
+struct TopDest {
+    netns: u32,
+    dest: pressure::DestPressure,
+    rate: f64,
+    forecast: pressure::Forecast,
+}
+
+/// Ports in use by state, bind pressure, per-destination pressure and listener hazards of one
+/// namespace (O(sockets); off the event loop). Appends its destinations to `dests`.
+fn socket_gauges(
+    ns: &NetnsState,
+    range: &UsableRange,
+    chosen: &HashSet<(u32, u16)>,
+    dests: &mut Vec<(u32, pressure::DestPressure)>,
+) -> Option<SocketGauges> {
+    let sockets = ns.sockets.as_ref()?;
+    let mut in_use: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for s in sockets.iter().filter(|s| range.contains(s.local_port)) {
+        let proto = if s.proto == Proto::Tcp { "tcp" } else { "udp" };
+        *in_use
+            .entry((proto.into(), state_name(s.state)))
+            .or_default() += 1;
+    }
+    let per_dest = connect_pressure(range, sockets);
+    let pressure_max = per_dest.first().map(|d| d.pressure).unwrap_or(0.0);
+    dests.extend(per_dest.into_iter().map(|d| (ns.netns, d)));
+    // Listeners on a port inside the range that the kernel did not hand out: a client may take
+    // that port first (or connect to itself).
+    let listeners = listeners_in_range(range, sockets)
+        .into_iter()
+        .filter(|l| {
+            l.proto == Proto::Tcp
+                && l.state == SockState::Listen
+                && !chosen.contains(&(ns.netns, l.local_port))
+        })
+        .count();
+    Some(SocketGauges {
+        in_use,
+        bind_pressure: [
+            ("tcp", pressure::bind_pressure(range, sockets, Proto::Tcp)),
+            ("udp", pressure::bind_pressure(range, sockets, Proto::Udp)),
+        ],
+        pressure_max,
+        listeners_in_range: listeners as i64,
+    })
 }
 
 struct PatternRow {
@@ -629,9 +680,46 @@ pub fn compute(input: RefreshInput, namespaces: Vec<NetnsState>) -> Computed {
         }
     }
     let window = ((input.now_ns - from.max(oldest)) as f64 / 1e9).max(1.0);
-    let rates = counts
+    let rates: HashMap<(u32, IpAddr, u16), f64> = counts
         .into_iter()
         .map(|(k, n)| (k, n as f64 / window))
+        .collect();
+
+    let mut dests = Vec::new();
+    let gauges: Vec<NsGauges> = namespaces
+        .iter()
+        .filter_map(|ns| {
+            let range = ns.range.clone()?;
+            let sockets = socket_gauges(ns, &range, &input.chosen, &mut dests);
+            Some(NsGauges {
+                netns: ns.netns,
+                range,
+                sockets,
+            })
+        })
+        .collect();
+    dests.sort_by(|a, b| b.1.pressure.total_cmp(&a.1.pressure));
+    dests.truncate(input.top_destinations);
+    let top = dests
+        .into_iter()
+        .map(|(netns, dest)| {
+            let rate = rates
+                .get(&(netns, dest.daddr, dest.dport))
+                .copied()
+                .unwrap_or(0.0);
+            let forecast = pressure::forecast(
+                dest.in_use,
+                dest.usable,
+                rate,
+                pressure::DEFAULT_TIME_WAIT_SECS,
+            );
+            TopDest {
+                netns,
+                dest,
+                rate,
+                forecast,
+            }
+        })
         .collect();
 
     let patterns = input.events.map(|events| {
@@ -675,10 +763,10 @@ pub fn compute(input: RefreshInput, namespaces: Vec<NetnsState>) -> Computed {
             .collect()
     });
     Computed {
-        namespaces,
+        netns_errors: namespaces.iter().filter(|n| n.note.is_some()).count() as u64,
+        namespaces: gauges,
         patterns,
-        rates,
-        chosen: input.chosen,
+        top,
     }
 }
 
@@ -752,10 +840,11 @@ mod tests {
     #[test]
     fn lost_events_are_added_as_deltas() {
         let mut a = Aggregator::new(10, 3);
-        a.set_health(5, 0.25);
-        a.set_health(7, 0.5);
+        a.set_health(5, 0, 0.25);
+        a.set_health(7, 2, 0.5);
         let t = a.metrics.render();
         assert_eq!(value(&t, "port_trace_events_lost_total"), Some(7.0));
+        assert_eq!(value(&t, "port_trace_unresolved_events_total"), Some(2.0));
         assert_eq!(value(&t, "port_trace_ring_buffer_fill_ratio"), Some(0.5));
     }
 
