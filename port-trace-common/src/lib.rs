@@ -1,85 +1,143 @@
-//! Types shared by the eBPF programs and the userspace loader.
+//! The contract between the eBPF programs and the userspace loader.
 //!
-//! Everything here is `#[repr(C)]` plain data: the kernel side writes these bytes into the ring
-//! buffer or reads them from globals, the userspace side reads them back. Keep field order and
-//! sizes stable; `EVENT_SIZE` is asserted on both sides.
+//! Everything here is plain data both sides agree on: the ids an event carries (`Op`, `Proto`,
+//! `Family`, `HookId`, each a `#[repr(u8)]` enum with `TryFrom<u8>` so that an id userspace does
+//! not know is an error, not a guess), the `#[repr(C)]` event and offset structs, the names of
+//! the programs, and the tracepoint field offsets compiled into the programs. Keep field order
+//! and sizes stable; `EVENT_SIZE` is asserted on both sides.
 #![no_std]
 
-/// What asked the kernel for a port.
-pub mod op {
-    /// TCP `connect()` (`inet_hash_connect` / `inet6_hash_connect`).
-    pub const CONNECT: u8 = 1;
-    /// `bind()` with port 0 (TCP or UDP).
-    pub const BIND: u8 = 2;
-    /// `listen()` on a socket that was never bound.
-    pub const LISTEN: u8 = 3;
-    /// UDP autobind on `sendto`/`sendmsg`/`sendmmsg` or `connect()` of an unbound socket.
-    pub const AUTOBIND: u8 = 4;
+pub mod program;
+pub mod tracepoint;
 
-    pub fn name(op: u8) -> &'static str {
-        match op {
-            CONNECT => "connect",
-            BIND => "bind",
-            LISTEN => "listen",
-            AUTOBIND => "autobind",
-            _ => "unknown",
-        }
+/// An id in a kernel record that this build does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownId {
+    /// What the id names: "op", "proto", "family" or "hook".
+    pub kind: &'static str,
+    pub id: u8,
+}
+
+impl core::fmt::Display for UnknownId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "unknown {} id {}", self.kind, self.id)
     }
 }
 
-pub mod proto {
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-}
-
-pub mod family {
-    pub const INET: u8 = 2;
-    pub const INET6: u8 = 10;
-}
-
-/// Which program produced an event. The name is what users see in the `hook` field.
-pub mod hook {
-    pub const SOCK_OPS_CONNECT: u8 = 1;
-    pub const POST_BIND4: u8 = 3;
-    pub const POST_BIND6: u8 = 4;
-    pub const SYS_EXIT_CONNECT: u8 = 5;
-    pub const SYS_EXIT_BIND: u8 = 6;
-    pub const SYS_EXIT_LISTEN: u8 = 7;
-    pub const SYS_EXIT_SENDTO: u8 = 8;
-    pub const SYS_EXIT_SENDMSG: u8 = 9;
-    pub const SYS_EXIT_SENDMMSG: u8 = 10;
-    // The "fexit" hook set: fentry stashes the entry state, fexit reports.
-    pub const FEXIT_INET_HASH_CONNECT: u8 = 11;
-    pub const FEXIT_INET6_HASH_CONNECT: u8 = 12;
-    pub const FEXIT_INET_CSK_GET_PORT: u8 = 13;
-    pub const FEXIT_UDP_LIB_GET_PORT: u8 = 14;
-    // The "kprobe" hook set: kprobe stashes the entry state, kretprobe reports.
-    pub const KRETPROBE_INET_HASH_CONNECT: u8 = 15;
-    pub const KRETPROBE_INET6_HASH_CONNECT: u8 = 16;
-    pub const KRETPROBE_INET_CSK_GET_PORT: u8 = 17;
-    pub const KRETPROBE_UDP_LIB_GET_PORT: u8 = 18;
-
-    pub fn name(hook: u8) -> &'static str {
-        match hook {
-            SOCK_OPS_CONNECT => "sock_ops/tcp_connect_cb",
-            POST_BIND4 => "cgroup/post_bind4",
-            POST_BIND6 => "cgroup/post_bind6",
-            SYS_EXIT_CONNECT => "tracepoint/sys_exit_connect",
-            SYS_EXIT_BIND => "tracepoint/sys_exit_bind",
-            SYS_EXIT_LISTEN => "tracepoint/sys_exit_listen",
-            SYS_EXIT_SENDTO => "tracepoint/sys_exit_sendto",
-            SYS_EXIT_SENDMSG => "tracepoint/sys_exit_sendmsg",
-            SYS_EXIT_SENDMMSG => "tracepoint/sys_exit_sendmmsg",
-            FEXIT_INET_HASH_CONNECT => "fexit/inet_hash_connect",
-            FEXIT_INET6_HASH_CONNECT => "fexit/inet6_hash_connect",
-            FEXIT_INET_CSK_GET_PORT => "fexit/inet_csk_get_port",
-            FEXIT_UDP_LIB_GET_PORT => "fexit/udp_lib_get_port",
-            KRETPROBE_INET_HASH_CONNECT => "kretprobe/inet_hash_connect",
-            KRETPROBE_INET6_HASH_CONNECT => "kretprobe/inet6_hash_connect",
-            KRETPROBE_INET_CSK_GET_PORT => "kretprobe/inet_csk_get_port",
-            KRETPROBE_UDP_LIB_GET_PORT => "kretprobe/udp_lib_get_port",
-            _ => "unknown",
+/// Declares a `#[repr(u8)]` id enum with its user-facing names, `TryFrom<u8>`, `ALL` and
+/// `name()`. They order by name (stream tables sort by it), and `ALL` lists them that way.
+macro_rules! id_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident : $kind:literal {
+            $( $(#[$vmeta:meta])* $variant:ident = $id:literal => $text:literal, )+
         }
+    ) => {
+        $(#[$meta])*
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+        $vis enum $name {
+            $( $(#[$vmeta])* #[cfg_attr(feature = "user", serde(rename = $text))] $variant = $id, )+
+        }
+
+        impl $name {
+            /// Every variant, in the order of their names.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name users see (JSON, tables, metric labels).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+                self.name().cmp(other.name())
+            }
+        }
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
+        impl TryFrom<u8> for $name {
+            type Error = UnknownId;
+
+            fn try_from(id: u8) -> Result<Self, UnknownId> {
+                match id {
+                    $($id => Ok($name::$variant),)+
+                    _ => Err(UnknownId { kind: $kind, id }),
+                }
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+id_enum! {
+    /// What asked the kernel for a port.
+    pub enum Op: "op" {
+        /// UDP autobind on `sendto`/`sendmsg`/`sendmmsg` or `connect()` of an unbound socket.
+        Autobind = 4 => "autobind",
+        /// `bind()` with port 0 (TCP or UDP).
+        Bind = 2 => "bind",
+        /// TCP `connect()` on an unbound socket (`inet_hash_connect` / `inet6_hash_connect`).
+        Connect = 1 => "connect",
+        /// `listen()` on a socket that was never bound.
+        Listen = 3 => "listen",
+    }
+}
+
+id_enum! {
+    /// Transport protocol, by its IP protocol number.
+    pub enum Proto: "proto" {
+        Tcp = 6 => "tcp",
+        Udp = 17 => "udp",
+    }
+}
+
+id_enum! {
+    /// Address family, by its `AF_*` number.
+    pub enum Family: "family" {
+        Inet = 2 => "ipv4",
+        Inet6 = 10 => "ipv6",
+    }
+}
+
+id_enum! {
+    /// Which program reported an event. The name is what users see in the `hook` field.
+    pub enum HookId: "hook" {
+        // The "cgroup" hook set.
+        PostBind4 = 3 => "cgroup/post_bind4",
+        PostBind6 = 4 => "cgroup/post_bind6",
+        // The "fexit" hook set: fentry stashes the entry state, fexit reports.
+        FexitInet6HashConnect = 12 => "fexit/inet6_hash_connect",
+        FexitInetCskGetPort = 13 => "fexit/inet_csk_get_port",
+        FexitInetHashConnect = 11 => "fexit/inet_hash_connect",
+        FexitUdpLibGetPort = 14 => "fexit/udp_lib_get_port",
+        // The "kprobe" hook set: kprobe stashes the entry state, kretprobe reports.
+        KretprobeInet6HashConnect = 16 => "kretprobe/inet6_hash_connect",
+        KretprobeInetCskGetPort = 17 => "kretprobe/inet_csk_get_port",
+        KretprobeInetHashConnect = 15 => "kretprobe/inet_hash_connect",
+        KretprobeUdpLibGetPort = 18 => "kretprobe/udp_lib_get_port",
+        // The "cgroup" hook set, continued.
+        SockOpsConnect = 1 => "sock_ops/tcp_connect_cb",
+        SysExitBind = 6 => "tracepoint/sys_exit_bind",
+        SysExitConnect = 5 => "tracepoint/sys_exit_connect",
+        SysExitListen = 7 => "tracepoint/sys_exit_listen",
+        SysExitSendmmsg = 10 => "tracepoint/sys_exit_sendmmsg",
+        SysExitSendmsg = 9 => "tracepoint/sys_exit_sendmsg",
+        SysExitSendto = 8 => "tracepoint/sys_exit_sendto",
     }
 }
 
@@ -105,9 +163,13 @@ pub struct PortEvent {
     pub saddr: [u8; 16],
     /// Destination address in network byte order; IPv4 uses the first 4 bytes.
     pub daddr: [u8; 16],
+    /// An `Op` id.
     pub op: u8,
+    /// A `Proto` id.
     pub proto: u8,
+    /// A `Family` id.
     pub family: u8,
+    /// A `HookId` id.
     pub hook: u8,
     pub has_daddr: u8,
     pub _pad: [u8; 3],
@@ -154,6 +216,38 @@ pub struct KernelOffsets {
     pub valid: u32,
 }
 
+impl KernelOffsets {
+    /// No offset known (the value the programs are compiled with).
+    pub const NONE: KernelOffsets = KernelOffsets {
+        task_files: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_inode: 0,
+        file_private_data: 0,
+        inode_mode: 0,
+        socket_sk: 0,
+        sk_num: 0,
+        sk_family: 0,
+        sk_protocol: 0,
+        sk_rcv_saddr: 0,
+        sk_v6_rcv_saddr: 0,
+        task_nsproxy: 0,
+        nsproxy_net_ns: 0,
+        net_ns_inum: 0,
+        sk_daddr: 0,
+        sk_dport: 0,
+        sk_v6_daddr: 0,
+        sk_state: 0,
+        valid: 0,
+    };
+
+    /// Whether every group in `groups` (a `layout::*` bit set) was resolved.
+    pub const fn has(&self, groups: u32) -> bool {
+        self.valid & groups == groups
+    }
+}
+
 /// Groups of `KernelOffsets` that are usable together.
 pub mod layout {
     /// fd -> file -> socket -> sock walk (UDP autobind on send*).
@@ -166,12 +260,19 @@ pub mod layout {
     pub const SOCK_PEER: u32 = 8;
 }
 
-/// Index of counters in the `STATS` per-CPU array.
-pub mod stat {
+/// Counters in the `STATS` per-CPU array, by index.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
     /// Events that did not fit in the ring buffer.
-    pub const LOST: u32 = 0;
-    /// Pending syscall state evicted or unusable (diagnostics).
-    pub const PENDING_MISS: u32 = 1;
+    Lost = 0,
+    /// Port choices seen whose socket could not be read back, or whose entry state was
+    /// evicted or did not match the return (`port_trace_unresolved_events_total`).
+    Unresolved = 1,
+}
+
+impl Stat {
+    /// Entries of the `STATS` array.
     pub const COUNT: u32 = 2;
 }
 
@@ -179,5 +280,36 @@ pub mod stat {
 mod user {
     // SAFETY: both are repr(C), Copy, and every bit pattern is valid.
     unsafe impl aya::Pod for super::PortEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_unknown_ids_fail() {
+        for op in Op::ALL {
+            assert_eq!(Op::try_from(*op as u8), Ok(*op));
+        }
+        for h in HookId::ALL {
+            assert_eq!(HookId::try_from(*h as u8), Ok(*h));
+        }
+        assert_eq!(Proto::try_from(6), Ok(Proto::Tcp));
+        assert_eq!(Family::try_from(10), Ok(Family::Inet6));
+        assert_eq!(Op::try_from(0), Err(UnknownId { kind: "op", id: 0 }));
+        assert!(HookId::try_from(2).is_err());
+    }
+
+    #[test]
+    fn variants_are_ordered_by_name() {
+        for w in Op::ALL.windows(2) {
+            assert!(w[0].name() < w[1].name() && w[0] < w[1]);
+        }
+        for w in HookId::ALL.windows(2) {
+            assert!(w[0].name() < w[1].name() && w[0] < w[1]);
+        }
+        assert!(Proto::Tcp < Proto::Udp && Family::Inet < Family::Inet6);
+    }
 }

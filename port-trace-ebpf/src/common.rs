@@ -20,7 +20,7 @@ use aya_ebpf::{
     macros::map,
     maps::LruHashMap,
 };
-use port_trace_common::{KernelOffsets, family, layout, op, proto, stat};
+use port_trace_common::{Family, KernelOffsets, Op, Proto, Stat, layout};
 
 use crate::{EADDRINUSE, EAGAIN, OFFSETS, Pending, count, current, emit, empty_pending, read};
 
@@ -71,7 +71,7 @@ const NEEDED: u32 = layout::SOCK | layout::SOCK_PEER;
 /// v4-mapped connect through `inet_hash_connect`) and reports it v4-mapped.
 #[inline(always)]
 fn local_addr(o: &KernelOffsets, sk: u64, fam: u8, v4_fields: bool) -> [u8; 16] {
-    if fam == family::INET || v4_fields {
+    if fam == Family::Inet as u8 || v4_fields {
         let a: [u8; 4] = unsafe { read(sk, o.sk_rcv_saddr).unwrap_or([0; 4]) };
         v4_in(fam, a)
     } else {
@@ -81,7 +81,7 @@ fn local_addr(o: &KernelOffsets, sk: u64, fam: u8, v4_fields: bool) -> [u8; 16] 
 
 #[inline(always)]
 fn peer_addr(o: &KernelOffsets, sk: u64, fam: u8, v4_fields: bool) -> [u8; 16] {
-    if fam == family::INET || v4_fields {
+    if fam == Family::Inet as u8 || v4_fields {
         let a: [u8; 4] = unsafe { read(sk, o.sk_daddr).unwrap_or([0; 4]) };
         v4_in(fam, a)
     } else {
@@ -93,7 +93,7 @@ fn peer_addr(o: &KernelOffsets, sk: u64, fam: u8, v4_fields: bool) -> [u8; 16] {
 #[inline(always)]
 fn v4_in(fam: u8, a: [u8; 4]) -> [u8; 16] {
     let mut out = [0u8; 16];
-    if fam == family::INET {
+    if fam == Family::Inet as u8 {
         out[..4].copy_from_slice(&a);
     } else {
         out[10] = 0xff;
@@ -111,11 +111,11 @@ pub fn user_dest(uaddr: u64) -> (u8, [u8; 16], u16) {
         return (0, daddr, 0);
     }
     let sa_family: u16 = unsafe { bpf_probe_read_user(uaddr as *const u16).unwrap_or(0) };
-    if sa_family != family::INET as u16 && sa_family != family::INET6 as u16 {
+    if sa_family != Family::Inet as u8 as u16 && sa_family != Family::Inet6 as u8 as u16 {
         return (0, daddr, 0);
     }
     let port: u16 = unsafe { bpf_probe_read_user((uaddr + 2) as *const u16).unwrap_or(0) };
-    if sa_family == family::INET as u16 {
+    if sa_family == Family::Inet as u8 as u16 {
         let addr: [u8; 4] =
             unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4]).unwrap_or([0; 4]) };
         daddr[..4].copy_from_slice(&addr);
@@ -167,14 +167,14 @@ pub fn on_enter(func: u8, sk: u64, snum: u16) {
     }
     let o = OFFSETS.load();
     if o.valid & NEEDED != NEEDED {
-        count(stat::PENDING_MISS);
+        count(Stat::Unresolved);
         return;
     }
     let Some(fam) = (unsafe { read::<u16>(sk, o.sk_family) }) else {
         return;
     };
     let fam = fam as u8;
-    if fam != family::INET && fam != family::INET6 {
+    if fam != Family::Inet as u8 && fam != Family::Inet6 as u8 {
         return;
     }
     let mut e = Entry {
@@ -184,8 +184,8 @@ pub fn on_enter(func: u8, sk: u64, snum: u16) {
         daddr: [0; 16],
         dport: 0,
         func,
-        op: op::CONNECT,
-        proto: proto::TCP,
+        op: Op::Connect as u8,
+        proto: Proto::Tcp as u8,
         family: fam,
         has_daddr: 0,
         _pad: 0,
@@ -213,26 +213,26 @@ pub fn on_enter(func: u8, sk: u64, snum: u16) {
             return;
         };
         if func == F_INET_CSK_GET_PORT {
-            if pr != proto::TCP as u16 {
+            if pr != Proto::Tcp as u8 as u16 {
                 return;
             }
             // listen() sets LISTEN before it asks for a port; bind() leaves the socket CLOSE.
             let state: u8 = unsafe { read(sk, o.sk_state).unwrap_or(0) };
             e.op = if state == TCP_LISTEN {
-                op::LISTEN
+                Op::Listen as u8
             } else {
-                op::BIND
+                Op::Bind as u8
             };
         } else {
-            if pr != proto::UDP as u16 {
+            if pr != Proto::Udp as u8 as u16 {
                 return; // UDP-Lite shares udp_lib_get_port.
             }
-            e.proto = proto::UDP;
+            e.proto = Proto::Udp as u8;
             let (nr, regs) = current_syscall();
             if nr == NR_BIND {
-                e.op = op::BIND;
+                e.op = Op::Bind as u8;
             } else {
-                e.op = op::AUTOBIND;
+                e.op = Op::Autobind as u8;
                 let uaddr = match nr {
                     NR_CONNECT => user_reg(regs, PT_REGS_SI),
                     NR_SENDTO => user_reg(regs, PT_REGS_R8),
@@ -263,7 +263,7 @@ pub fn on_exit(func: u8, sk: u64, ret: i32, hook_id: u8) {
     let e = *entry;
     let _ = ENTRIES.remove(tid);
     if e.func != func || (sk != 0 && sk != e.sk) {
-        count(stat::PENDING_MISS);
+        count(Stat::Unresolved);
         return;
     }
     let latency = now.saturating_sub(e.ts);
@@ -277,7 +277,7 @@ pub fn on_exit(func: u8, sk: u64, ret: i32, hook_id: u8) {
     if ret == 0 {
         let port: u16 = unsafe { read(e.sk, o.sk_num).unwrap_or(0) };
         if port == 0 {
-            count(stat::PENDING_MISS);
+            count(Stat::Unresolved);
             return;
         }
         p.saddr = local_addr(&o, e.sk, e.family, func == F_INET_HASH_CONNECT);
@@ -286,11 +286,11 @@ pub fn on_exit(func: u8, sk: u64, ret: i32, hook_id: u8) {
     }
     let errno = if func == F_INET_HASH_CONNECT || func == F_INET6_HASH_CONNECT {
         if ret > 0 {
-            count(stat::PENDING_MISS);
+            count(Stat::Unresolved);
             return;
         }
         -(ret as i64)
-    } else if e.op == op::AUTOBIND {
+    } else if e.op == Op::Autobind as u8 {
         // inet_autobind turns any get_port failure into EAGAIN, the syscall's errno.
         EAGAIN
     } else if ret < 0 {

@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
-use port_trace_common::hook;
+use port_trace_common::HookId;
 
 use crate::common::{
     F_INET_CSK_GET_PORT, F_INET_HASH_CONNECT, F_INET6_HASH_CONNECT, F_UDP_LIB_GET_PORT, on_enter,
@@ -27,7 +27,12 @@ pub fn pt_fentry_inet_hash_connect(ctx: FEntryContext) -> i32 {
 pub fn pt_fexit_inet_hash_connect(ctx: FExitContext) -> i32 {
     let sk = ctx.arg::<u64>(1);
     let ret = ctx.arg::<u64>(2) as i32;
-    on_exit(F_INET_HASH_CONNECT, sk, ret, hook::FEXIT_INET_HASH_CONNECT);
+    on_exit(
+        F_INET_HASH_CONNECT,
+        sk,
+        ret,
+        HookId::FexitInetHashConnect as u8,
+    );
     0
 }
 
@@ -47,7 +52,7 @@ pub fn pt_fexit_inet6_hash_connect(ctx: FExitContext) -> i32 {
         F_INET6_HASH_CONNECT,
         sk,
         ret,
-        hook::FEXIT_INET6_HASH_CONNECT,
+        HookId::FexitInet6HashConnect as u8,
     );
     0
 }
@@ -68,7 +73,12 @@ pub fn pt_fentry_inet_csk_get_port(ctx: FEntryContext) -> i32 {
 pub fn pt_fexit_inet_csk_get_port(ctx: FExitContext) -> i32 {
     let sk = ctx.arg::<u64>(0);
     let ret = ctx.arg::<u64>(2) as i32;
-    on_exit(F_INET_CSK_GET_PORT, sk, ret, hook::FEXIT_INET_CSK_GET_PORT);
+    on_exit(
+        F_INET_CSK_GET_PORT,
+        sk,
+        ret,
+        HookId::FexitInetCskGetPort as u8,
+    );
     0
 }
 
@@ -88,6 +98,11 @@ pub fn pt_fentry_udp_lib_get_port(ctx: FEntryContext) -> i32 {
 pub fn pt_fexit_udp_lib_get_port(ctx: FExitContext) -> i32 {
     let sk = ctx.arg::<u64>(0);
     let ret = ctx.arg::<u64>(3) as i32;
-    on_exit(F_UDP_LIB_GET_PORT, sk, ret, hook::FEXIT_UDP_LIB_GET_PORT);
+    on_exit(
+        F_UDP_LIB_GET_PORT,
+        sk,
+        ret,
+        HookId::FexitUdpLibGetPort as u8,
+    );
     0
 }

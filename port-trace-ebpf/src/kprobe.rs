@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use port_trace_common::hook;
+use port_trace_common::HookId;
 
 use crate::common::{
     F_INET_CSK_GET_PORT, F_INET_HASH_CONNECT, F_INET6_HASH_CONNECT, F_UDP_LIB_GET_PORT, on_enter,
@@ -31,7 +31,7 @@ pub fn pt_kretprobe_inet_hash_connect(ctx: RetProbeContext) -> u32 {
         F_INET_HASH_CONNECT,
         0,
         ctx.ret::<i32>(),
-        hook::KRETPROBE_INET_HASH_CONNECT,
+        HookId::KretprobeInetHashConnect as u8,
     );
     0
 }
@@ -50,7 +50,7 @@ pub fn pt_kretprobe_inet6_hash_connect(ctx: RetProbeContext) -> u32 {
         F_INET6_HASH_CONNECT,
         0,
         ctx.ret::<i32>(),
-        hook::KRETPROBE_INET6_HASH_CONNECT,
+        HookId::KretprobeInet6HashConnect as u8,
     );
     0
 }
@@ -69,7 +69,7 @@ pub fn pt_kretprobe_inet_csk_get_port(ctx: RetProbeContext) -> u32 {
         F_INET_CSK_GET_PORT,
         0,
         ctx.ret::<i32>(),
-        hook::KRETPROBE_INET_CSK_GET_PORT,
+        HookId::KretprobeInetCskGetPort as u8,
     );
     0
 }
@@ -88,7 +88,7 @@ pub fn pt_kretprobe_udp_lib_get_port(ctx: RetProbeContext) -> u32 {
         F_UDP_LIB_GET_PORT,
         0,
         ctx.ret::<i32>(),
-        hook::KRETPROBE_UDP_LIB_GET_PORT,
+        HookId::KretprobeUdpLibGetPort as u8,
     );
     0
 }

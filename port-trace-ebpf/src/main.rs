@@ -42,7 +42,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{SockAddrContext, SockContext, SockOpsContext, TracePointContext},
 };
-use port_trace_common::{KernelOffsets, PortEvent, family, hook, layout, op, proto, stat};
+use port_trace_common::{Family, HookId, KernelOffsets, Op, PortEvent, Proto, Stat, layout};
 
 /// Context fields must be loaded at a constant offset from the context pointer, so every field
 /// is read once, unconditionally, before any branch can make LLVM merge the addresses.
@@ -111,7 +111,7 @@ static WAKEUP_BYTES: Global<u64> = Global::new(256 * 1024);
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 #[map]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
 /// What a thread's current syscall is about to do.
 #[repr(C)]
@@ -162,8 +162,8 @@ struct Connecting {
 static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
-fn count(idx: u32) {
-    if let Some(p) = STATS.get_ptr_mut(idx) {
+fn count(which: Stat) {
+    if let Some(p) = STATS.get_ptr_mut(which as u32) {
         unsafe { *p += 1 };
     }
 }
@@ -228,7 +228,7 @@ fn owner_now(tgid: u32, tid: u32) -> Owner {
 #[inline(always)]
 fn emit_owned(w: &Owner, p: &Pending, port: u16, errno: i32, hook_id: u8, latency_ns: u64) {
     let Some(mut entry) = EVENTS.reserve::<PortEvent>(0) else {
-        count(stat::LOST);
+        count(Stat::Lost);
         return;
     };
     let ev = PortEvent {
@@ -305,8 +305,8 @@ const fn empty_pending(op_id: u8, proto_id: u8, family_id: u8) -> Pending {
 
 fn proto_of(ip_proto: u32) -> Option<u8> {
     match ip_proto {
-        6 => Some(proto::TCP),
-        17 => Some(proto::UDP),
+        6 => Some(Proto::Tcp as u8),
+        17 => Some(Proto::Udp as u8),
         _ => None,
     }
 }
@@ -316,13 +316,13 @@ fn proto_of(ip_proto: u32) -> Option<u8> {
 
 #[cgroup_sock_addr(connect4)]
 pub fn pt_connect4(ctx: SockAddrContext) -> i32 {
-    on_connect(&ctx, family::INET);
+    on_connect(&ctx, Family::Inet as u8);
     1
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn pt_connect6(ctx: SockAddrContext) -> i32 {
-    on_connect(&ctx, family::INET6);
+    on_connect(&ctx, Family::Inet6 as u8);
     1
 }
 
@@ -333,7 +333,7 @@ fn user_sockaddr(sa: *const bpf_sock_addr, fam: u8) -> (u32, u32, [u8; 16]) {
     let user_port = ctx_read!(sa, user_port);
     // connect4/bind4 may not touch user_ip6 (nor the 6 variants user_ip4): `fam` is a
     // constant here, so only one branch is compiled into each program.
-    let addr = if fam == family::INET {
+    let addr = if fam == Family::Inet as u8 {
         ip4(ctx_read!(sa, user_ip4))
     } else {
         ip6(ctx_read6!(sa, user_ip6))
@@ -357,10 +357,10 @@ fn on_connect(ctx: &SockAddrContext, fam: u8) {
         return;
     }
     let mut p = empty_pending(
-        if pr == proto::TCP {
-            op::CONNECT
+        if pr == Proto::Tcp as u8 {
+            Op::Connect as u8
         } else {
-            op::AUTOBIND
+            Op::Autobind as u8
         },
         pr,
         fam,
@@ -369,7 +369,7 @@ fn on_connect(ctx: &SockAddrContext, fam: u8) {
     p.has_daddr = 1;
     p.dport = u16::from_be(user_port as u16);
     p.daddr = daddr;
-    if pr == proto::TCP {
+    if pr == Proto::Tcp as u8 {
         p.cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
         let c = Connecting {
             owner: owner_now(tgid, tid),
@@ -408,7 +408,7 @@ fn on_connect_cb(so: *const bpf_sock_ops) {
     let _ = CONNECTING.remove(cookie);
     let mut p = c.pending;
     p.family = fam;
-    if fam == family::INET {
+    if fam == Family::Inet as u8 {
         p.saddr = ip4(local4);
         p.daddr = ip4(remote4);
     } else {
@@ -423,7 +423,7 @@ fn on_connect_cb(so: *const bpf_sock_ops) {
         &p,
         local_port as u16,
         0,
-        hook::SOCK_OPS_CONNECT,
+        HookId::SockOpsConnect as u8,
         0,
     );
 }
@@ -433,13 +433,13 @@ fn on_connect_cb(so: *const bpf_sock_ops) {
 
 #[cgroup_sock_addr(bind4)]
 pub fn pt_bind4(ctx: SockAddrContext) -> i32 {
-    on_bind(&ctx, family::INET);
+    on_bind(&ctx, Family::Inet as u8);
     1
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn pt_bind6(ctx: SockAddrContext) -> i32 {
-    on_bind(&ctx, family::INET6);
+    on_bind(&ctx, Family::Inet6 as u8);
     1
 }
 
@@ -452,20 +452,20 @@ fn on_bind(ctx: &SockAddrContext, fam: u8) {
     }
     let Some((_, tid)) = current() else { return };
     let Some(pr) = proto_of(protocol) else { return };
-    let mut p = empty_pending(op::BIND, pr, fam);
+    let mut p = empty_pending(Op::Bind as u8, pr, fam);
     p.saddr = daddr;
     let _ = PENDING.insert(tid, p, 0);
 }
 
 #[cgroup_sock(post_bind4)]
 pub fn pt_post_bind4(ctx: SockContext) -> i32 {
-    on_post_bind(&ctx, hook::POST_BIND4);
+    on_post_bind(&ctx, HookId::PostBind4 as u8);
     1
 }
 
 #[cgroup_sock(post_bind6)]
 pub fn pt_post_bind6(ctx: SockContext) -> i32 {
-    on_post_bind(&ctx, hook::POST_BIND6);
+    on_post_bind(&ctx, HookId::PostBind6 as u8);
     1
 }
 
@@ -476,7 +476,7 @@ fn on_post_bind(ctx: &SockContext, hook_id: u8) {
     let Some(pending) = (unsafe { PENDING.get(tid) }) else {
         return;
     };
-    if pending.op != op::BIND {
+    if pending.op != Op::Bind as u8 {
         return;
     }
     let p = *pending;
@@ -502,7 +502,7 @@ fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     // Field offsets checked against the tracepoint's format file by the loader.
     let protocol: u16 = unsafe { ctx.read_at(30)? };
     let sport: u16 = unsafe { ctx.read_at(24)? };
-    if protocol != proto::TCP as u16 || sport != 0 {
+    if protocol != Proto::Tcp as u8 as u16 || sport != 0 {
         return Ok(());
     }
     let oldstate: i32 = unsafe { ctx.read_at(16)? };
@@ -512,10 +512,10 @@ fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     };
     if oldstate == TCP_CLOSE && newstate == TCP_LISTEN {
         let fam: u16 = unsafe { ctx.read_at(28)? };
-        let mut p = empty_pending(op::LISTEN, proto::TCP, fam as u8);
+        let mut p = empty_pending(Op::Listen as u8, Proto::Tcp as u8, fam as u8);
         // The socket, whose port is read back at sys_exit_listen.
         p.sk = unsafe { ctx.read_at(8)? };
-        p.saddr = if fam == family::INET as u16 {
+        p.saddr = if fam == Family::Inet as u8 as u16 {
             let a: [u8; 4] = unsafe { ctx.read_at(32)? };
             let mut s = [0u8; 16];
             s[..4].copy_from_slice(&a);
@@ -529,7 +529,7 @@ fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         && let Some(p) = PENDING.get_ptr_mut(tid)
     {
         unsafe {
-            if (*p).op == op::CONNECT {
+            if (*p).op == Op::Connect as u8 {
                 (*p).failed = 1;
             }
         }
@@ -584,10 +584,10 @@ fn on_send_enter(fd: u64, uaddr: u64) {
     ) else {
         return;
     };
-    if pr != proto::UDP as u16 || num != 0 {
+    if pr != Proto::Udp as u8 as u16 || num != 0 {
         return;
     }
-    let mut p = empty_pending(op::AUTOBIND, proto::UDP, fam as u8);
+    let mut p = empty_pending(Op::Autobind as u8, Proto::Udp as u8, fam as u8);
     p.sk = sk;
     // The destination comes from the user's sockaddr.
     let (has_daddr, daddr, dport) = common::user_dest(uaddr);
@@ -643,22 +643,22 @@ fn on_exit(ctx: &TracePointContext, hook_id: u8) {
     let _ = PENDING.remove(tid);
     let ret: i64 = unsafe { ctx.read_at(16).unwrap_or(0) };
     // Autobind and listen(): the port is read back from the socket.
-    if p.op == op::AUTOBIND || (p.op == op::LISTEN && ret >= 0) {
+    if p.op == Op::Autobind as u8 || (p.op == Op::Listen as u8 && ret >= 0) {
         let o = OFFSETS.load();
         if p.sk == 0 || o.valid & layout::SOCK == 0 {
-            count(stat::PENDING_MISS);
+            count(Stat::Unresolved);
             return;
         }
         let port: u16 = unsafe { read(p.sk, o.sk_num).unwrap_or(0) };
         if port != 0 {
-            if p.family == family::INET {
+            if p.family == Family::Inet as u8 {
                 let a: [u8; 4] = unsafe { read(p.sk, o.sk_rcv_saddr).unwrap_or([0; 4]) };
                 p.saddr[..4].copy_from_slice(&a);
             } else {
                 p.saddr = unsafe { read(p.sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]) };
             }
             emit(tgid, tid, &p, port, 0, hook_id, 0);
-        } else if p.op == op::AUTOBIND && ret == -EAGAIN {
+        } else if p.op == Op::Autobind as u8 && ret == -EAGAIN {
             emit(tgid, tid, &p, 0, EAGAIN as i32, hook_id, 0);
         }
         return;
@@ -666,14 +666,14 @@ fn on_exit(ctx: &TracePointContext, hook_id: u8) {
     if ret >= 0 {
         return;
     }
-    if p.op == op::CONNECT && p.cookie != 0 {
+    if p.op == Op::Connect as u8 && p.cookie != 0 {
         // No TCP_CONNECT_CB will come for this attempt.
         let _ = CONNECTING.remove(p.cookie);
     }
-    let report = match p.op {
-        op::CONNECT => p.failed != 0,
-        op::BIND => ret == -EADDRINUSE,
-        op::LISTEN => true,
+    let report = match Op::try_from(p.op) {
+        Ok(Op::Connect) => p.failed != 0,
+        Ok(Op::Bind) => ret == -EADDRINUSE,
+        Ok(Op::Listen) => true,
         _ => false,
     };
     if report {
@@ -683,37 +683,37 @@ fn on_exit(ctx: &TracePointContext, hook_id: u8) {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn pt_exit_connect(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx, hook::SYS_EXIT_CONNECT);
+    on_exit(&ctx, HookId::SysExitConnect as u8);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_bind")]
 pub fn pt_exit_bind(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx, hook::SYS_EXIT_BIND);
+    on_exit(&ctx, HookId::SysExitBind as u8);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_listen")]
 pub fn pt_exit_listen(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx, hook::SYS_EXIT_LISTEN);
+    on_exit(&ctx, HookId::SysExitListen as u8);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
 pub fn pt_exit_sendto(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx, hook::SYS_EXIT_SENDTO);
+    on_exit(&ctx, HookId::SysExitSendto as u8);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_sendmsg")]
 pub fn pt_exit_sendmsg(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx, hook::SYS_EXIT_SENDMSG);
+    on_exit(&ctx, HookId::SysExitSendmsg as u8);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_sendmmsg")]
 pub fn pt_exit_sendmmsg(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx, hook::SYS_EXIT_SENDMMSG);
+    on_exit(&ctx, HookId::SysExitSendmmsg as u8);
     0
 }
 

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use nix::errno::Errno;
-use port_trace_common::{EVENT_SIZE, PortEvent, family, hook, op, proto};
+use port_trace_common::{EVENT_SIZE, Family, HookId, Op, PortEvent, Proto};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -89,7 +89,7 @@ pub fn errno_name(errno: i32) -> String {
 }
 
 fn addr(fam: u8, bytes: &[u8; 16]) -> IpAddr {
-    if fam == family::INET {
+    if fam == Family::Inet as u8 {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     } else {
         IpAddr::V6(Ipv6Addr::from(*bytes))
@@ -102,19 +102,11 @@ fn comm(raw: &[u8; 16]) -> String {
 }
 
 pub fn proto_name(p: u8) -> &'static str {
-    match p {
-        proto::TCP => "tcp",
-        proto::UDP => "udp",
-        _ => "unknown",
-    }
+    Proto::try_from(p).map(Proto::name).unwrap_or("unknown")
 }
 
 pub fn family_name(f: u8) -> &'static str {
-    match f {
-        family::INET => "ipv4",
-        family::INET6 => "ipv6",
-        _ => "unknown",
-    }
+    Family::try_from(f).map(Family::name).unwrap_or("unknown")
 }
 
 /// Reads one ring-buffer record.
@@ -131,7 +123,10 @@ pub fn decode(raw: &PortEvent, clock: &Clock) -> Event {
     let has_dest = raw.has_daddr != 0;
     Event {
         ts_ns: clock.wall_ns(raw.ts_ns),
-        op: op::name(raw.op).into(),
+        op: Op::try_from(raw.op)
+            .map(Op::name)
+            .unwrap_or("unknown")
+            .into(),
         proto: proto_name(raw.proto).into(),
         family: family_name(raw.family).into(),
         port: raw.port,
@@ -145,7 +140,10 @@ pub fn decode(raw: &PortEvent, clock: &Clock) -> Event {
         uid: raw.uid,
         cgroup_id: raw.cgroup_id,
         netns: raw.netns,
-        hook: hook::name(raw.hook).into(),
+        hook: HookId::try_from(raw.hook)
+            .map(HookId::name)
+            .unwrap_or("unknown")
+            .into(),
         latency_ns: (raw.latency_ns != 0).then_some(raw.latency_ns),
     }
 }
@@ -194,10 +192,10 @@ mod tests {
             netns: 4026531840,
             port: 40000,
             dport: 443,
-            op: op::CONNECT,
-            proto: proto::TCP,
-            family: family::INET,
-            hook: hook::SOCK_OPS_CONNECT,
+            op: Op::Connect as u8,
+            proto: Proto::Tcp as u8,
+            family: Family::Inet as u8,
+            hook: HookId::SockOpsConnect as u8,
             has_daddr: 1,
             ..Default::default()
         };
@@ -227,8 +225,8 @@ mod tests {
     #[test]
     fn decodes_ipv6_failure_without_destination() {
         let mut r = raw();
-        r.family = family::INET6;
-        r.op = op::BIND;
+        r.family = Family::Inet6 as u8;
+        r.op = Op::Bind as u8;
         r.has_daddr = 0;
         r.port = 0;
         r.errno = 98;
@@ -291,7 +289,7 @@ mod tests {
         let v = serde_json::to_value(&e).unwrap();
         assert!(v["latency_ns"].is_null());
 
-        r.hook = hook::FEXIT_INET_HASH_CONNECT;
+        r.hook = HookId::FexitInetHashConnect as u8;
         r.latency_ns = 1234;
         let bytes: [u8; EVENT_SIZE] = unsafe { std::mem::transmute(r) };
         let e = decode(&parse_raw(&bytes).unwrap(), &Clock::identity());
@@ -313,21 +311,5 @@ mod tests {
         assert_eq!(std::mem::align_of::<PortEvent>(), 8);
         assert_eq!(std::mem::offset_of!(PortEvent, comm), 80);
         assert_eq!(std::mem::offset_of!(PortEvent, latency_ns), 96);
-    }
-
-    #[test]
-    fn new_hook_names() {
-        assert_eq!(
-            hook::name(hook::FEXIT_UDP_LIB_GET_PORT),
-            "fexit/udp_lib_get_port"
-        );
-        assert_eq!(
-            hook::name(hook::KRETPROBE_UDP_LIB_GET_PORT),
-            "kretprobe/udp_lib_get_port"
-        );
-        assert_eq!(
-            hook::name(hook::KRETPROBE_INET6_HASH_CONNECT),
-            "kretprobe/inet6_hash_connect"
-        );
     }
 }

@@ -48,7 +48,7 @@ impl Filter {
 mod tests {
     use super::*;
     use crate::event::{Clock, decode};
-    use port_trace_common::{PortEvent, proto};
+    use port_trace_common::{PortEvent, Proto};
 
     fn ev(pid: u32, comm: &[u8], p: u8, netns: u32) -> Event {
         let mut r = PortEvent {
@@ -65,7 +65,7 @@ mod tests {
 
     #[test]
     fn empty_filter_matches_everything() {
-        assert!(Filter::default().matches(&ev(1, b"a", proto::TCP, 1)));
+        assert!(Filter::default().matches(&ev(1, b"a", Proto::Tcp as u8, 1)));
     }
 
     #[test]
@@ -76,11 +76,11 @@ mod tests {
             proto: Some("udp".into()),
             netns: Some(77),
         };
-        assert!(f.matches(&ev(6, b"curl", proto::UDP, 77)));
-        assert!(!f.matches(&ev(7, b"curl", proto::UDP, 77)));
-        assert!(!f.matches(&ev(6, b"wget", proto::UDP, 77)));
-        assert!(!f.matches(&ev(6, b"curl", proto::TCP, 77)));
-        assert!(!f.matches(&ev(6, b"curl", proto::UDP, 78)));
+        assert!(f.matches(&ev(6, b"curl", Proto::Udp as u8, 77)));
+        assert!(!f.matches(&ev(7, b"curl", Proto::Udp as u8, 77)));
+        assert!(!f.matches(&ev(6, b"wget", Proto::Udp as u8, 77)));
+        assert!(!f.matches(&ev(6, b"curl", Proto::Tcp as u8, 77)));
+        assert!(!f.matches(&ev(6, b"curl", Proto::Udp as u8, 78)));
     }
 
     #[test]

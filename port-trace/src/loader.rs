@@ -9,7 +9,7 @@ use aya::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, FEntry, FExit, KProbe, SockOps, TracePoint,
     },
 };
-use port_trace_common::{PortEvent, stat};
+use port_trace_common::{PortEvent, Stat};
 
 use crate::{
     event::parse_raw,
@@ -204,16 +204,19 @@ impl Tracer {
 
     /// Events the kernel could not queue because the ring buffer was full.
     pub fn lost(&self) -> u64 {
-        self.stat(stat::LOST)
+        self.stat(Stat::Lost)
     }
 
     /// Port choices seen whose socket could not be read back (missing kernel layout).
     pub fn unresolved(&self) -> u64 {
-        self.stat(stat::PENDING_MISS)
+        self.stat(Stat::Unresolved)
     }
 
-    pub fn stat(&self, idx: u32) -> u64 {
-        self.stats.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    pub fn stat(&self, which: Stat) -> u64 {
+        self.stats
+            .get(&(which as u32), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     pub fn ring_fd(&self) -> std::os::fd::BorrowedFd<'_> {

@@ -1,0 +1,113 @@
+//! The programs of each hook set, by the names the eBPF object gives them, with what the
+//! loader attaches them to. The eBPF crate names its functions after these; a root test loads
+//! every one of them from the built object.
+
+/// What a cgroup-attached program is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupKind {
+    SockAddr,
+    Sock,
+    SockOps,
+}
+
+/// A program attached to the cgroup v2 directory.
+pub struct CgroupProgram {
+    pub name: &'static str,
+    pub kind: CgroupKind,
+    /// What users see in `check` and on the `tracing:` line.
+    pub shown: &'static str,
+}
+
+/// The cgroup hook set's cgroup programs.
+pub const CGROUP: &[CgroupProgram] = &[
+    cgroup(
+        "pt_connect4",
+        CgroupKind::SockAddr,
+        "cgroup_sock_addr/connect4",
+    ),
+    cgroup(
+        "pt_connect6",
+        CgroupKind::SockAddr,
+        "cgroup_sock_addr/connect6",
+    ),
+    cgroup("pt_bind4", CgroupKind::SockAddr, "cgroup_sock_addr/bind4"),
+    cgroup("pt_bind6", CgroupKind::SockAddr, "cgroup_sock_addr/bind6"),
+    cgroup("pt_post_bind4", CgroupKind::Sock, "cgroup_sock/post_bind4"),
+    cgroup("pt_post_bind6", CgroupKind::Sock, "cgroup_sock/post_bind6"),
+    cgroup("pt_sockops", CgroupKind::SockOps, "sock_ops"),
+];
+
+const fn cgroup(name: &'static str, kind: CgroupKind, shown: &'static str) -> CgroupProgram {
+    CgroupProgram { name, kind, shown }
+}
+
+/// A tracepoint program of the cgroup hook set.
+pub struct TracepointProgram {
+    pub name: &'static str,
+    pub category: &'static str,
+    pub event: &'static str,
+}
+
+/// The cgroup hook set's tracepoint programs (their fields: `tracepoint::FORMATS`).
+pub const TRACEPOINTS: &[TracepointProgram] = &[
+    tp("pt_inet_sock_set_state", "sock", "inet_sock_set_state"),
+    tp("pt_enter_sendto", "syscalls", "sys_enter_sendto"),
+    tp("pt_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    tp("pt_enter_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
+    tp("pt_exit_connect", "syscalls", "sys_exit_connect"),
+    tp("pt_exit_bind", "syscalls", "sys_exit_bind"),
+    tp("pt_exit_listen", "syscalls", "sys_exit_listen"),
+    tp("pt_exit_sendto", "syscalls", "sys_exit_sendto"),
+    tp("pt_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+    tp("pt_exit_sendmmsg", "syscalls", "sys_exit_sendmmsg"),
+];
+
+const fn tp(name: &'static str, category: &'static str, event: &'static str) -> TracepointProgram {
+    TracepointProgram {
+        name,
+        category,
+        event,
+    }
+}
+
+/// A kernel function that chooses a port, and the programs of the fexit and kprobe hook sets
+/// on it: the entry program stashes what was asked, the exit program reports the outcome.
+pub struct PortFunction {
+    pub function: &'static str,
+    pub fentry: &'static str,
+    pub fexit: &'static str,
+    pub kprobe: &'static str,
+    pub kretprobe: &'static str,
+}
+
+/// The functions hooked by the fexit and kprobe hook sets.
+pub const PORT_FUNCTIONS: &[PortFunction] = &[
+    PortFunction {
+        function: "inet_hash_connect",
+        fentry: "pt_fentry_inet_hash_connect",
+        fexit: "pt_fexit_inet_hash_connect",
+        kprobe: "pt_kprobe_inet_hash_connect",
+        kretprobe: "pt_kretprobe_inet_hash_connect",
+    },
+    PortFunction {
+        function: "inet6_hash_connect",
+        fentry: "pt_fentry_inet6_hash_connect",
+        fexit: "pt_fexit_inet6_hash_connect",
+        kprobe: "pt_kprobe_inet6_hash_connect",
+        kretprobe: "pt_kretprobe_inet6_hash_connect",
+    },
+    PortFunction {
+        function: "inet_csk_get_port",
+        fentry: "pt_fentry_inet_csk_get_port",
+        fexit: "pt_fexit_inet_csk_get_port",
+        kprobe: "pt_kprobe_inet_csk_get_port",
+        kretprobe: "pt_kretprobe_inet_csk_get_port",
+    },
+    PortFunction {
+        function: "udp_lib_get_port",
+        fentry: "pt_fentry_udp_lib_get_port",
+        fexit: "pt_fexit_udp_lib_get_port",
+        kprobe: "pt_kprobe_udp_lib_get_port",
+        kretprobe: "pt_kretprobe_udp_lib_get_port",
+    },
+];
