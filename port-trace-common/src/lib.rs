@@ -24,6 +24,8 @@ impl core::fmt::Display for UnknownId {
     }
 }
 
+impl core::error::Error for UnknownId {}
+
 /// Declares a `#[repr(u8)]` id enum with its user-facing names, `TryFrom<u8>`, `ALL` and
 /// `name()`. They order by name (stream tables sort by it), and `ALL` lists them that way.
 macro_rules! id_enum {
@@ -78,7 +80,8 @@ macro_rules! id_enum {
 
         impl core::fmt::Display for $name {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str(self.name())
+                // `pad` so that table columns (`{:<8}`) line up.
+                f.pad(self.name())
             }
         }
     };

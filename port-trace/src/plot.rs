@@ -1,8 +1,8 @@
 //! Port-versus-time pictures of recorded events, as SVG.
 //!
 //! Each successful port choice is a dot at (seconds since the first event, local port),
-//! coloured by its series: the destination `daddr:dport` for connects and autobinds that
-//! have one, else `op proto` (e.g. `bind tcp`). The points of a destination series are
+//! coloured by its stream (`analysis::StreamKey`, as in `analyze`): the destination
+//! `daddr:dport` for connects, else `op proto` (e.g. `bind tcp`). The points of a destination series are
 //! joined by a thin line, so a kernel that steps through the range per destination shows
 //! rising staircases, one global counter shows interleaved steps, and random choice
 //! shows a cloud. Failures are red crosses along the bottom of the range. The ephemeral
@@ -18,7 +18,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::event::Event;
+use crate::{analysis::StreamKey, event::Event};
 
 /// How the picture is drawn.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,13 +93,13 @@ struct Series {
     points: Vec<(f64, f64)>,
 }
 
-/// The series an event belongs to, and whether it is a destination.
+/// The series an event belongs to (its stream), named for the legend, and whether it is a
+/// destination.
 fn series_key(e: &Event) -> (String, bool) {
-    match (e.op.as_str(), e.daddr, e.dport) {
-        ("connect" | "autobind", Some(addr), Some(port)) => {
-            (SocketAddr::new(addr, port).to_string(), true)
-        }
-        _ => (format!("{} {}", e.op, e.proto), false),
+    let key = StreamKey::of(e);
+    match key.daddr.zip(key.dport) {
+        Some((addr, port)) => (SocketAddr::new(addr, port).to_string(), true),
+        None => (format!("{} {}", key.op, key.proto), false),
     }
 }
 
@@ -348,36 +348,37 @@ pub fn write_svg(events: &[Event], opts: &PlotOptions, path: &Path) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Family, HookId, Op, Outcome, Proto};
     use std::net::{IpAddr, Ipv4Addr};
 
     const SEC: u64 = 1_000_000_000;
     const T0: u64 = 1_700_000_000 * SEC;
 
-    fn ev(ts_ns: u64, op: &str, proto: &str, port: u16, dest: Option<(&str, u16)>) -> Event {
+    fn ev(ts_ns: u64, op: Op, proto: Proto, port: u16, dest: Option<(&str, u16)>) -> Event {
         Event {
             ts_ns,
-            op: op.into(),
-            proto: proto.into(),
-            family: "ipv4".into(),
+            op,
+            proto,
+            family: Family::Inet,
             port,
             saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             daddr: dest.map(|(a, _)| a.parse().unwrap()),
             dport: dest.map(|(_, p)| p),
-            result: "ok".into(),
+            result: Outcome::Ok,
             pid: 1,
             tid: 1,
             comm: "test".into(),
             uid: 0,
             cgroup_id: 0,
             netns: 1,
-            hook: "test".into(),
+            hook: HookId::PostBind4,
             latency_ns: None,
         }
     }
 
-    fn failed(mut e: Event, errno: &str) -> Event {
+    fn failed(mut e: Event, errno: i32) -> Event {
         e.port = 0;
-        e.result = errno.into();
+        e.result = crate::event::failed(errno);
         e
     }
 
@@ -389,7 +390,7 @@ mod tests {
         for i in 0..40u16 {
             for (d, (addr, port)) in dests.iter().enumerate() {
                 let p = 32768 + d as u16 * 9000 + i * 150;
-                out.push(ev(t, "connect", "tcp", p, Some((addr, *port))));
+                out.push(ev(t, Op::Connect, Proto::Tcp, p, Some((addr, *port))));
                 t += SEC / 10;
             }
         }
@@ -398,16 +399,28 @@ mod tests {
         for _ in 0..30 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
             let p = 32768 + ((x >> 8) % (60999 - 32768)) as u16;
-            out.push(ev(T0 + u64::from(x % 12) * SEC, "bind", "tcp", p, None));
+            out.push(ev(
+                T0 + u64::from(x % 12) * SEC,
+                Op::Bind,
+                Proto::Tcp,
+                p,
+                None,
+            ));
         }
-        out.push(ev(T0 + 3 * SEC, "autobind", "udp", 45000, None));
+        out.push(ev(T0 + 3 * SEC, Op::Autobind, Proto::Udp, 45000, None));
         out.push(failed(
-            ev(T0 + 5 * SEC, "connect", "tcp", 0, Some(("127.0.0.1", 5000))),
-            "EADDRNOTAVAIL",
+            ev(
+                T0 + 5 * SEC,
+                Op::Connect,
+                Proto::Tcp,
+                0,
+                Some(("127.0.0.1", 5000)),
+            ),
+            libc::EADDRNOTAVAIL,
         ));
         out.push(failed(
-            ev(T0 + 8 * SEC, "bind", "tcp", 0, None),
-            "EADDRINUSE",
+            ev(T0 + 8 * SEC, Op::Bind, Proto::Tcp, 0, None),
+            libc::EADDRINUSE,
         ));
         out
     }
@@ -481,8 +494,8 @@ mod tests {
             for i in 0..(20 - d) {
                 events.push(ev(
                     T0 + u64::from(i) * SEC,
-                    "connect",
-                    "tcp",
+                    Op::Connect,
+                    Proto::Tcp,
                     40000 + d * 100 + i,
                     Some(("192.0.2.1", 8000 + d)),
                 ));
@@ -509,16 +522,17 @@ mod tests {
 
     #[test]
     fn series_names() {
-        let v6 = ev(T0, "connect", "tcp", 1, Some(("::1", 80)));
+        let v6 = ev(T0, Op::Connect, Proto::Tcp, 1, Some(("::1", 80)));
         assert_eq!(series_key(&v6), ("[::1]:80".into(), true));
-        let auto = ev(T0, "autobind", "udp", 1, Some(("10.0.0.1", 53)));
-        assert_eq!(series_key(&auto), ("10.0.0.1:53".into(), true));
+        // UDP autobind ports do not depend on the destination: one stream, as in `analyze`.
+        let auto = ev(T0, Op::Autobind, Proto::Udp, 1, Some(("10.0.0.1", 53)));
+        assert_eq!(series_key(&auto), ("autobind udp".into(), false));
         assert_eq!(
-            series_key(&ev(T0, "autobind", "udp", 1, None)),
+            series_key(&ev(T0, Op::Autobind, Proto::Udp, 1, None)),
             ("autobind udp".into(), false)
         );
         assert_eq!(
-            series_key(&ev(T0, "listen", "tcp", 1, None)),
+            series_key(&ev(T0, Op::Listen, Proto::Tcp, 1, None)),
             ("listen tcp".into(), false)
         );
     }
@@ -536,7 +550,10 @@ mod tests {
 
     #[test]
     fn only_failures_and_one_instant_still_render() {
-        let events = vec![failed(ev(T0, "bind", "udp", 0, None), "EADDRINUSE")];
+        let events = vec![failed(
+            ev(T0, Op::Bind, Proto::Udp, 0, None),
+            libc::EADDRINUSE,
+        )];
         let svg = render_svg(&events, &PlotOptions::default()).unwrap();
         assert!(svg.contains("failures: 1"));
         let tiny = PlotOptions {

@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use crate::event::{Event, Family, Op, Proto};
+
 /// Usable port range, inclusive: `(low, high)` as in
 /// `net.ipv4.ip_local_port_range`.
 pub type PortRange = (u16, u16);
@@ -42,13 +44,10 @@ pub const DEFAULT_RANGE: PortRange = (32768, 60999);
 /// destination; for bind/listen/autobind the destination fields are `None`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct StreamKey {
-    /// `connect`, `bind`, `listen` or `autobind`.
-    pub op: String,
+    pub op: Op,
     pub netns: u32,
-    /// `tcp` or `udp`.
-    pub proto: String,
-    /// `ipv4` or `ipv6`.
-    pub family: String,
+    pub proto: Proto,
+    pub family: Family,
     /// Local address (part of the kernel's per-destination hash for connect).
     pub saddr: Option<IpAddr>,
     pub daddr: Option<IpAddr>,
@@ -59,17 +58,17 @@ impl StreamKey {
     /// A connect() stream to one destination.
     pub fn connect(
         netns: u32,
-        proto: &str,
-        family: &str,
+        proto: Proto,
+        family: Family,
         saddr: Option<IpAddr>,
         daddr: IpAddr,
         dport: u16,
     ) -> Self {
         StreamKey {
-            op: "connect".into(),
+            op: Op::Connect,
             netns,
-            proto: proto.into(),
-            family: family.into(),
+            proto,
+            family,
             saddr,
             daddr: Some(daddr),
             dport: Some(dport),
@@ -77,15 +76,27 @@ impl StreamKey {
     }
 
     /// A stream without destination (bind/listen/autobind).
-    pub fn local(op: &str, netns: u32, proto: &str, family: &str) -> Self {
+    pub fn local(op: Op, netns: u32, proto: Proto, family: Family) -> Self {
         StreamKey {
-            op: op.into(),
+            op,
             netns,
-            proto: proto.into(),
-            family: family.into(),
+            proto,
+            family,
             saddr: None,
             daddr: None,
             dport: None,
+        }
+    }
+
+    /// The stream an event belongs to: one per destination for connect() (keyed by the
+    /// destination only, since a failed connect has no local address), one per namespace,
+    /// protocol and family for bind/listen/autobind.
+    pub fn of(e: &Event) -> Self {
+        match (e.op, e.destination()) {
+            (Op::Connect, Some((daddr, dport))) => {
+                Self::connect(e.netns, e.proto, e.family, None, daddr, dport)
+            }
+            _ => Self::local(e.op, e.netns, e.proto, e.family),
         }
     }
 

@@ -7,6 +7,7 @@
 
 use super::{PortRange, Sample, StreamKey};
 use crate::analysis::pattern::Pattern;
+use crate::event::{Family, Op, Proto};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::VecDeque;
@@ -321,11 +322,11 @@ pub fn simulate(alg: Algorithm, workload: &Workload, seed: u64) -> Vec<Sample> {
             }
         };
         let key = if alg.is_connect() {
-            StreamKey::connect(1, "tcp", "ipv4", Some(saddr), d.0, d.1)
+            StreamKey::connect(1, Proto::Tcp, Family::Inet, Some(saddr), d.0, d.1)
         } else if alg == Algorithm::LinuxUdp {
-            StreamKey::local("autobind", 1, "udp", "ipv4")
+            StreamKey::local(Op::Autobind, 1, Proto::Udp, Family::Inet)
         } else {
-            StreamKey::local("bind", 1, "tcp", "ipv4")
+            StreamKey::local(Op::Bind, 1, Proto::Tcp, Family::Inet)
         };
         out.push(Sample {
             ts_ns: ts,

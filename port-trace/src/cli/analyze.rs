@@ -6,12 +6,12 @@ use clap::Args;
 
 use crate::{
     analysis::DEFAULT_RANGE,
-    output::Format,
-    pressure::{
+    netns::{
         UsableRange,
         range::{parse_port_range, parse_reserved_ports},
     },
-    recording, report,
+    report,
+    sinks::{print::Format, record as recording},
 };
 
 #[derive(Debug, Args)]

@@ -5,15 +5,15 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::{
-    hooks::{self, HookSetName},
-    probe::{Fact, KernelSupport},
+    hook_set::{self, HookSet},
+    kernel::probe::{Fact, KernelSupport},
 };
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Check a specific hook set instead of the automatic choice.
     #[arg(long, value_enum)]
-    pub hooks: Option<HookSetName>,
+    pub hooks: Option<HookSet>,
 }
 
 fn mark(ok: bool) -> &'static str {
@@ -62,14 +62,15 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
 
     println!("hook sets (in order of preference):");
-    for h in HookSetName::ALL {
+    for h in HookSet::ALL {
         match h.availability(&k) {
             Ok(()) => println!("  {h:<8} usable"),
             Err(why) => println!("  {h:<8} unusable: {why}"),
         }
     }
-    match hooks::choose(&k, args.hooks) {
-        Ok(h) => {
+    match hook_set::choose(&k, args.hooks) {
+        Ok(sets) => {
+            let h = sets[0];
             println!("would use: {h}");
             let rows = h.coverage(&k);
             let mut blind = 0;

@@ -5,9 +5,9 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Args;
 
 use crate::{
+    netns::range::parse_port_range,
     plot::{PlotOptions, write_svg},
-    pressure::range::parse_port_range,
-    recording,
+    sinks::record as recording,
 };
 
 #[derive(Debug, Args)]

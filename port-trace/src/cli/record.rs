@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::Args;
 
 use super::trace::{self, TraceArgs};
-use crate::{output::Format, recording};
+use crate::{
+    netns::snapshot::snapshot,
+    sinks::{print::Format, record},
+};
 
 #[derive(Debug, Args)]
 pub struct RecordArgs {
@@ -33,11 +36,11 @@ pub fn run(mut args: RecordArgs) -> anyhow::Result<ExitCode> {
     let namespaces = if summary {
         trace::print_summary(&done)
     } else {
-        recording::snapshot(&done.kept, done.netns_path.as_deref())
+        snapshot(&done.kept, done.netns_path.as_deref())
     };
     let mut file = file;
     for ns in &namespaces {
-        writeln!(file, "{}", recording::meta_line(ns))
+        writeln!(file, "{}", record::meta_line(ns))
             .with_context(|| format!("cannot write {}", args.file.display()))?;
     }
     eprintln!(

@@ -2,31 +2,22 @@
 
 use std::{
     net::SocketAddr,
-    os::unix::fs::MetadataExt,
     path::PathBuf,
     process::ExitCode,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use port_trace_common::EVENT_SIZE;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{self, FileConfig, ServeConfig},
-    event::{Clock, decode},
     exporter::{self, Aggregator, Computed, http},
-    hooks::{self, HookSetName},
-    loader::{LoadError, LoadOptions},
-    pressure::{NetnsRef, dump_sockets, read_range},
-    probe::KernelSupport,
-    recording,
-    report::NetnsState,
+    hook_set::HookSet,
+    netns::snapshot::snapshot_with_own,
+    tracer::{Session, SessionOptions, StopSignals},
 };
 
 #[derive(Debug, Args)]
@@ -54,7 +45,7 @@ pub struct ServeArgs {
     pub ring_kib: Option<u32>,
     /// Use this hook set instead of the automatic choice.
     #[arg(long, value_enum)]
-    pub hooks: Option<HookSetName>,
+    pub hooks: Option<HookSet>,
 }
 
 impl ServeArgs {
@@ -112,76 +103,36 @@ impl http::Source for Shared {
     }
 }
 
-/// Range and sockets of every namespace seen recently, plus our own.
-fn snapshot(events: &[crate::event::Event]) -> Vec<NetnsState> {
-    let mut out = recording::snapshot(events, None);
-    if let Ok(own) = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino() as u32)
-        && !out.iter().any(|n| n.netns == own)
-    {
-        out.push(NetnsState {
-            netns: own,
-            range: read_range(&NetnsRef::Current).ok(),
-            sockets: dump_sockets(&NetnsRef::Current).ok(),
-            note: None,
-        });
-    }
-    out
-}
-
-/// CLOCK_BOOTTIME now, the clock the kernel stamps events with.
-fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
-
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.config()?;
     crate::cli::trace::block_on(serve(args, cfg))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+/// The daemon drains this often when the ring buffer is not filling up.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
-    let k = KernelSupport::probe(true);
-    if !k.root.ok {
-        bail!(LoadError::NotRoot);
-    }
-    let hook_set = hooks::choose(&k, args.hooks).map_err(|reasons| {
-        let why: Vec<String> = reasons.iter().map(|(h, w)| format!("{h}: {w}")).collect();
-        anyhow::anyhow!("no usable hook set on this kernel ({})", why.join("; "))
+async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
+    let mut stop = StopSignals::install()?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut session = Session::start(&SessionOptions {
+        hooks: args.hooks,
+        cgroup: cfg.cgroup.clone(),
+        ring_kib: cfg.ring_kib,
+        wakeup_kib: None,
+        drain_interval: DRAIN_INTERVAL,
     })?;
-    let cgroup = cfg
-        .cgroup
-        .clone()
-        .or_else(|| k.cgroup2.clone())
-        .context("no cgroup v2 mount found; mount one or pass --cgroup")?;
-    let ring_bytes = cfg.ring_kib * 1024;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let (mut tracer, skipped) = crate::loader::start_first(
-        &k,
-        &hooks::candidates(&k, args.hooks),
-        &LoadOptions {
-            hook_set,
-            ring_bytes,
-            wakeup_bytes: ring_bytes as u64 / 4,
-            cgroup: cgroup.clone(),
-        },
-    )?;
-    for why in &skipped {
+    for why in &session.skipped {
         eprintln!("port-trace: falling back: {why}");
     }
-    let hook_set = tracer.hook_set;
 
     let agg = Aggregator::new(cfg.window_events, cfg.top_destinations);
+    let set = session.hook_set();
     agg.metrics
-        .set_hooks(&hook_set.to_string(), &hook_set.coverage(&k));
-    let drain_interval = Duration::from_millis(100);
+        .set_hooks(&set.to_string(), &set.coverage(&session.kernel));
     let shared = Arc::new(Shared {
         agg: Mutex::new(agg),
         last_drain: Mutex::new(Instant::now()),
@@ -192,32 +143,23 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     eprintln!(
-        "tracing: hook set {hook_set} ({} programs on {}); serving http://{}/metrics",
-        tracer.attached.len(),
-        cgroup.display(),
+        "tracing: {}; serving http://{}/metrics",
+        session.describe(),
         cfg.listen
     );
 
-    let clock = Clock::now();
-    let dup = nix::unistd::dup(tracer.ring_fd()).context("cannot duplicate the ring buffer fd")?;
-    // SAFETY: `dup` is an owned descriptor that nothing else registers or closes.
-    let ring_fd = unsafe { AsyncFd::register(dup) }
-        .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
-    let mut tick = tokio::time::interval(drain_interval);
     let mut refresh = tokio::time::interval(cfg.refresh_interval);
     let mut refreshing: Option<tokio::task::JoinHandle<Computed>> = None;
-
     loop {
         tokio::select! {
-            guard = ring_fd.readable() => { if let Ok(mut g) = guard { g.clear_ready(); } }
-            _ = tick.tick() => {}
+            _ = session.ready() => {}
             _ = refresh.tick(), if refreshing.is_none() => {
                 // Reading sysctls and socket tables blocks (setns threads, netlink) and pattern
                 // analysis is CPU work: both run off the event loop, which keeps draining.
-                let now = clock.wall_ns(boot_ns());
+                let now = session.now_ns();
                 if let Ok(input) = shared.agg.lock().map(|mut a| a.refresh_input(now)) {
                     refreshing = Some(tokio::task::spawn_blocking(move || {
-                        let namespaces = snapshot(&input.newest_per_netns);
+                        let namespaces = snapshot_with_own(&input.newest_per_netns);
                         exporter::compute(input, namespaces)
                     }));
                 }
@@ -228,44 +170,54 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
                     a.apply(&computed);
                 }
             }
-            _ = sighup.recv() => {
-                match &args.config {
-                    Some(_) => match args.config() {
-                        Ok(new) => {
-                            if new.listen != cfg.listen || new.cgroup != cfg.cgroup || new.ring_kib != cfg.ring_kib {
-                                eprintln!("port-trace: listen, cgroup and ring_kib changes take effect after a restart");
-                            }
-                            if let Ok(mut a) = shared.agg.lock() {
-                                a.top_destinations = new.top_destinations;
-                                a.set_window(new.window_events);
-                            }
-                            if new.refresh_interval != cfg.refresh_interval {
-                                refresh = tokio::time::interval(new.refresh_interval);
-                            }
-                            cfg = new;
-                            eprintln!("port-trace: configuration reloaded");
-                        }
-                        Err(e) => eprintln!("port-trace: keeping the old configuration: {e:#}"),
-                    },
-                    None => eprintln!("port-trace: SIGHUP ignored: no --config file"),
-                }
-            }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = sighup.recv() => reload(&args, &mut cfg, &shared, &mut refresh),
+            _ = stop.recv() => break,
         }
         if let Ok(mut a) = shared.agg.lock() {
-            let drained = tracer.drain(|raw| a.ingest(decode(&raw, &clock)));
-            let fill = (drained * (EVENT_SIZE + 8)) as f64 / ring_bytes as f64;
-            a.set_health(tracer.lost(), tracer.unresolved(), fill.min(1.0));
+            let fill = session.drain(|e| a.ingest(e));
+            let losses = session.losses();
+            a.set_health(losses.lost, losses.unresolved, fill);
         }
         if let Ok(mut t) = shared.last_drain.lock() {
             *t = Instant::now();
         }
     }
-    // Stop serving first, then detach (dropping the tracer closes every link).
+    // Stop serving first, then detach (dropping the session closes every link).
     let _ = stop_tx.send(());
     let _ = server.await;
-    drop(tracer);
+    drop(session);
     eprintln!("port-trace: stopped");
     Ok(())
+}
+
+/// SIGHUP: re-reads the configuration file; a bad one keeps the running configuration.
+fn reload(
+    args: &ServeArgs,
+    cfg: &mut ServeConfig,
+    shared: &Shared,
+    refresh: &mut tokio::time::Interval,
+) {
+    if args.config.is_none() {
+        eprintln!("port-trace: SIGHUP ignored: no --config file");
+        return;
+    }
+    let new = match args.config() {
+        Ok(new) => new,
+        Err(e) => {
+            eprintln!("port-trace: keeping the old configuration: {e:#}");
+            return;
+        }
+    };
+    if new.listen != cfg.listen || new.cgroup != cfg.cgroup || new.ring_kib != cfg.ring_kib {
+        eprintln!("port-trace: listen, cgroup and ring_kib changes take effect after a restart");
+    }
+    if let Ok(mut a) = shared.agg.lock() {
+        a.top_destinations = new.top_destinations;
+        a.set_window(new.window_events);
+    }
+    if new.refresh_interval != cfg.refresh_interval {
+        *refresh = tokio::time::interval(new.refresh_interval);
+    }
+    *cfg = new;
+    eprintln!("port-trace: configuration reloaded");
 }

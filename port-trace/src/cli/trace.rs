@@ -7,24 +7,20 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
 
 use crate::{
     analysis::DEFAULT_RANGE,
-    event::{Clock, Event, decode},
-    filter::{Filter, parse_netns},
-    hooks::{self, HookSetName},
-    loader::{LoadOptions, Tracer},
-    output::{Format, Printer},
-    pressure::UsableRange,
-    probe::KernelSupport,
-    recording,
-    report::{self, NetnsState},
+    event::{Event, Proto},
+    hook_set::HookSet,
+    netns::{NetnsState, UsableRange, netns_path, parse_netns, snapshot::snapshot},
+    report,
+    sinks::{
+        filter::Filter,
+        print::{Format, Printer},
+    },
+    tracer::{Session, SessionOptions, StopSignals},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -38,9 +34,9 @@ pub struct TraceArgs {
     /// Only events from this command name (repeatable).
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
-    /// Only this protocol.
-    #[arg(long, value_parser = ["tcp", "udp"])]
-    pub proto: Option<String>,
+    /// Only this protocol (tcp or udp).
+    #[arg(long, value_parser = parse_proto)]
+    pub proto: Option<Proto>,
     /// Only this network namespace: an inode number, a path like /proc/PID/ns/net, or an
     /// `ip netns` name.
     #[arg(long, value_name = "PATH|INODE")]
@@ -50,7 +46,7 @@ pub struct TraceArgs {
     pub duration: Option<Duration>,
     /// Use this hook set instead of the automatic choice.
     #[arg(long, value_enum)]
-    pub hooks: Option<HookSetName>,
+    pub hooks: Option<HookSet>,
     /// Cgroup v2 directory to trace (default: the root of the cgroup v2 mount).
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
@@ -67,6 +63,14 @@ pub struct TraceArgs {
     /// How often to drain the ring buffer when it is not filling up.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub drain_interval: Duration,
+}
+
+fn parse_proto(s: &str) -> Result<Proto, String> {
+    Proto::ALL
+        .iter()
+        .copied()
+        .find(|p| p.name() == s)
+        .ok_or_else(|| format!("{s:?} is not tcp or udp"))
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
@@ -107,7 +111,7 @@ pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> a
 
 /// Reads the namespaces' ranges and socket tables now and prints the summary on stderr.
 pub fn print_summary(done: &Finished) -> Vec<NetnsState> {
-    let namespaces = recording::snapshot(&done.kept, done.netns_path.as_deref());
+    let namespaces = snapshot(&done.kept, done.netns_path.as_deref());
     let default = UsableRange::new(DEFAULT_RANGE.0, DEFAULT_RANGE.1, vec![]);
     let summary = report::summarize(&done.kept, &namespaces, &default);
     eprint!("{}", report::render_table(&summary));
@@ -120,91 +124,83 @@ pub fn print_summary(done: &Finished) -> Vec<NetnsState> {
     namespaces
 }
 
-fn netns_path(arg: &str) -> Option<PathBuf> {
-    if arg.parse::<u32>().is_ok() {
-        return None;
+impl TraceArgs {
+    fn session(&self) -> SessionOptions {
+        SessionOptions {
+            hooks: self.hooks,
+            cgroup: self.cgroup.clone(),
+            ring_kib: self.ring_kib,
+            wakeup_kib: self.wakeup_kib,
+            drain_interval: self.drain_interval,
+        }
     }
-    [
-        PathBuf::from(arg),
-        PathBuf::from(format!("/run/netns/{arg}")),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
+
+    fn filter(&self) -> anyhow::Result<Filter> {
+        Ok(Filter {
+            pids: self.pids.clone(),
+            comms: self.comms.clone(),
+            proto: self.proto,
+            netns: self.netns.as_deref().map(parse_netns).transpose()?,
+        })
+    }
+}
+
+/// The events a trace shows: printed, and kept for the summary or the recording.
+struct Shown<W: Write> {
+    printer: Printer<W>,
+    keep: bool,
+    kept: Vec<Event>,
+    dropped_from_memory: u64,
+    total: u64,
+    shown: u64,
+    /// stdout was closed (`| head`): the trace ends quietly.
+    closed: bool,
+}
+
+impl<W: Write> Shown<W> {
+    fn take(&mut self, e: Event, filter: &Filter) {
+        self.total += 1;
+        if self.closed || !filter.matches(&e) {
+            return;
+        }
+        self.shown += 1;
+        if self.printer.print(&e).is_err() {
+            self.closed = true;
+        }
+        if self.keep {
+            if self.kept.len() < MAX_KEPT {
+                self.kept.push(e);
+            } else {
+                self.dropped_from_memory += 1;
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.printer.flush().is_err() {
+            self.closed = true;
+        }
+    }
 }
 
 pub async fn trace(args: TraceArgs, out: Box<dyn Write>, keep: bool) -> anyhow::Result<Finished> {
-    // Before anything is attached: a signal that arrives right after the `tracing:` line
-    // must still drain and exit cleanly.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let filter = Filter {
-        pids: args.pids.clone(),
-        comms: args.comms.clone(),
-        proto: args.proto.clone(),
-        netns: args.netns.as_deref().map(parse_netns).transpose()?,
-    };
-    let k = KernelSupport::probe(true);
-    if !k.root.ok {
-        bail!(crate::loader::LoadError::NotRoot);
-    }
-    let hook_set = match hooks::choose(&k, args.hooks) {
-        Ok(h) => h,
-        Err(reasons) => {
-            let why: Vec<String> = reasons.iter().map(|(h, w)| format!("{h}: {w}")).collect();
-            bail!(
-                "no usable hook set on this kernel ({}); `port-trace check` shows the details",
-                why.join("; ")
-            );
-        }
-    };
-    let cgroup = match args.cgroup.clone().or_else(|| k.cgroup2.clone()) {
-        Some(c) => c,
-        None => bail!(
-            "no cgroup v2 mount found; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup"
-        ),
-    };
-    let opts = LoadOptions {
-        hook_set,
-        ring_bytes: args.ring_kib * 1024,
-        wakeup_bytes: args
-            .wakeup_kib
-            .map(|k| k as u64 * 1024)
-            .unwrap_or(args.ring_kib as u64 * 1024 / 4),
-        cgroup,
-    };
-    let (mut tracer, skipped) =
-        crate::loader::start_first(&k, &hooks::candidates(&k, args.hooks), &opts)?;
-    for why in &skipped {
+    let mut stop = StopSignals::install()?;
+    let filter = args.filter()?;
+    let mut session = Session::start(&args.session())?;
+    for why in &session.skipped {
         eprintln!("port-trace: falling back: {why}");
     }
-    let hook_set = tracer.hook_set;
-    let blind: Vec<&str> = hook_set
-        .coverage(&k)
-        .iter()
-        .filter(|r| !r.seen)
-        .map(|r| r.path)
-        .collect();
-    eprintln!(
-        "tracing: hook set {hook_set} ({} programs on {}){}",
-        tracer.attached.len(),
-        opts.cgroup.display(),
-        if blind.is_empty() {
-            String::new()
-        } else {
-            format!("; not seen here: {}", blind.join(", "))
-        }
-    );
+    eprintln!("tracing: {}", session.describe());
 
-    let clock = Clock::now();
-    let mut printer = Printer::new(io::BufWriter::new(out), args.format);
-    let mut kept = Vec::new();
-    let mut dropped_from_memory = 0u64;
-    // A duplicate of the ring buffer's fd: epoll on it reports the kernel's forced wake-ups.
-    let dup = nix::unistd::dup(tracer.ring_fd()).context("cannot duplicate the ring buffer fd")?;
-    // SAFETY: `dup` is an owned descriptor that nothing else registers or closes.
-    let ring_fd = unsafe { AsyncFd::register(dup) }
-        .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
-    let mut tick = tokio::time::interval(args.drain_interval);
+    let mut shown = Shown {
+        printer: Printer::new(io::BufWriter::new(out), args.format),
+        keep,
+        kept: Vec::new(),
+        dropped_from_memory: 0,
+        total: 0,
+        shown: 0,
+        closed: false,
+    };
     let deadline = async {
         match args.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -212,64 +208,52 @@ pub async fn trace(args: TraceArgs, out: Box<dyn Write>, keep: bool) -> anyhow::
         }
     };
     tokio::pin!(deadline);
-
-    let mut total = 0u64;
-    let mut shown = 0u64;
-    let mut stdout_closed = false;
-    let mut drain = |tracer: &mut Tracer, stdout_closed: &mut bool| {
-        tracer.drain(|raw| {
-            total += 1;
-            let e = decode(&raw, &clock);
-            if !*stdout_closed && filter.matches(&e) {
-                shown += 1;
-                if printer.print(&e).is_err() {
-                    *stdout_closed = true;
-                }
-                if keep {
-                    if kept.len() < MAX_KEPT {
-                        kept.push(e);
-                    } else {
-                        dropped_from_memory += 1;
-                    }
-                }
-            }
-        });
-        if printer.flush().is_err() {
-            *stdout_closed = true;
-        }
-    };
     loop {
         tokio::select! {
-            guard = ring_fd.readable() => {
-                if let Ok(mut g) = guard { g.clear_ready(); }
-            }
-            _ = tick.tick() => {}
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = session.ready() => {}
+            _ = stop.recv() => break,
             _ = &mut deadline => break,
         }
-        drain(&mut tracer, &mut stdout_closed);
-        if stdout_closed {
+        session.drain(|e| shown.take(e, &filter));
+        shown.flush();
+        if shown.closed {
             break;
         }
     }
     // Everything submitted before we stopped is still in the ring buffer.
-    drain(&mut tracer, &mut stdout_closed);
-    drop(printer);
-    let lost = tracer.lost();
-    let unresolved = tracer.unresolved();
+    session.drain(|e| shown.take(e, &filter));
+    shown.flush();
+    let losses = session.losses();
     eprintln!(
-        "port-trace: {total} events, {shown} shown, {lost} lost to a full ring buffer{}{}",
-        if lost > 0 { " (raise --ring-kib)" } else { "" },
-        if unresolved > 0 {
-            format!(", {unresolved} port choices whose socket could not be read")
+        "port-trace: {} events, {} shown, {} lost to a full ring buffer{}{}{}",
+        shown.total,
+        shown.shown,
+        losses.lost,
+        if losses.lost > 0 {
+            " (raise --ring-kib)"
+        } else {
+            ""
+        },
+        if losses.unresolved > 0 {
+            format!(
+                ", {} port choices whose socket could not be read",
+                losses.unresolved
+            )
+        } else {
+            String::new()
+        },
+        if losses.undecodable > 0 {
+            format!(
+                ", {} records this version could not decode",
+                losses.undecodable
+            )
         } else {
             String::new()
         }
     );
     Ok(Finished {
-        kept,
-        dropped_from_memory,
+        kept: shown.kept,
+        dropped_from_memory: shown.dropped_from_memory,
         netns_path: args.netns.as_deref().and_then(netns_path),
     })
 }

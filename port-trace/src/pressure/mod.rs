@@ -1,11 +1,7 @@
-//! Range pressure: how close each ephemeral port range is to running out, from the kernel's
-//! own socket tables (sock_diag) and sysctls, per network namespace.
+//! Range pressure: how close each ephemeral port range is to running out, computed from a
+//! namespace's range and socket table (read by [`crate::netns`]). Pure: plain data in and out.
 //!
-//! * [`range`] reads `ip_local_port_range` / `ip_local_reserved_ports` of a namespace.
-//! * [`occupancy`] dumps the TCP and UDP sockets of a namespace.
-//! * The functions here are pure: they take plain data and compute pressure figures.
-//!
-//! Model (see `shared/kernel-port-selection.md`): TCP connect() needs a local port that is
+//! Model (docs/pressure.md, with its kernel sources): TCP connect() needs a local port that is
 //! unused *toward the same destination* (4-tuple), so exhaustion is per destination; ports
 //! held by bind()/listen() are skipped by connect() for every destination. bind(0) and UDP
 //! autobind need a port that is unused altogether.
@@ -13,40 +9,16 @@
 //! Caveat: `__inet_hash_connect` rounds its scan length (`high + 1 - low`) down to an even
 //! number, so with an odd-sized range connect() may fail while one port is still free.
 
-pub mod occupancy;
-pub mod range;
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
 
-pub use occupancy::{Family, Proto, SockState, SocketRecord, dump_proto, dump_sockets};
-pub use range::{NetnsRef, UsableRange, read_range, run_in_netns};
+pub use crate::netns::{
+    range::UsableRange,
+    sockets::{Family, Proto, SockState, SocketRecord},
+};
 
 /// How long a port stays unusable after an active close (TCP_TIMEWAIT_LEN, 60 s).
 pub const DEFAULT_TIME_WAIT_SECS: f64 = 60.0;
-
-/// Errors of the pressure module.
-#[derive(Debug, thiserror::Error)]
-pub enum PressureError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot parse {what}: {text:?}")]
-    Parse { what: &'static str, text: String },
-    #[error("setns({path}, CLONE_NEWNET): {source}")]
-    Setns { path: PathBuf, source: nix::Error },
-    #[error("cannot start the namespace thread: {0}")]
-    Thread(std::io::Error),
-    #[error("the namespace thread panicked")]
-    ThreadPanicked,
-    #[error("sock_diag netlink: {0}")]
-    Netlink(std::io::Error),
-    #[error("sock_diag reply: {0}")]
-    Decode(String),
-}
 
 /// Pressure on the ports available to connect() toward one destination.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -151,6 +123,39 @@ pub fn listeners_in_range(range: &UsableRange, sockets: &[SocketRecord]) -> Vec<
     });
     out.dedup();
     out
+}
+
+/// TCP listeners on a port automatic selection could hand out, except those whose port the
+/// kernel itself chose (`chosen`: the (netns, port) of TCP bind(0) and listen() autobinds seen):
+/// a client may take such a port first, or connect to itself.
+pub fn listener_hazards(
+    netns: u32,
+    range: &UsableRange,
+    sockets: &[SocketRecord],
+    chosen: &HashSet<(u32, u16)>,
+) -> Vec<SocketRecord> {
+    listeners_in_range(range, sockets)
+        .into_iter()
+        .filter(|l| {
+            l.proto == Proto::Tcp
+                && l.state == SockState::Listen
+                && !chosen.contains(&(netns, l.local_port))
+        })
+        .collect()
+}
+
+/// Allocation rates are measured over the last minute (the TIME_WAIT lifetime).
+pub const RATE_WINDOW_NS: u64 = 60_000_000_000;
+
+/// Allocations per second over the last [`RATE_WINDOW_NS`] before `end`, counting from
+/// `start` (the first observation) when that is later. The window is at least one second, so
+/// a burst in a short observation is spread over it: 40 connects in a millisecond do not read
+/// as 40,000 per second.
+pub fn allocation_rate(ts: impl IntoIterator<Item = u64>, start: u64, end: u64) -> f64 {
+    let from = end.saturating_sub(RATE_WINDOW_NS).max(start);
+    let n = ts.into_iter().filter(|&t| t >= from && t <= end).count();
+    let window = (end.saturating_sub(from) as f64 / 1e9).max(1.0);
+    n as f64 / window
 }
 
 /// When a range runs out at a given allocation rate.
@@ -381,5 +386,17 @@ mod tests {
         let f = forecast(0, 10, f64::NAN, 0.0);
         assert_eq!(f.seconds_to_exhaustion, None);
         assert!(f.sustainable_rate.is_infinite());
+    }
+
+    #[test]
+    fn rate_uses_the_last_minute() {
+        let s = 1_000_000_000;
+        let ts: Vec<u64> = (0..11).map(|i| i * s).collect();
+        assert!((allocation_rate(ts, 0, 10 * s) - 1.1).abs() < 1e-9);
+        // A burst in a 6 s recording is 40 per 6 s, not 40 per millisecond.
+        let burst: Vec<u64> = (0..40).map(|i| i * 1000).collect();
+        assert!((allocation_rate(burst, 0, 6 * s) - 40.0 / 6.0).abs() < 1e-9);
+        // Older than a minute before the end does not count.
+        assert!((allocation_rate([0, 100 * s], 0, 100 * s) - 1.0 / 60.0).abs() < 1e-9);
     }
 }

@@ -8,7 +8,9 @@ use std::{
 
 use aya::{maps::MapType, programs::ProgramType};
 
-use crate::kernel_layout::{self, Layout};
+use port_trace_common::program;
+
+use super::layout::{self as kernel_layout, Layout};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -47,20 +49,6 @@ pub struct KernelSupport {
     /// Tracepoints the cgroup hook set needs that this kernel lacks.
     pub missing_tracepoints: Vec<String>,
 }
-
-/// Tracepoints used by the cgroup hook set.
-pub const TRACEPOINTS: &[(&str, &str)] = &[
-    ("sock", "inet_sock_set_state"),
-    ("syscalls", "sys_enter_sendto"),
-    ("syscalls", "sys_enter_sendmsg"),
-    ("syscalls", "sys_enter_sendmmsg"),
-    ("syscalls", "sys_exit_connect"),
-    ("syscalls", "sys_exit_bind"),
-    ("syscalls", "sys_exit_listen"),
-    ("syscalls", "sys_exit_sendto"),
-    ("syscalls", "sys_exit_sendmsg"),
-    ("syscalls", "sys_exit_sendmmsg"),
-];
 
 fn prog_supported(t: ProgramType) -> Fact {
     match aya::sys::is_program_supported(t) {
@@ -139,14 +127,14 @@ impl KernelSupport {
         };
         let tracefs = tracefs(mount_tracefs && root);
         let missing_tracepoints = match &tracefs {
-            Some(t) => TRACEPOINTS
+            Some(t) => program::TRACEPOINTS
                 .iter()
-                .filter(|(c, n)| !t.join("events").join(c).join(n).is_dir())
-                .map(|(c, n)| format!("{c}/{n}"))
+                .filter(|p| !t.join("events").join(p.category).join(p.event).is_dir())
+                .map(|p| format!("{}/{}", p.category, p.event))
                 .collect(),
-            None => TRACEPOINTS
+            None => program::TRACEPOINTS
                 .iter()
-                .map(|(c, n)| format!("{c}/{n}"))
+                .map(|p| format!("{}/{}", p.category, p.event))
                 .collect(),
         };
         let unknown = || Fact::new(false, "not probed: needs root");

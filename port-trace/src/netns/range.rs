@@ -5,75 +5,17 @@
 //! that *opens* the file, so reading another namespace's values means opening the files from
 //! a thread that has joined that namespace with `setns(2)` (see [`run_in_netns`]).
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use nix::sched::{CloneFlags, setns};
-
-use super::PressureError;
+use super::{
+    NetnsError,
+    locate::{NetnsRef, run_in_netns},
+};
 
 /// Where the sysctl for the ephemeral range lives (inside the opener's network namespace).
 pub const PORT_RANGE_SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 /// Where the sysctl for the reserved ports lives (inside the opener's network namespace).
 pub const RESERVED_PORTS_SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
-
-/// A network namespace to look into.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum NetnsRef {
-    /// The namespace of the calling thread.
-    #[default]
-    Current,
-    /// A namespace file: `/run/netns/NAME` (from `ip netns add`) or `/proc/PID/ns/net`.
-    Path(PathBuf),
-}
-
-impl NetnsRef {
-    /// A namespace created by `ip netns add NAME` (`/run/netns/NAME`).
-    pub fn named(name: &str) -> Self {
-        NetnsRef::Path(Path::new("/run/netns").join(name))
-    }
-
-    /// The network namespace of process `pid` (`/proc/PID/ns/net`).
-    pub fn of_pid(pid: u32) -> Self {
-        NetnsRef::Path(PathBuf::from(format!("/proc/{pid}/ns/net")))
-    }
-}
-
-/// Runs `f` inside the network namespace `netns`.
-///
-/// For [`NetnsRef::Path`], `f` runs on a short-lived scoped thread that first joins the
-/// namespace with `setns(fd, CLONE_NEWNET)`. `setns` moves only that thread, so the caller and
-/// the rest of the process stay where they are. Files under `/proc/sys/net` opened and sockets
-/// created by `f` belong to the target namespace, and keep belonging to it after `f` returns.
-pub fn run_in_netns<T, F>(netns: &NetnsRef, f: F) -> Result<T, PressureError>
-where
-    F: FnOnce() -> Result<T, PressureError> + Send,
-    T: Send,
-{
-    let path = match netns {
-        NetnsRef::Current => return f(),
-        NetnsRef::Path(path) => path,
-    };
-    let ns_file = File::open(path).map_err(|source| PressureError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    std::thread::scope(|scope| {
-        let handle = std::thread::Builder::new()
-            .name("pressure-netns".into())
-            .spawn_scoped(scope, || {
-                setns(&ns_file, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    PressureError::Setns {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                f()
-            })
-            .map_err(PressureError::Thread)?;
-        handle.join().map_err(|_| PressureError::ThreadPanicked)?
-    })
-}
 
 /// The ports that automatic port selection (connect(), bind(0), UDP autobind) may hand out.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -117,7 +59,7 @@ impl UsableRange {
     }
 
     /// Parses the text of the two sysctls (as read from `/proc/sys/net/ipv4/...`).
-    pub fn parse(port_range: &str, reserved_ports: &str) -> Result<Self, PressureError> {
+    pub fn parse(port_range: &str, reserved_ports: &str) -> Result<Self, NetnsError> {
         let (low, high) = parse_port_range(port_range)?;
         Ok(Self::new(low, high, parse_reserved_ports(reserved_ports)?))
     }
@@ -160,22 +102,19 @@ fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
     merged
 }
 
-fn parse_port(token: &str, what: &'static str, text: &str) -> Result<u16, PressureError> {
-    token
-        .trim()
-        .parse::<u16>()
-        .map_err(|_| PressureError::Parse {
-            what,
-            text: text.to_string(),
-        })
+fn parse_port(token: &str, what: &'static str, text: &str) -> Result<u16, NetnsError> {
+    token.trim().parse::<u16>().map_err(|_| NetnsError::Parse {
+        what,
+        text: text.to_string(),
+    })
 }
 
 /// Parses `ip_local_port_range`: two port numbers separated by whitespace (`"32768\t60999\n"`).
-pub fn parse_port_range(text: &str) -> Result<(u16, u16), PressureError> {
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), NetnsError> {
     const WHAT: &str = "ip_local_port_range";
     let mut fields = text.split_whitespace();
     let (Some(low), Some(high), None) = (fields.next(), fields.next(), fields.next()) else {
-        return Err(PressureError::Parse {
+        return Err(NetnsError::Parse {
             what: WHAT,
             text: text.to_string(),
         });
@@ -183,7 +122,7 @@ pub fn parse_port_range(text: &str) -> Result<(u16, u16), PressureError> {
     let low = parse_port(low, WHAT, text)?;
     let high = parse_port(high, WHAT, text)?;
     if low > high {
-        return Err(PressureError::Parse {
+        return Err(NetnsError::Parse {
             what: WHAT,
             text: text.to_string(),
         });
@@ -193,7 +132,7 @@ pub fn parse_port_range(text: &str) -> Result<(u16, u16), PressureError> {
 
 /// Parses `ip_local_reserved_ports`: comma-separated ports and inclusive ranges
 /// (`"8080,9000-9010"`), possibly empty. Returns sorted, merged ranges.
-pub fn parse_reserved_ports(text: &str) -> Result<Vec<(u16, u16)>, PressureError> {
+pub fn parse_reserved_ports(text: &str) -> Result<Vec<(u16, u16)>, NetnsError> {
     const WHAT: &str = "ip_local_reserved_ports";
     let mut out = Vec::new();
     for token in text.trim().split(',') {
@@ -209,7 +148,7 @@ pub fn parse_reserved_ports(text: &str) -> Result<Vec<(u16, u16)>, PressureError
             }
         };
         if range.0 > range.1 {
-            return Err(PressureError::Parse {
+            return Err(NetnsError::Parse {
                 what: WHAT,
                 text: text.to_string(),
             });
@@ -219,8 +158,8 @@ pub fn parse_reserved_ports(text: &str) -> Result<Vec<(u16, u16)>, PressureError
     Ok(merge_ranges(out))
 }
 
-fn read_sysctl(path: &str) -> Result<String, PressureError> {
-    std::fs::read_to_string(path).map_err(|source| PressureError::Io {
+fn read_sysctl(path: &str) -> Result<String, NetnsError> {
+    std::fs::read_to_string(path).map_err(|source| NetnsError::Io {
         path: PathBuf::from(path),
         source,
     })
@@ -228,7 +167,7 @@ fn read_sysctl(path: &str) -> Result<String, PressureError> {
 
 /// Reads the ephemeral range and reserved ports of `netns` (not of the caller, unless
 /// `netns` is [`NetnsRef::Current`]).
-pub fn read_range(netns: &NetnsRef) -> Result<UsableRange, PressureError> {
+pub fn read_range(netns: &NetnsRef) -> Result<UsableRange, NetnsError> {
     let (range, reserved) = run_in_netns(netns, || {
         Ok((
             read_sysctl(PORT_RANGE_SYSCTL)?,
@@ -309,6 +248,6 @@ mod tests {
     #[test]
     fn missing_namespace_is_an_error() {
         let err = read_range(&NetnsRef::named("port-trace-no-such-netns")).unwrap_err();
-        assert!(matches!(err, PressureError::Io { .. }), "{err}");
+        assert!(matches!(err, NetnsError::Io { .. }), "{err}");
     }
 }

@@ -16,18 +16,13 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
-use super::PressureError;
-use super::range::{NetnsRef, run_in_netns};
+use super::{
+    NetnsError,
+    locate::{NetnsRef, run_in_netns},
+};
 
-/// Transport protocol of a socket.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
+/// Transport protocol of a socket: the same type as an event's.
+pub use crate::event::Proto;
 
 /// Address family of a socket (an IPv6 socket may carry IPv4-mapped addresses).
 #[derive(
@@ -41,7 +36,9 @@ pub enum Family {
 
 /// Socket state as reported by sock_diag (the kernel's `TCP_*` numbering). UDP sockets are
 /// reported as `Established` when connected and `Close` when not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SockState {
     Established,
@@ -65,6 +62,26 @@ pub enum SockState {
 }
 
 impl SockState {
+    /// The `state` label: the serde name, `other` for a state this build does not know.
+    pub fn name(self) -> &'static str {
+        match self {
+            SockState::Established => "established",
+            SockState::SynSent => "syn_sent",
+            SockState::SynRecv => "syn_recv",
+            SockState::FinWait1 => "fin_wait1",
+            SockState::FinWait2 => "fin_wait2",
+            SockState::TimeWait => "time_wait",
+            SockState::Close => "close",
+            SockState::CloseWait => "close_wait",
+            SockState::LastAck => "last_ack",
+            SockState::Listen => "listen",
+            SockState::Closing => "closing",
+            SockState::NewSynRecv => "new_syn_recv",
+            SockState::BoundInactive => "bound_inactive",
+            SockState::Other(_) => "other",
+        }
+    }
+
     /// Maps the kernel's numeric state.
     pub fn from_raw(raw: u8) -> Self {
         match raw {
@@ -117,7 +134,7 @@ impl SocketRecord {
 
 /// Every TCP (all states, TIME_WAIT and bound-only included) and UDP socket, IPv4 and IPv6,
 /// of `netns`.
-pub fn dump_sockets(netns: &NetnsRef) -> Result<Vec<SocketRecord>, PressureError> {
+pub fn dump_sockets(netns: &NetnsRef) -> Result<Vec<SocketRecord>, NetnsError> {
     run_in_netns(netns, || {
         let socket = open_diag_socket()?;
         let mut out = Vec::new();
@@ -137,7 +154,7 @@ pub fn dump_proto(
     netns: &NetnsRef,
     proto: Proto,
     family: Family,
-) -> Result<Vec<SocketRecord>, PressureError> {
+) -> Result<Vec<SocketRecord>, NetnsError> {
     run_in_netns(netns, || {
         let socket = open_diag_socket()?;
         let mut out = Vec::new();
@@ -146,12 +163,12 @@ pub fn dump_proto(
     })
 }
 
-fn open_diag_socket() -> Result<Socket, PressureError> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(PressureError::Netlink)?;
-    socket.bind_auto().map_err(PressureError::Netlink)?;
+fn open_diag_socket() -> Result<Socket, NetnsError> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(NetnsError::Netlink)?;
+    socket.bind_auto().map_err(NetnsError::Netlink)?;
     socket
         .connect(&SocketAddr::new(0, 0))
-        .map_err(PressureError::Netlink)?;
+        .map_err(NetnsError::Netlink)?;
     Ok(socket)
 }
 
@@ -161,7 +178,7 @@ fn dump_one(
     proto: Proto,
     family: Family,
     out: &mut Vec<SocketRecord>,
-) -> Result<(), PressureError> {
+) -> Result<(), NetnsError> {
     let (af, socket_id) = match family {
         Family::V4 => (AF_INET, SocketId::new_v4()),
         Family::V6 => (AF_INET6, SocketId::new_v6()),
@@ -189,25 +206,23 @@ fn dump_one(
     request.finalize();
     let mut buf = vec![0; request.buffer_len()];
     request.serialize(&mut buf);
-    socket.send(&buf, 0).map_err(PressureError::Netlink)?;
+    socket.send(&buf, 0).map_err(NetnsError::Netlink)?;
 
     loop {
-        let (data, _) = socket.recv_from_full().map_err(PressureError::Netlink)?;
+        let (data, _) = socket.recv_from_full().map_err(NetnsError::Netlink)?;
         if data.is_empty() {
-            return Err(PressureError::Decode(
-                "netlink socket closed mid-dump".into(),
-            ));
+            return Err(NetnsError::Decode("netlink socket closed mid-dump".into()));
         }
         let mut offset = 0;
         while offset < data.len() {
             let message = NetlinkMessage::<SockDiagMessage>::deserialize(&data[offset..])
-                .map_err(|e| PressureError::Decode(e.to_string()))?;
+                .map_err(|e| NetnsError::Decode(e.to_string()))?;
             let len = message.header.length as usize;
             if message.header.sequence_number == seq {
                 match message.payload {
                     NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(err) => {
-                        return Err(PressureError::Netlink(err.to_io()));
+                        return Err(NetnsError::Netlink(err.to_io()));
                     }
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                         let id = &response.header.socket_id;
@@ -290,5 +305,14 @@ mod tests {
             && s.local_port == local.port()
             && s.remote_port == server.port()
             && s.remote_addr == server.ip()));
+    }
+
+    #[test]
+    fn state_names_are_the_serde_names() {
+        for raw in 1..=13 {
+            let s = SockState::from_raw(raw);
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+        }
+        assert_eq!(SockState::from_raw(99).name(), "other");
     }
 }

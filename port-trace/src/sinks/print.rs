@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use chrono::{Local, TimeZone};
 
-use crate::event::Event;
+use crate::event::{Event, Family};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -35,7 +35,10 @@ pub fn table_row(e: &Event) -> String {
         (Some(a), Some(p)) => endpoint(&a, p),
         _ => "-".into(),
     };
-    let fam = if e.family == "ipv6" { "v6" } else { "v4" };
+    let fam = match e.family {
+        Family::Inet => "v4",
+        Family::Inet6 => "v6",
+    };
     format!(
         "{:<12} {:<7} {:<16} {:<8} {:<5} {:<4} {:<5} {:<24} {:<31} {:<14} {}",
         hms(e.ts_ns),
@@ -92,7 +95,8 @@ impl<W: Write> Printer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Clock, decode};
+    use crate::event::{HookId, Op, Proto};
+    use crate::tracer::{Clock, decode};
     use port_trace_common::PortEvent;
 
     fn event() -> Event {
@@ -100,17 +104,17 @@ mod tests {
             pid: 42,
             port: 41000,
             dport: 80,
-            op: 1,
-            proto: 6,
-            family: 2,
-            hook: 1,
+            op: Op::Connect as u8,
+            proto: Proto::Tcp as u8,
+            family: Family::Inet as u8,
+            hook: HookId::SockOpsConnect as u8,
             has_daddr: 1,
             ..Default::default()
         };
         r.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         r.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
         r.comm[..3].copy_from_slice(b"nc\0");
-        decode(&r, &Clock::identity())
+        decode(&r, &Clock::identity()).unwrap()
     }
 
     #[test]

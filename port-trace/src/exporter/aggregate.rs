@@ -1,0 +1,186 @@
+//! The aggregator: counters fed by every event, a bounded window of recent events for the
+//! refresh, and the gauges a refresh computed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::{
+    metrics::Metrics,
+    refresh::{Computed, RefreshInput},
+};
+use crate::{
+    analysis::{DEFAULT_RANGE, StreamKey},
+    event::{Event, Op},
+    netns::NetnsState,
+};
+
+/// Beyond the no-collision maximum of Linux's connect() (+2..16) a step means skipped ports.
+const MAX_NO_COLLISION_STEP: u32 = 16;
+/// Bound on per-stream "last port" memory for step sizes, and on remembered chosen ports.
+const MAX_KEYS: usize = 65_536;
+
+/// Feeds events into counters and keeps the recent ones for pattern analysis.
+pub struct Aggregator {
+    pub metrics: Metrics,
+    window: VecDeque<Event>,
+    window_cap: usize,
+    /// The previous port of each stream, for step sizes.
+    last_port: HashMap<StreamKey, u16>,
+    /// Range span per namespace, from the last refresh (steps wrap around the range).
+    spans: HashMap<u32, u32>,
+    lost_seen: u64,
+    unresolved_seen: u64,
+    /// Events arrived since the last pattern analysis.
+    dirty: bool,
+    /// Ports the kernel chose for TCP bind/listen (not hazards when listened on).
+    chosen: HashSet<(u32, u16)>,
+    pub top_destinations: usize,
+}
+
+pub(super) fn netns_label(n: u32) -> String {
+    n.to_string()
+}
+
+impl Aggregator {
+    pub fn new(window_cap: usize, top_destinations: usize) -> Self {
+        Self {
+            metrics: Metrics::new(),
+            window: VecDeque::new(),
+            window_cap: window_cap.max(1),
+            last_port: HashMap::new(),
+            spans: HashMap::new(),
+            lost_seen: 0,
+            unresolved_seen: 0,
+            dirty: false,
+            chosen: HashSet::new(),
+            top_destinations,
+        }
+    }
+
+    pub fn set_window(&mut self, cap: usize) {
+        self.window_cap = cap.max(1);
+        while self.window.len() > self.window_cap {
+            self.window.pop_front();
+        }
+    }
+
+    pub fn ingest(&mut self, e: Event) {
+        if e.is_ok() {
+            self.observe_step(&e);
+        }
+        let m = &self.metrics.events;
+        let (proto, family, op) = (e.proto.name(), e.family.name(), e.op.name());
+        if e.is_ok() {
+            m.assignments.with_label_values(&[proto, family, op]).inc();
+            if e.is_self_connect() {
+                m.self_connects.inc();
+            }
+            if e.is_kernel_chosen_listen_port() {
+                if self.chosen.len() >= MAX_KEYS {
+                    self.chosen.clear();
+                }
+                self.chosen.insert((e.netns, e.port));
+            }
+        } else {
+            m.failures
+                .with_label_values(&[proto, family, op, &e.result.name()])
+                .inc();
+        }
+        if let Some(ns) = e.latency_ns {
+            let result = if e.is_ok() { "ok" } else { "failed" };
+            m.search
+                .with_label_values(&[proto, op, result])
+                .observe(ns as f64 / 1e9);
+        }
+        m.last_event.set(e.ts_ns as f64 / 1e9);
+        if self.window.len() >= self.window_cap {
+            self.window.pop_front();
+        }
+        self.window.push_back(e);
+        self.dirty = true;
+    }
+
+    /// Step from the stream's previous port: the histogram, and skips of occupied ports.
+    fn observe_step(&mut self, e: &Event) {
+        let key = StreamKey::of(e);
+        if self.last_port.len() >= MAX_KEYS && !self.last_port.contains_key(&key) {
+            self.last_port.clear();
+        }
+        let span = *self
+            .spans
+            .get(&e.netns)
+            .unwrap_or(&((DEFAULT_RANGE.1 - DEFAULT_RANGE.0) as u32 + 1));
+        let Some(prev) = self.last_port.insert(key, e.port) else {
+            return;
+        };
+        // Forward distance within the range: the kernel's counters wrap around it.
+        let step = (e.port as i64 - prev as i64).rem_euclid(span as i64) as u32;
+        let labels = [e.proto.name(), e.op.name()];
+        let m = &self.metrics.events;
+        m.step_size.with_label_values(&labels).observe(step as f64);
+        if e.op == Op::Connect
+            && step > MAX_NO_COLLISION_STEP
+            && step <= (span / 16).max(MAX_NO_COLLISION_STEP)
+        {
+            m.skips.with_label_values(&labels).inc();
+        }
+    }
+
+    /// Kernel-side drop counter (cumulative) and the ring buffer fill at the last drain.
+    pub fn set_health(&mut self, lost_total: u64, unresolved_total: u64, fill: f64) {
+        let h = &self.metrics.health;
+        if lost_total > self.lost_seen {
+            h.events_lost.inc_by(lost_total - self.lost_seen);
+            self.lost_seen = lost_total;
+        }
+        if unresolved_total > self.unresolved_seen {
+            h.unresolved.inc_by(unresolved_total - self.unresolved_seen);
+            self.unresolved_seen = unresolved_total;
+        }
+        h.ring_fill.set(fill);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        h.last_drain.set(now);
+    }
+
+    /// What a refresh needs from the aggregator, taken under its lock (cheap): the event
+    /// window only when it changed since the last pattern analysis.
+    pub fn refresh_input(&mut self, now_ns: u64) -> RefreshInput {
+        let events = self.dirty.then(|| self.window.iter().cloned().collect());
+        self.dirty = false;
+        let mut newest: HashMap<u32, Event> = HashMap::new();
+        for e in self.window.iter().rev() {
+            newest.entry(e.netns).or_insert_with(|| e.clone());
+        }
+        RefreshInput {
+            events,
+            newest_per_netns: newest.into_values().collect(),
+            connects: self
+                .window
+                .iter()
+                .filter(|e| e.op == Op::Connect && e.is_ok())
+                .filter_map(|e| Some((e.netns, e.destination()?, e.ts_ns)))
+                .collect(),
+            chosen: self.chosen.clone(),
+            now_ns,
+            top_destinations: self.top_destinations,
+        }
+    }
+
+    /// Sets every gauge from a computed refresh (cheap; under the lock).
+    pub fn apply(&mut self, c: &Computed) {
+        for ns in &c.namespaces {
+            self.spans.insert(ns.netns, ns.range.span());
+        }
+        c.apply(&self.metrics);
+    }
+
+    /// Compute and apply in one go (tests, small windows).
+    pub fn refresh(&mut self, namespaces: &[NetnsState]) {
+        let now = self.window.back().map(|e| e.ts_ns).unwrap_or(0);
+        let input = self.refresh_input(now);
+        let computed = super::refresh::compute(input, namespaces.to_vec());
+        self.apply(&computed);
+    }
+}

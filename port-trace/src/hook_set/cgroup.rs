@@ -1,0 +1,247 @@
+//! The cgroup hook set, for kernels without kprobes or BPF trampolines: cgroup sock and
+//! sock_addr programs and sock_ops on a cgroup v2 directory (its whole subtree is traced), plus
+//! tracepoints. How each path is seen: docs/capture.md.
+
+use std::{fs, path::Path};
+
+use aya::{
+    Ebpf,
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint},
+};
+use port_trace_common::{
+    layout,
+    program::{self, CgroupKind},
+    tracepoint,
+};
+
+use super::{AttachError, Attached, PathCoverage, not_attached, program, rejected};
+use crate::kernel::probe::KernelSupport;
+
+/// What stops the cgroup set on this kernel.
+pub(super) fn missing(k: &KernelSupport) -> Vec<String> {
+    let mut why = Vec::new();
+    if k.cgroup2.is_none() {
+        why.push(
+            "no cgroup v2 mount (mount one: mount -t cgroup2 none /sys/fs/cgroup/unified)".into(),
+        );
+    }
+    for (name, f) in [
+        ("sock_ops", &k.sock_ops),
+        ("cgroup_sock", &k.cgroup_sock),
+        ("cgroup_sock_addr", &k.cgroup_sock_addr),
+        ("tracepoint", &k.tracepoint),
+    ] {
+        if !f.ok {
+            why.push(format!("{name} programs: {}", f.note));
+        }
+    }
+    if k.tracefs.is_none() {
+        why.push("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)".into());
+    }
+    why
+}
+
+/// Checks a tracepoint format file against the offsets the programs read.
+pub fn check_format(format: &str, fields: &[(&str, usize)]) -> Result<(), String> {
+    for (name, want) in fields {
+        let found = format.lines().find_map(|l| {
+            let l = l.trim();
+            let decl = l.strip_prefix("field:")?.split(';').next()?;
+            let fname = decl.split_whitespace().last()?.split('[').next()?;
+            if fname != *name {
+                return None;
+            }
+            l.split(';')
+                .find_map(|p| p.trim().strip_prefix("offset:"))
+                .and_then(|v| v.parse::<usize>().ok())
+        });
+        match found {
+            Some(off) if off == *want => {}
+            Some(off) => return Err(format!("{name} at offset {off}, expected {want}")),
+            None => return Err(format!("no field {name}")),
+        }
+    }
+    Ok(())
+}
+
+/// Every tracepoint's fields are where the programs read them, or the set is refused.
+fn check_tracepoint_formats(k: &KernelSupport) -> Result<(), AttachError> {
+    let events = k.tracefs.clone().unwrap_or_default().join("events");
+    for f in tracepoint::FORMATS {
+        let path = events.join(f.category).join(f.event).join("format");
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        check_format(&text, f.fields).map_err(|reason| AttachError::TracepointLayout {
+            tracepoint: format!("{}/{}", f.category, f.event),
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
+/// Attaches sock_ops and the cgroup programs to the cgroup v2 directory (`dir`, else the
+/// root of the cgroup v2 mount), and the tracepoints globally.
+pub(super) fn attach(
+    ebpf: &mut Ebpf,
+    k: &KernelSupport,
+    dir: Option<&Path>,
+) -> Result<Attached, AttachError> {
+    check_tracepoint_formats(k)?;
+    let dir = dir
+        .map(Path::to_path_buf)
+        .or_else(|| k.cgroup2.clone())
+        .ok_or(AttachError::NoCgroup2)?;
+    let cg = fs::File::open(&dir).map_err(|source| AttachError::Cgroup {
+        path: dir.clone(),
+        source,
+    })?;
+    let target = dir.display().to_string();
+    let mut programs = Vec::new();
+    // Single: bpf_link_create rejects the multi flag, and links stack anyway.
+    let mode = CgroupAttachMode::Single;
+    for p in program::CGROUP {
+        let attached = match p.kind {
+            CgroupKind::SockAddr => {
+                let prog: &mut CgroupSockAddr = program(ebpf, p.name)?;
+                prog.load().map_err(rejected(p.name))?;
+                prog.attach(&cg, mode).map(drop)
+            }
+            CgroupKind::Sock => {
+                let prog: &mut CgroupSock = program(ebpf, p.name)?;
+                prog.load().map_err(rejected(p.name))?;
+                prog.attach(&cg, mode).map(drop)
+            }
+            CgroupKind::SockOps => {
+                let prog: &mut SockOps = program(ebpf, p.name)?;
+                prog.load().map_err(rejected(p.name))?;
+                prog.attach(&cg, mode).map(drop)
+            }
+        };
+        attached.map_err(not_attached(p.name, &target))?;
+        programs.push(p.shown.to_string());
+    }
+    for p in program::TRACEPOINTS {
+        let prog: &mut TracePoint = program(ebpf, p.name)?;
+        prog.load().map_err(rejected(p.name))?;
+        let target = format!("{}/{}", p.category, p.event);
+        prog.attach(p.category, p.event)
+            .map_err(not_attached(p.name, &target))?;
+        programs.push(format!("tracepoint/{target}"));
+    }
+    Ok(Attached {
+        programs,
+        cgroup: Some(dir),
+    })
+}
+
+pub(super) fn coverage(k: &KernelSupport) -> Vec<PathCoverage> {
+    let has = |group| k.layout.as_ref().is_some_and(|l| l.has(group));
+    let tp_missing = |names: &[&str]| -> Option<String> {
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| k.missing_tracepoints.iter().any(|m| m == n))
+            .collect();
+        (!missing.is_empty()).then(|| format!("missing tracepoint {}", missing.join(", ")))
+    };
+    let layout_missing = |group, what: &str| -> Option<String> {
+        (!has(group)).then(|| format!("kernel BTF lacks the {what} layout"))
+    };
+    let row = PathCoverage::new;
+    vec![
+        row(
+            "tcp connect (v4/v6)",
+            "cgroup/connect4+6, sock_ops/tcp_connect_cb",
+            None,
+        ),
+        row(
+            "tcp connect failure EADDRNOTAVAIL",
+            "sock/inet_sock_set_state, syscalls/sys_exit_connect",
+            tp_missing(&["sock/inet_sock_set_state", "syscalls/sys_exit_connect"]),
+        ),
+        row(
+            "tcp+udp bind(0) (v4/v6)",
+            "cgroup/bind4+6, cgroup/post_bind4+6",
+            None,
+        ),
+        row(
+            "bind(0) failure EADDRINUSE",
+            "syscalls/sys_exit_bind",
+            tp_missing(&["syscalls/sys_exit_bind"]),
+        ),
+        row(
+            "tcp listen() autobind (v4/v6)",
+            "sock/inet_sock_set_state, syscalls/sys_exit_listen",
+            tp_missing(&["sock/inet_sock_set_state", "syscalls/sys_exit_listen"])
+                .or_else(|| layout_missing(layout::SOCK, "struct sock")),
+        ),
+        row(
+            "listen() failure EADDRINUSE",
+            "syscalls/sys_exit_listen",
+            tp_missing(&["sock/inet_sock_set_state", "syscalls/sys_exit_listen"]),
+        ),
+        row(
+            "udp autobind on connect() (v4/v6) and EAGAIN",
+            "cgroup/connect4+6, syscalls/sys_exit_connect",
+            tp_missing(&["syscalls/sys_exit_connect"])
+                .or_else(|| layout_missing(layout::SOCK, "struct sock")),
+        ),
+        row(
+            "udp autobind on sendto/sendmsg/sendmmsg (v4/v6) and EAGAIN",
+            "syscalls/sys_enter_send*, syscalls/sys_exit_send*",
+            tp_missing(&[
+                "syscalls/sys_enter_sendto",
+                "syscalls/sys_enter_sendmsg",
+                "syscalls/sys_exit_sendto",
+                "syscalls/sys_exit_sendmsg",
+            ])
+            .or_else(|| layout_missing(layout::SOCK, "struct sock"))
+            .or_else(|| layout_missing(layout::FD_WALK, "fd -> socket")),
+        ),
+        row(
+            "network namespace of each event",
+            "task->nsproxy->net_ns",
+            layout_missing(layout::NETNS, "nsproxy"),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_check_accepts_this_layout_and_rejects_a_shift() {
+        let fmt = "\
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+";
+        let set_state = tracepoint::FORMATS[0].fields;
+        assert_eq!(check_format(fmt, set_state), Ok(()));
+        let shifted = fmt.replace("offset:30", "offset:32");
+        assert!(
+            check_format(&shifted, set_state)
+                .unwrap_err()
+                .contains("protocol")
+        );
+        assert!(check_format("", set_state).is_err());
+    }
+
+    /// The formats the programs were compiled against match this kernel's (root: tracefs).
+    #[test]
+    fn this_kernel_has_the_compiled_tracepoint_layouts() {
+        let k = KernelSupport::probe(true);
+        if k.tracefs.is_none() {
+            eprintln!("skipped: tracefs not mounted (not root?)");
+            return;
+        }
+        check_tracepoint_formats(&k).unwrap();
+    }
+}
