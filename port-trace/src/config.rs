@@ -1,6 +1,10 @@
 //! `serve` configuration: an optional TOML file, overridden by flags.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -12,11 +16,34 @@ pub const DEFAULT_WINDOW_EVENTS: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {reason}")]
-    Read { path: String, reason: String },
+    #[error("cannot read config {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}")]
+    Toml {
+        path: String,
+        #[source]
+        source: TomlError,
+    },
     #[error("config {path}: {reason}")]
-    Parse { path: String, reason: String },
+    Invalid { path: String, reason: String },
+    #[error("config {path}: refresh_interval {value:?}")]
+    Duration {
+        path: String,
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
 }
+
+/// A TOML syntax or type error, on one line: toml's message names the line and column but
+/// spans several lines with a caret drawing.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.to_string().trim().replace('\n', " "))]
+pub struct TomlError(toml::de::Error);
 
 /// The file's shape. Every key is optional; unknown keys are errors (a typo must not be
 /// silently ignored).
@@ -71,13 +98,16 @@ pub fn check_ring_kib(k: u32) -> Result<(), String> {
 impl FileConfig {
     /// The checks TOML types cannot express; the same for the file and the flags.
     pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
-        let bad = |reason: String| ConfigError::Parse {
+        let bad = |reason: String| ConfigError::Invalid {
             path: source.into(),
             reason,
         };
         if let Some(r) = &self.refresh_interval {
-            humantime::parse_duration(r)
-                .map_err(|e| bad(format!("refresh_interval {r:?}: {e}")))?;
+            humantime::parse_duration(r).map_err(|e| ConfigError::Duration {
+                path: source.into(),
+                value: r.clone(),
+                source: e,
+            })?;
         }
         if let Some(k) = self.ring_kib {
             check_ring_kib(k).map_err(bad)?;
@@ -90,19 +120,18 @@ impl FileConfig {
 }
 
 pub fn parse(text: &str, path: &str) -> Result<FileConfig, ConfigError> {
-    let parsed: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+    let parsed: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Toml {
         path: path.into(),
-        // toml's message names the line and column.
-        reason: e.to_string().trim().replace('\n', " "),
+        source: TomlError(e),
     })?;
     parsed.validate(path)?;
     Ok(parsed)
 }
 
 pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
     })?;
     parse(&text, &path.display().to_string())
 }
@@ -153,12 +182,10 @@ mod tests {
             "listen = \"127.0.0.1:9864\"\ntop_destinations = \"ten\"\n",
             "p.toml",
         )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("line 2"), "{err}");
-        let err = parse("\n\nlisten_addr = \"x\"\n", "p.toml")
-            .unwrap_err()
-            .to_string();
+        .unwrap_err();
+        let err = crate::errors::chain(&err);
+        assert!(err.contains("line 2") && !err.contains('\n'), "{err}");
+        let err = crate::errors::chain(&parse("\n\nlisten_addr = \"x\"\n", "p.toml").unwrap_err());
         assert!(
             err.contains("line 3") && err.contains("listen_addr"),
             "{err}"
