@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
+use port_trace::netns::{NetnsRef, dump_sockets, read_range};
 use port_trace::pressure::{
-    self, NetnsRef, Proto, SockState, SocketRecord, connect_pressure, dump_sockets,
-    listeners_in_range, read_range,
+    self, Proto, SockState, SocketRecord, connect_pressure, listeners_in_range,
 };
 use socket2::{Domain, Socket, Type};
 
