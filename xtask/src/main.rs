@@ -1,10 +1,11 @@
-//! `cargo xtask`: set up the eBPF toolchain, build, run and test port-trace.
+//! `cargo xtask`: set up the eBPF toolchain, build, run, lint and test port-trace.
 //!
 //! One module per command; this file is only the command line and its dispatch.
 //!
 //! - `cargo xtask setup`: install what building the eBPF object needs (nightly rust-src,
 //!   llvm-22-dev, bpf-linker), or print the commands where it cannot.
 //! - `cargo xtask run [-- ARGS]`: setup, build, run `port-trace ARGS` (default: `trace`).
+//! - `cargo xtask lint`: rustfmt, then clippy on the host crates and on the eBPF crate.
 //! - `cargo xtask test`: setup, build, run every test (root tests load real eBPF programs).
 
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod build;
+mod lint;
 mod run;
 mod setup;
 mod shell;
@@ -45,6 +47,8 @@ enum Cmd {
     },
     /// Measure what tracing costs a loopback connect() workload (root).
     Bench,
+    /// Check formatting, then run clippy with -D warnings on the host crates and the eBPF crate.
+    Lint,
     /// Boot stock Debian 6.1 kernels under qemu and run the capture tests there once per hook
     /// set; print a kernel x hook-set matrix, fail on any mismatch.
     VmTest {
@@ -93,6 +97,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Build { release } => done(build::command(release)),
         Cmd::Run { release, args } => run::command(release, args),
         Cmd::Bench => bench::command(),
+        Cmd::Lint => done(lint::command()),
         Cmd::VmTest { flavours, hooks } => done(vm::matrix::command(&flavours, &hooks)),
         Cmd::VmCheck { flavours, hooks } => done(vm::check::command(&flavours, hooks.as_deref())),
         Cmd::Test { no_vm, args } => test::command(no_vm, &args),
