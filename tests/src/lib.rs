@@ -29,7 +29,7 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: needs root, and CI=true forbids skipping");
     }
-    eprintln!("skipped {test}: needs root to load eBPF programs");
+    eprintln!("skipped {test}: needs root to load eBPF programs and make network namespaces");
     false
 }
 
@@ -84,38 +84,53 @@ impl Netns {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &self.name,
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("{key}={value}"),
-        ]))?;
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")])?;
         Ok(())
+    }
+
+    /// Narrows (or widens) the namespace's ephemeral range, `net.ipv4.ip_local_port_range`.
+    pub fn set_port_range(&self, low: u16, high: u16) -> Result<()> {
+        self.sysctl("net.ipv4.ip_local_port_range", &format!("{low} {high}"))
+    }
+
+    /// Runs `args` in this namespace with `ip netns exec`; returns its stdout.
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args))
     }
 
     /// Runs `f` on a new thread that has entered this namespace and is named `comm`.
     /// Returns f's result and the thread id.
-    pub fn run<T: Send + 'static>(
-        &self,
-        comm: &str,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<(T, u32)> {
+    pub fn run<T: Send>(&self, comm: &str, f: impl FnOnce() -> T + Send) -> Result<(T, u32)> {
+        self.on_thread(Some(comm), || {
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            (f(), tid)
+        })
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace; sockets it makes stay in it.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        self.on_thread(None, f)
+    }
+
+    fn on_thread<T: Send>(&self, comm: Option<&str>, f: impl FnOnce() -> T + Send) -> Result<T> {
         let path = format!("/run/netns/{}", self.name);
-        let comm = comm.to_string();
-        std::thread::Builder::new()
-            .name(comm.clone())
-            .spawn(move || -> Result<(T, u32)> {
-                let f_ns = fs::File::open(&path)?;
-                // setns(CLONE_NEWNET) moves only this thread.
-                nix::sched::setns(f_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let tid = nix::unistd::gettid().as_raw() as u32;
-                Ok((f(), tid))
-            })?
-            .join()
-            .map_err(|_| anyhow::anyhow!("workload thread panicked"))?
+        let mut thread = std::thread::Builder::new();
+        if let Some(comm) = comm {
+            thread = thread.name(comm.to_string());
+        }
+        std::thread::scope(|scope| {
+            thread
+                .spawn_scoped(scope, move || -> Result<T> {
+                    let f_ns = fs::File::open(&path)?;
+                    // setns(CLONE_NEWNET) moves only this thread.
+                    nix::sched::setns(f_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+                    Ok(f())
+                })?
+                .join()
+                .map_err(|_| anyhow::anyhow!("workload thread panicked"))?
+        })
     }
 }
 

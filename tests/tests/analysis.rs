@@ -120,8 +120,7 @@ fn exhaustion_is_attributed_to_its_destination() {
     let a = v4([127, 0, 0, 1], 5000);
     let b = v4([127, 0, 0, 2], 5000);
     let setup = |ns: &Netns| {
-        ns.sysctl("net.ipv4.ip_local_port_range", "40000 40005")
-            .unwrap();
+        ns.set_port_range(40000, 40005).unwrap();
     };
     let Some(v) = record_and_analyze(
         "exhaustion_is_attributed_to_its_destination",

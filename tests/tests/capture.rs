@@ -222,7 +222,7 @@ fn udp_autobind_on_send_and_connect() {
 
 /// A four-port range makes exhaustion quick and certain.
 fn narrow_range(ns: &Netns) {
-    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40003")
+    ns.set_port_range(40000, 40003)
         .expect("narrow ip_local_port_range");
 }
 

@@ -2,22 +2,15 @@
 //! is narrowed to a few ports, filled by connect(), read back through sock_diag and sysctls,
 //! and compared with `ss`.
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sched::{CloneFlags, setns};
 use port_trace::netns::{NetnsRef, dump_sockets, read_range};
 use port_trace::pressure::{
     self, Proto, SockState, SocketRecord, connect_pressure, listeners_in_range,
 };
+use port_trace_tests::{Netns, SERIAL, require_root};
 use socket2::{Domain, Socket, Type};
-
-/// The scenarios share the host's `ip` tool and /run/netns; run them one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 const SERVER_PORT: u16 = 5000;
 
@@ -25,97 +18,16 @@ fn server() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, SERVER_PORT))
 }
 
-/// False (with a message) when not root; a failure under CI=true.
-fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root (network namespaces), and CI=true");
-    }
-    eprintln!("skipping {test}: needs root (network namespaces)");
-    false
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace made with `ip netns add`, deleted on drop (also when a test panics).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "pt-pressure-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args))
-    }
-
-    fn set_range(&self, low: u16, high: u16) {
-        self.exec(&[
-            "sysctl",
-            "-w",
-            &format!("net.ipv4.ip_local_port_range={low} {high}"),
-        ]);
-    }
-
-    fn netns_ref(&self) -> NetnsRef {
-        NetnsRef::named(&self.name)
-    }
-
-    /// Runs `f` on a thread that joined this namespace; sockets it makes stay in it.
-    fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let file = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            })
-            .join()
-            .expect("namespace thread")
+/// `ss -tan` rows (state, local, peer) of `ns`.
+fn ss_tcp(ns: &Netns) -> Vec<(String, String, String)> {
+    ns.exec(&["ss", "-Htan"])
+        .expect("ss -tan")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 5).then(|| (f[0].to_string(), f[3].to_string(), f[4].to_string()))
         })
-    }
-
-    /// `ss -tan` rows (state, local, peer) of this namespace.
-    fn ss_tcp(&self) -> Vec<(String, String, String)> {
-        self.exec(&["ss", "-Htan"])
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 5).then(|| (f[0].to_string(), f[3].to_string(), f[4].to_string()))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+        .collect()
 }
 
 /// connect() to `to` until the range is exhausted (EADDRNOTAVAIL); at most `max` tries.
@@ -164,9 +76,10 @@ fn exhausted_destination_reads_full() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let host_before = read_range(&NetnsRef::Current).expect("host range");
 
-    let ns = Netns::new();
-    ns.set_range(40000, 40003);
-    let range = read_range(&ns.netns_ref()).expect("namespace range");
+    let ns = Netns::new().expect("create network namespace");
+    ns.set_port_range(40000, 40003)
+        .expect("set ip_local_port_range");
+    let range = read_range(&NetnsRef::named(&ns.name)).expect("namespace range");
     assert_eq!((range.low, range.high, range.usable), (40000, 40003, 4));
     assert_eq!(
         read_range(&NetnsRef::Current).expect("host range"),
@@ -174,27 +87,30 @@ fn exhausted_destination_reads_full() {
         "the host's own range must be unchanged"
     );
     // /proc/PID/ns/net of a thread is the same namespace reached another way.
-    let by_tid = ns.within(|| {
-        let tid = nix::unistd::gettid().as_raw() as u32;
-        read_range(&NetnsRef::Path(
-            format!("/proc/self/task/{tid}/ns/net").into(),
-        ))
-    });
+    let by_tid = ns
+        .within(|| {
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            read_range(&NetnsRef::Path(
+                format!("/proc/self/task/{tid}/ns/net").into(),
+            ))
+        })
+        .expect("namespace thread");
     assert_eq!(by_tid.expect("range via /proc/.../ns/net"), range);
 
-    let (listener, clients) = ns.within(|| {
-        let listener = TcpListener::bind(server()).expect("listen on 127.0.0.1:5000");
-        let clients = connect_until_exhausted(server(), 8);
-        (listener, clients)
-    });
+    let (listener, clients) = ns
+        .within(|| {
+            let listener = TcpListener::bind(server()).expect("listen on 127.0.0.1:5000");
+            let clients = connect_until_exhausted(server(), 8);
+            (listener, clients)
+        })
+        .expect("namespace thread");
     assert_eq!(local_ports(&clients), vec![40000, 40001, 40002, 40003]);
 
-    let sockets = dump_sockets(&ns.netns_ref()).expect("sock_diag dump");
+    let sockets = dump_sockets(&NetnsRef::named(&ns.name)).expect("sock_diag dump");
     let ours = toward_server(&sockets);
     assert_eq!(ours.len(), 4, "sock_diag: {sockets:#?}");
     assert!(ours.iter().all(|s| s.state == SockState::Established));
-    let ss_rows: Vec<_> = ns
-        .ss_tcp()
+    let ss_rows: Vec<_> = ss_tcp(&ns)
         .into_iter()
         .filter(|(_, _, peer)| peer == "127.0.0.1:5000")
         .collect();
@@ -226,13 +142,12 @@ fn exhausted_destination_reads_full() {
     drop(accepted);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let sockets = dump_sockets(&ns.netns_ref()).expect("sock_diag dump");
+        let sockets = dump_sockets(&NetnsRef::named(&ns.name)).expect("sock_diag dump");
         let ours = toward_server(&sockets);
         if ours.len() == 4 && ours.iter().all(|s| s.state == SockState::TimeWait) {
             let dest = connect_pressure(&range, &sockets);
             assert_eq!((dest[0].in_use, dest[0].pressure), (4, 1.0));
-            let tw = ns
-                .ss_tcp()
+            let tw = ss_tcp(&ns)
                 .into_iter()
                 .filter(|(st, _, peer)| st == "TIME-WAIT" && peer == "127.0.0.1:5000")
                 .count();
@@ -250,29 +165,32 @@ fn listener_inside_range_is_reported_and_skipped() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ns = Netns::new();
+    let ns = Netns::new().expect("create network namespace");
     // An even number of ports: connect() rounds its scan length down to even, so with an odd
     // count which ports it can reach depends on the hashed offset.
-    ns.set_range(40000, 40005);
-    let range = read_range(&ns.netns_ref()).expect("namespace range");
+    ns.set_port_range(40000, 40005)
+        .expect("set ip_local_port_range");
+    let range = read_range(&NetnsRef::named(&ns.name)).expect("namespace range");
     assert_eq!((range.low, range.high, range.usable), (40000, 40005, 6));
 
-    let (_listener, _inner, _bound, _udp, clients) = ns.within(|| {
-        let listener = TcpListener::bind(server()).expect("listen on 127.0.0.1:5000");
-        // A listener and a bound-only TCP socket inside the range: connect() must skip both.
-        let inner = TcpListener::bind((Ipv4Addr::LOCALHOST, 40002)).expect("listen on 40002");
-        let bound = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        bound
-            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 40004)).into())
-            .expect("bind 40004");
-        // A bound UDP socket in the range: a hazard for UDP, no obstacle for TCP connect().
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 40000)).expect("udp bind 40000");
-        let clients = connect_until_exhausted(server(), 8);
-        (listener, inner, bound, udp, clients)
-    });
+    let (_listener, _inner, _bound, _udp, clients) = ns
+        .within(|| {
+            let listener = TcpListener::bind(server()).expect("listen on 127.0.0.1:5000");
+            // A listener and a bound-only TCP socket inside the range: connect() must skip both.
+            let inner = TcpListener::bind((Ipv4Addr::LOCALHOST, 40002)).expect("listen on 40002");
+            let bound = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            bound
+                .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 40004)).into())
+                .expect("bind 40004");
+            // A bound UDP socket in the range: a hazard for UDP, no obstacle for TCP connect().
+            let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 40000)).expect("udp bind 40000");
+            let clients = connect_until_exhausted(server(), 8);
+            (listener, inner, bound, udp, clients)
+        })
+        .expect("namespace thread");
     assert_eq!(local_ports(&clients), vec![40000, 40001, 40003, 40005]);
 
-    let sockets = dump_sockets(&ns.netns_ref()).expect("sock_diag dump");
+    let sockets = dump_sockets(&NetnsRef::named(&ns.name)).expect("sock_diag dump");
     let hazards: Vec<(Proto, SockState, u16)> = listeners_in_range(&range, &sockets)
         .iter()
         .map(|s| (s.proto, s.state, s.local_port))
@@ -286,7 +204,7 @@ fn listener_inside_range_is_reported_and_skipped() {
         ],
         "sock_diag: {sockets:#?}"
     );
-    let ss_listen = ns.exec(&["ss", "-Htln"]);
+    let ss_listen = ns.exec(&["ss", "-Htln"]).expect("ss -tln");
     assert!(
         ss_listen.contains("127.0.0.1:40002"),
         "ss -tln: {ss_listen}"
@@ -299,8 +217,7 @@ fn listener_inside_range_is_reported_and_skipped() {
         .expect("127.0.0.1:5000 listed");
     assert_eq!((dest.in_use, dest.usable), (4, 4));
     assert_eq!(dest.pressure, 1.0);
-    let ss_estab = ns
-        .ss_tcp()
+    let ss_estab = ss_tcp(&ns)
         .into_iter()
         .filter(|(st, _, peer)| st == "ESTAB" && peer == "127.0.0.1:5000")
         .count();

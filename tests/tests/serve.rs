@@ -108,8 +108,7 @@ impl Daemon {
 /// A namespace whose range toward 127.0.0.1:5000 is exhausted: 4 connects, 1 EADDRNOTAVAIL.
 fn exhausted_namespace() -> (Netns, Vec<Socket>) {
     let ns = Netns::new().unwrap();
-    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40003")
-        .unwrap();
+    ns.set_port_range(40000, 40003).unwrap();
     let (keep, _) = ns
         .run("pt-serve", || {
             let dest = SocketAddr::from((Ipv4Addr::LOCALHOST, 5000));

@@ -1,0 +1,114 @@
+//! `cargo xtask test`: unit and root integration tests on this kernel, then the VM matrix; ends
+//! with one closing line, `tests: N passed, N failed`, that CI reads.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, ExitCode, Stdio},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{build::build, setup, shell::cargo, vm::matrix};
+
+/// Totals over every test binary and every VM cell.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    /// False when anything failed, including a run that never reached its result line.
+    ok: bool,
+}
+
+pub fn command(no_vm: bool, args: &[String]) -> Result<ExitCode> {
+    setup::setup(true)?;
+    let bin = build(false)?;
+    let mut tally = cargo_test(&bin, args)?;
+    if !no_vm {
+        vm_matrix(&bin, &mut tally);
+    }
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    Ok(if tally.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `cargo test` on the host crates, echoed as it comes and totalled from its result lines.
+fn cargo_test(bin: &Path, args: &[String]) -> Result<Tally> {
+    let mut child = Command::new(cargo())
+        .args([
+            "test",
+            "-p",
+            "port-trace-common",
+            "-p",
+            "port-trace",
+            "-p",
+            "port-trace-tests",
+            // Unit and integration tests; there are no doc tests to run.
+            "--tests",
+        ])
+        .args(args)
+        .env("PORT_TRACE_BIN", bin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("run cargo test")?;
+    let mut tally = Tally::default();
+    let out = BufReader::new(child.stdout.take().context("cargo test stdout")?);
+    for line in out.lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = parse_result_line(&line) {
+            tally.passed += p;
+            tally.failed += f;
+        }
+    }
+    tally.ok = child.wait()?.success();
+    Ok(tally)
+}
+
+/// Every hook set on stock kernels: each kernel x hook set counts as one test.
+fn vm_matrix(bin: &Path, tally: &mut Tally) {
+    let flavours = matrix::FLAVOURS.map(String::from);
+    let hooks = matrix::HOOK_SETS.map(String::from);
+    match matrix::run_matrix(bin, &flavours, &hooks) {
+        Ok(cells) => {
+            for cell in cells {
+                if cell.ok() {
+                    tally.passed += 1;
+                } else {
+                    tally.failed += 1;
+                    tally.ok = false;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            tally.failed += 1;
+            tally.ok = false;
+        }
+    }
+}
+
+/// Reads "test result: ok. 7 passed; 0 failed; ..." into (7, 0).
+fn parse_result_line(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let num = |word: &str| -> Option<u64> {
+        rest.split(';')
+            .find_map(|part| part.trim().strip_suffix(word))
+            .and_then(|n| n.rsplit(' ').next())
+            .and_then(|n| n.trim().parse().ok())
+    };
+    Some((num(" passed")?, num(" failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let l = "test result: ok. 7 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(super::parse_result_line(l), Some((7, 2)));
+        assert_eq!(super::parse_result_line("running 7 tests"), None);
+    }
+}

@@ -1,0 +1,266 @@
+//! Debian packages into the cache with `apt-get download`, unpacked with `dpkg`; nothing is
+//! installed on the host.
+//!
+//! The kernel is `linux-image-6.1.0-N-{cloud-,}amd64-unsigned`, the newest ABI `N` the apt lists
+//! know, falling back to older ones when a download fails (Debian bumps the ABI and drops old
+//! ones). Only `/boot/vmlinuz-*` is unpacked: console on ttyS0, BTF, kprobes and BPF
+//! trampolines are built in, so no modules are needed.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// One `.deb` in `cache/debs`, and the size apt says it has.
+#[derive(Debug, Clone)]
+pub struct Deb {
+    pub path: PathBuf,
+    size: u64,
+}
+
+impl Deb {
+    /// A file of the right size is taken as downloaded (apt-get writes under the final name).
+    fn is_cached(&self) -> bool {
+        fs::metadata(&self.path).is_ok_and(|m| m.len() == self.size)
+    }
+}
+
+/// Download (or find in `cache/debs`) the given packages' `.deb` files. Uses
+/// `apt-get download --print-uris` to learn each candidate's file name and size, so a cached
+/// file of the right name and size is reused without network access.
+pub fn download_debs(cache: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
+    let dir = cache.join("debs");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if packages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let debs = candidates(&dir, packages)?;
+    let missing: Vec<&str> = packages
+        .iter()
+        .zip(&debs)
+        .filter(|(_, deb)| !deb.is_cached())
+        .map(|(&package, _)| package)
+        .collect();
+    if !missing.is_empty() {
+        apt_download(&dir, &missing)?;
+    }
+    for deb in &debs {
+        verify_size(deb)?;
+    }
+    Ok(debs)
+}
+
+/// Each package's `.deb` path in `dir` and its size, in the order of `packages`.
+fn candidates(dir: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
+    // One call for all (apt-get takes about a second to start).
+    let out = Command::new("apt-get")
+        .args(["download", "--print-uris"])
+        .args(packages)
+        .output()
+        .context("running apt-get (is this Debian?)")?;
+    if !out.status.success() {
+        bail!(
+            "apt-get download --print-uris {} failed: {}",
+            packages.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_print_uris(&String::from_utf8_lossy(&out.stdout), dir, packages)
+}
+
+/// Reads `apt-get download --print-uris` lines:
+/// `'http://.../pool/...deb' NAME_VERSION_ARCH.deb SIZE SHA256:...` (the epoch's ':' is "%3a",
+/// as in the file apt-get download writes).
+fn parse_print_uris(text: &str, dir: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
+    let mut debs = Vec::new();
+    for &package in packages {
+        let prefix = format!("{package}_");
+        let line = text
+            .lines()
+            .filter(|l| l.starts_with('\''))
+            .find(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .with_context(|| format!("apt-get download --print-uris: no URI for {package}"))?;
+        let mut fields = line.split_whitespace().skip(1);
+        let (Some(name), Some(size)) = (fields.next(), fields.next()) else {
+            bail!("unexpected apt-get --print-uris line: {line}");
+        };
+        let size: u64 = size.parse().with_context(|| format!("size in {line}"))?;
+        debs.push(Deb {
+            path: dir.join(name),
+            size,
+        });
+    }
+    Ok(debs)
+}
+
+fn apt_download(dir: &Path, packages: &[&str]) -> Result<()> {
+    let status = Command::new("apt-get")
+        .arg("download")
+        .arg("-q")
+        // Downloading into a root-owned dir: don't try (and warn about) the _apt sandbox.
+        .args(["-o", "APT::Sandbox::User=root"])
+        .args(packages)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .status()
+        .context("running apt-get download")?;
+    if !status.success() {
+        bail!("apt-get download {} failed ({status})", packages.join(" "));
+    }
+    Ok(())
+}
+
+fn verify_size(deb: &Deb) -> Result<()> {
+    let len = fs::metadata(&deb.path)
+        .with_context(|| format!("apt-get download did not write {}", deb.path.display()))?
+        .len();
+    if len != deb.size {
+        bail!(
+            "{}: {} bytes, apt says {}",
+            deb.path.display(),
+            len,
+            deb.size
+        );
+    }
+    Ok(())
+}
+
+/// `dpkg -x deb dest` (a no-op when `dest/.done-<file name>` exists).
+pub fn extract(deb: &Path, dest: &Path) -> Result<()> {
+    let name = deb.file_name().context("a .deb path has a file name")?;
+    let stamp = dest.join(format!(".done-{}", name.to_string_lossy()));
+    if stamp.exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(dest)?;
+    run(Command::new("dpkg").arg("-x").arg(deb).arg(dest))?;
+    fs::write(&stamp, b"")?;
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The newest Debian 6.1 kernel of `flavour` ("cloud", or "" for generic), unpacked into
+/// `cache/kernel/<package>/`; returns the `vmlinuz` path. Falls back to older ABIs when the
+/// newest cannot be downloaded.
+pub fn fetch_kernel(cache: &Path, flavour: &str) -> Result<PathBuf> {
+    let infix = if flavour.is_empty() {
+        String::new()
+    } else {
+        format!("{flavour}-")
+    };
+    let abis = kernel_packages(&infix)?;
+    let mut errors = Vec::new();
+    for package in abis.iter().take(3) {
+        let dest = cache.join("kernel").join(package);
+        if let Some(vmlinuz) = find_vmlinuz(&dest)? {
+            return Ok(vmlinuz);
+        }
+        match download_debs(cache, &[package]) {
+            Ok(debs) => return unpack_vmlinuz(&debs[0].path, &dest),
+            Err(e) => errors.push(format!("{package}: {e:#}")),
+        }
+    }
+    bail!(
+        "no 6.1 {flavour} kernel could be fetched: {}",
+        errors.join("; ")
+    )
+}
+
+/// `linux-image-6.1.0-N-{infix}amd64-unsigned` packages, newest ABI first; runs `apt-get
+/// update` once when the lists know none.
+fn kernel_packages(infix: &str) -> Result<Vec<String>> {
+    let mut abis = kernel_abis(infix)?;
+    if abis.is_empty() {
+        run(Command::new("apt-get")
+            .args(["update", "-q"])
+            .stdout(Stdio::null()))?;
+        abis = kernel_abis(infix)?;
+    }
+    if abis.is_empty() {
+        bail!("apt knows no linux-image-6.1.0-N-{infix}amd64-unsigned (is bookworm in sources?)");
+    }
+    Ok(abis.into_iter().map(|(_, package)| package).collect())
+}
+
+/// ABI numbers `N` of `linux-image-6.1.0-N-{flavour}amd64-unsigned` the apt lists know, newest
+/// first.
+fn kernel_abis(flavour_infix: &str) -> Result<Vec<(u32, String)>> {
+    let out = Command::new("apt-cache")
+        .args(["pkgnames", "linux-image-6.1.0-"])
+        .output()
+        .context("running apt-cache")?;
+    let suffix = format!("-{flavour_infix}amd64-unsigned");
+    let mut abis: Vec<(u32, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|name| {
+            let abi = name
+                .strip_prefix("linux-image-6.1.0-")?
+                .strip_suffix(&suffix)?;
+            // Digits only: this also excludes "-rt-" and "-cloud-" when asking for generic.
+            Some((abi.parse().ok()?, name.to_string()))
+        })
+        .collect();
+    abis.sort_by_key(|&(abi, _)| std::cmp::Reverse(abi));
+    Ok(abis)
+}
+
+/// Only /boot: the modules (most of the package) are not needed.
+fn unpack_vmlinuz(deb: &Path, dest: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dest)?;
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(r#"dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards './boot/vmlinuz-*'"#)
+        .arg("sh")
+        .arg(deb)
+        .arg(dest))?;
+    find_vmlinuz(dest)?.with_context(|| format!("no boot/vmlinuz-* in {}", deb.display()))
+}
+
+fn find_vmlinuz(dir: &Path) -> Result<Option<PathBuf>> {
+    let Ok(entries) = fs::read_dir(dir.join("boot")) else {
+        return Ok(None);
+    };
+    for e in entries {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with("vmlinuz-") {
+            return Ok(Some(e.path()));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn reads_print_uris_lines_in_the_order_asked() {
+        let text = "'http://deb.example/pool/main/b/busybox/busybox-static_1%3a1.35.0-4_amd64.deb' \
+                    busybox-static_1%3a1.35.0-4_amd64.deb 1000 SHA256:ab\n\
+                    'http://deb.example/pool/main/s/seabios/seabios_1.16.2-1_all.deb' \
+                    seabios_1.16.2-1_all.deb 2000 SHA256:cd\n";
+        let dir = Path::new("/cache/debs");
+        let debs = super::parse_print_uris(text, dir, &["seabios", "busybox-static"]).unwrap();
+        assert_eq!(debs[0].path, dir.join("seabios_1.16.2-1_all.deb"));
+        assert_eq!(debs[0].size, 2000);
+        assert_eq!(
+            debs[1].path,
+            dir.join("busybox-static_1%3a1.35.0-4_amd64.deb")
+        );
+        assert!(super::parse_print_uris(text, dir, &["qemu-system-x86"]).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! `cargo xtask vm-test` (and the VM part of `cargo xtask test`): boot each stock kernel once
+//! and run the capture tests there once per hook set; each run prints a `PORT-TRACE-MATRIX:`
+//! line that becomes one cell of a kernel x hook-set table.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{boot_flavour, cache_dir, initramfs, qemu, with_libraries};
+use crate::{
+    build::build,
+    setup,
+    shell::{cargo, which_path},
+};
+
+/// Debian 6.1 kernel flavours: `linux-image-…-cloud-amd64` and `linux-image-…-amd64`.
+pub const FLAVOURS: [&str; 2] = ["cloud", "generic"];
+/// Every hook set port-trace has.
+pub const HOOK_SETS: [&str; 3] = ["fexit", "kprobe", "cgroup"];
+
+/// How long one kernel may take to boot and run the capture tests for every hook set.
+const TIMEOUT_SECS: u64 = 1500;
+const MARK: &str = "PORT-TRACE-MATRIX:";
+
+/// One kernel x hook set: "ok", "FAIL", or "missing" when the guest printed no line for it.
+pub struct Cell {
+    pub kernel: String,
+    pub hooks: String,
+    pub verdict: String,
+}
+
+impl Cell {
+    pub fn ok(&self) -> bool {
+        self.verdict == "ok"
+    }
+}
+
+pub fn command(flavours: &[String], hooks: &[String]) -> Result<()> {
+    setup::setup(true)?;
+    let bin = build(false)?;
+    let cells = run_matrix(&bin, flavours, hooks)?;
+    if !cells.iter().all(Cell::ok) {
+        bail!("vm-test: a kernel or hook set failed the capture tests");
+    }
+    Ok(())
+}
+
+/// Boots each kernel and runs the capture tests per hook set; prints and returns the cells. A
+/// kernel that fails to boot is an error.
+pub fn run_matrix(bin: &Path, flavours: &[String], hooks: &[String]) -> Result<Vec<Cell>> {
+    let cache = cache_dir()?;
+    let qemu = qemu::fetch_qemu(&cache)?;
+    let files = with_libraries(&guest_programs(bin)?)?;
+    let script = initramfs::init_script(&guest_body(hooks));
+    let initramfs = initramfs::build_initramfs(&cache, &files, &script)?;
+    let mut cells = Vec::new();
+    for flavour in flavours {
+        let console = boot_flavour(&qemu, &cache, &initramfs, flavour, TIMEOUT_SECS)?;
+        cells.extend(read_cells(&console, flavour, hooks));
+    }
+    print_table(&cells);
+    Ok(cells)
+}
+
+/// port-trace, the capture test binary, and the tools the tests drive (host path, guest path).
+fn guest_programs(bin: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut bins = vec![
+        (bin.to_path_buf(), "/port-trace".to_string()),
+        (capture_test_binary()?, "/capture".to_string()),
+    ];
+    for tool in ["ip", "sysctl"] {
+        let p = which_path(tool)?;
+        let g = p.display().to_string();
+        bins.push((p, g));
+    }
+    Ok(bins)
+}
+
+/// The capture test binary, built but not run.
+fn capture_test_binary() -> Result<PathBuf> {
+    let out = Command::new(cargo())
+        .args([
+            "test",
+            "-p",
+            "port-trace-tests",
+            "--test",
+            "capture",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("build the capture tests")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"executable\"") && l.contains("\"capture\""))
+        .find_map(|l| {
+            let i = l.find("\"executable\":\"")? + 14;
+            let end = l[i..].find('"')? + i;
+            Some(PathBuf::from(&l[i..end]))
+        })
+        .context("no capture test executable in cargo's output")
+}
+
+/// The guest's shell body: one run of the capture tests per hook set, each ending with a
+/// matrix line; exits 1 when any failed.
+fn guest_body(hooks: &[String]) -> String {
+    let mut body = String::from(
+        "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\nmkdir -p /sys/fs/cgroup /tmp /run/netns /etc\nmount -t cgroup2 none /sys/fs/cgroup\nmount -t tmpfs tmpfs /run\nmkdir -p /run/netns\nip link set lo up\nrc=0\n",
+    );
+    for h in hooks {
+        let _ = writeln!(
+            body,
+            "if PORT_TRACE_BIN=/port-trace PORT_TRACE_HOOKS={h} CI=true /capture --test-threads=1 --nocapture 2>&1; then echo \"{MARK} {h} ok\"; else echo \"{MARK} {h} FAIL\"; rc=1; fi"
+        );
+    }
+    body.push_str("exit $rc\n");
+    body
+}
+
+/// One cell per hook set from `kernel`'s console: the word after `PORT-TRACE-MATRIX: HOOKS`.
+fn read_cells(console: &str, kernel: &str, hooks: &[String]) -> Vec<Cell> {
+    hooks
+        .iter()
+        .map(|h| {
+            let line = console
+                .lines()
+                .find(|l| l.starts_with(&format!("{MARK} {h} ")));
+            let verdict = line
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap_or("missing")
+                .to_string();
+            Cell {
+                kernel: kernel.to_string(),
+                hooks: h.clone(),
+                verdict,
+            }
+        })
+        .collect()
+}
+
+fn print_table(cells: &[Cell]) {
+    println!("kernel    hook set  capture tests (Debian 6.1 under qemu)");
+    for c in cells {
+        println!("{:<9} {:<9} {}", c.kernel, c.hooks, c.verdict);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_one_cell_per_hook_set() {
+        let hooks: Vec<String> = super::HOOK_SETS.map(String::from).to_vec();
+        let console =
+            "test result: ok.\nPORT-TRACE-MATRIX: fexit ok\nPORT-TRACE-MATRIX: kprobe FAIL\n";
+        let cells = super::read_cells(console, "cloud", &hooks);
+        let verdicts: Vec<&str> = cells.iter().map(|c| c.verdict.as_str()).collect();
+        assert_eq!(verdicts, ["ok", "FAIL", "missing"]);
+        assert!(cells[0].ok() && !cells[1].ok());
+        assert_eq!(
+            (cells[2].kernel.as_str(), cells[2].hooks.as_str()),
+            ("cloud", "cgroup")
+        );
+        // The guest body prints exactly the lines read back.
+        let body = super::guest_body(&hooks[..1]);
+        assert!(body.contains("echo \"PORT-TRACE-MATRIX: fexit ok\""));
+    }
+}
