@@ -69,8 +69,8 @@
 //! (the gaps are all 1), so it yields `insufficient-data` globally.
 
 use super::stats::{
-    Ring, binomial_upper_tail, chi_square_uniform, correlation_p_value, predictor, spearman,
-    spearman_upper_bound, step_stats,
+    Ring, StepStats, binomial_upper_tail, chi_square_uniform, correlation_p_value, predictor,
+    spearman, spearman_upper_bound, step_stats,
 };
 use super::{PortRange, Sample, StreamKey};
 use serde::{Deserialize, Serialize};
@@ -235,69 +235,8 @@ pub fn classify(ports: &[u16], range: PortRange) -> StreamAnalysis {
     let n = offsets.len();
     let st = step_stats(&offsets, &ring);
     let (hits, predictions) = predictor(&offsets, &ring);
-    let (seq_like, near_p) = near_test(st.near, st.steps, &ring, SEQ_MIN_SHARE_NEAR);
-    let predictor_p =
-        (predictions > 0).then(|| binomial_upper_tail(hits, predictions, ring.predictor_chance()));
-    let chi = chi_square_uniform(&offsets, &ring);
-    let forward_p = (st.steps > 0).then(|| binomial_upper_tail(st.forward, st.steps, 0.5));
-    let tests = StreamTests {
-        near_steps_p: near_p,
-        predictor_p,
-        forward_p,
-        uniformity_chi2: chi.map(|c| c.statistic),
-        uniformity_df: chi.map(|c| c.df),
-        uniformity_p: chi.map(|c| c.p_value),
-    };
-    let no_structure = |p: Option<f64>| p.is_none_or(|p| p >= RANDOM_ALPHA);
-    let random_like = no_structure(near_p)
-        && no_structure(predictor_p)
-        && no_structure(forward_p)
-        && no_structure(tests.uniformity_p);
-    let share_near = share(st.near, st.steps);
-    let (pattern, reason) = if n < MIN_SAMPLES {
-        (
-            Pattern::InsufficientData,
-            format!("{n} in-range samples, need at least {MIN_SAMPLES}"),
-        )
-    } else if seq_like && !random_like {
-        (
-            Pattern::Sequential,
-            format!(
-                "{} of {} steps are forward steps of at most {} (p = {:.2e} under uniform random)",
-                st.near,
-                st.steps,
-                ring.near_max(),
-                near_p.unwrap_or(f64::NAN)
-            ),
-        )
-    } else if random_like && !seq_like {
-        (
-            Pattern::Random,
-            format!(
-                "no structure: near steps p = {:.2e}, predictor p = {:.2e}, forward p = {:.2e}, uniformity p = {}",
-                near_p.unwrap_or(f64::NAN),
-                predictor_p.unwrap_or(f64::NAN),
-                forward_p.unwrap_or(f64::NAN),
-                tests
-                    .uniformity_p
-                    .map_or("n/a".to_string(), |p| format!("{p:.2e}"))
-            ),
-        )
-    } else {
-        (
-            Pattern::InsufficientData,
-            format!(
-                "tests undecided: {:.0}% near steps (p = {:.2e}), predictor p = {:.2e}, forward p = {:.2e}, uniformity p = {}",
-                100.0 * share_near.unwrap_or(0.0),
-                near_p.unwrap_or(f64::NAN),
-                predictor_p.unwrap_or(f64::NAN),
-                forward_p.unwrap_or(f64::NAN),
-                tests
-                    .uniformity_p
-                    .map_or("n/a".to_string(), |p| format!("{p:.2e}"))
-            ),
-        )
-    };
+    let (seq_like, tests) = stream_tests(&offsets, &st, (hits, predictions), &ring);
+    let (pattern, reason) = stream_verdict(n, seq_like, &tests, &st, &ring);
     StreamAnalysis {
         pattern,
         local_pattern: pattern,
@@ -307,7 +246,7 @@ pub fn classify(ports: &[u16], range: PortRange) -> StreamAnalysis {
         median_step: st.median,
         mode_step: st.mode,
         share_small_steps: share(st.small, st.steps),
-        share_near_steps: share_near,
+        share_near_steps: share(st.near, st.steps),
         parity: Parity {
             even_ports: share(st.even_ports, n),
             even_steps: share(st.even_steps, st.steps),
@@ -316,6 +255,90 @@ pub fn classify(ports: &[u16], range: PortRange) -> StreamAnalysis {
         near_max: ring.near_max(),
         tests,
         reason,
+    }
+}
+
+/// Runs the four structure tests; returns (sequential-like by the near test, p-values).
+fn stream_tests(
+    offsets: &[u32],
+    st: &StepStats,
+    (hits, predictions): (usize, usize),
+    ring: &Ring,
+) -> (bool, StreamTests) {
+    let (seq_like, near_p) = near_test(st.near, st.steps, ring, SEQ_MIN_SHARE_NEAR);
+    let predictor_p =
+        (predictions > 0).then(|| binomial_upper_tail(hits, predictions, ring.predictor_chance()));
+    let chi = chi_square_uniform(offsets, ring);
+    let forward_p = (st.steps > 0).then(|| binomial_upper_tail(st.forward, st.steps, 0.5));
+    let tests = StreamTests {
+        near_steps_p: near_p,
+        predictor_p,
+        forward_p,
+        uniformity_chi2: chi.map(|c| c.statistic),
+        uniformity_df: chi.map(|c| c.df),
+        uniformity_p: chi.map(|c| c.p_value),
+    };
+    (seq_like, tests)
+}
+
+/// Random-like when no test finds structure at [`RANDOM_ALPHA`]; a test not run finds none.
+fn random_like(tests: &StreamTests) -> bool {
+    let no_structure = |p: Option<f64>| p.is_none_or(|p| p >= RANDOM_ALPHA);
+    no_structure(tests.near_steps_p)
+        && no_structure(tests.predictor_p)
+        && no_structure(tests.forward_p)
+        && no_structure(tests.uniformity_p)
+}
+
+/// A p-value in reason texts, `n/a` when the test did not run.
+fn p_or_na(p: Option<f64>) -> String {
+    p.map_or("n/a".to_string(), |p| format!("{p:.2e}"))
+}
+
+/// Decides one stream: too few samples, sequential-like, random, or undecided if tests disagree.
+fn stream_verdict(
+    n: usize,
+    seq_like: bool,
+    tests: &StreamTests,
+    st: &StepStats,
+    ring: &Ring,
+) -> (Pattern, String) {
+    let random_like = random_like(tests);
+    let near_p = tests.near_steps_p.unwrap_or(f64::NAN);
+    let predictor_p = tests.predictor_p.unwrap_or(f64::NAN);
+    let forward_p = tests.forward_p.unwrap_or(f64::NAN);
+    if n < MIN_SAMPLES {
+        (
+            Pattern::InsufficientData,
+            format!("{n} in-range samples, need at least {MIN_SAMPLES}"),
+        )
+    } else if seq_like && !random_like {
+        (
+            Pattern::Sequential,
+            format!(
+                "{} of {} steps are forward steps of at most {} (p = {near_p:.2e} under uniform random)",
+                st.near,
+                st.steps,
+                ring.near_max(),
+            ),
+        )
+    } else if random_like && !seq_like {
+        (
+            Pattern::Random,
+            format!(
+                "no structure: near steps p = {near_p:.2e}, predictor p = {predictor_p:.2e}, forward p = {forward_p:.2e}, uniformity p = {}",
+                p_or_na(tests.uniformity_p)
+            ),
+        )
+    } else {
+        (
+            Pattern::InsufficientData,
+            format!(
+                "tests undecided: {:.0}% near steps (p = {near_p:.2e}), predictor p = {predictor_p:.2e}, forward p = {forward_p:.2e}, uniformity p = {}",
+                100.0 * share(st.near, st.steps).unwrap_or(0.0),
+                p_or_na(tests.uniformity_p)
+            ),
+        )
     }
 }
 
@@ -358,188 +381,326 @@ pub struct GlobalAnalysis {
 /// Classifies the sequence across destinations; see the module docs.
 /// `samples` may be in any order; they are sorted by `ts_ns` (stable).
 pub fn classify_global(samples: &[Sample], range: PortRange) -> GlobalAnalysis {
-    let ring = Ring::new(range);
-    let any_dest = samples.iter().any(|s| s.key.has_destination());
-    let mut seq: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| !any_dest || s.key.has_destination())
-        .filter(|s| ring.offset(s.port).is_some())
-        .collect();
-    seq.sort_by_key(|s| s.ts_ns);
-    let ports: Vec<u16> = seq.iter().map(|s| s.port).collect();
-    let mut sequence = classify(&ports, range);
-    // Out-of-range samples were filtered above; count them here.
-    sequence.out_of_range = samples
-        .iter()
-        .filter(|s| !any_dest || s.key.has_destination())
-        .count()
-        - seq.len();
-
-    // Positions of each stream's samples in the global order.
-    let mut by_key: BTreeMap<&StreamKey, Vec<usize>> = BTreeMap::new();
-    for (i, s) in seq.iter().enumerate() {
-        by_key.entry(&s.key).or_default().push(i);
+    let global = GlobalSequence::new(samples, range);
+    let sequence = global.classify_whole(range);
+    let cross = global.cross_steps();
+    let streams = global.stream_verdicts(range);
+    let counter = global.counter_test(&streams.sequential_positions);
+    let verdict = decide_global(&global, sequence.local_pattern, &cross, &streams, &counter);
+    GlobalAnalysis {
+        pattern: verdict.pattern,
+        samples: global.samples.len(),
+        destinations: global.by_key.len(),
+        sequence,
+        cross_steps: cross.count,
+        cross_share_near: share(cross.near, cross.count),
+        cross_near_p: cross.near_p,
+        streams_sequential: streams.sequential,
+        streams_random: streams.random,
+        streams_undecided: streams.undecided,
+        counter_pairs: counter.pairs,
+        counter_rho: counter.rho,
+        counter_p: counter.p,
+        counter_rho_upper: counter.rho_upper,
+        shared_counter: verdict.shared_counter,
+        single_sequence: verdict.single_sequence,
+        reason: verdict.reason,
     }
-    let offset = |i: usize| ring.offset(seq[i].port).unwrap_or(0);
+}
 
-    // Cross-stream steps.
-    let cross: Vec<u32> = (1..seq.len())
-        .filter(|&i| seq[i].key != seq[i - 1].key)
-        .map(|i| ring.step(offset(i - 1), offset(i)))
-        .collect();
-    let cross_near = cross
-        .iter()
-        .filter(|&&s| s > 0 && s <= ring.near_max())
-        .count();
-    let (cross_seq, cross_near_p) =
-        near_test(cross_near, cross.len(), &ring, SINGLE_MIN_SHARE_NEAR);
+/// The global sequence in time order, and where each stream's samples sit in it.
+struct GlobalSequence<'a> {
+    ring: Ring,
+    samples: Vec<&'a Sample>,
+    /// Global positions of each stream's samples.
+    by_key: BTreeMap<&'a StreamKey, Vec<usize>>,
+    /// Samples dropped for being outside the usable range.
+    out_of_range: usize,
+}
 
-    // Per-stream verdicts.
-    let (mut n_seq, mut n_rand, mut n_und) = (0, 0, 0);
-    let mut seq_streams = Vec::new();
-    for positions in by_key.values() {
-        if positions.len() < MIN_SAMPLES {
-            continue;
+/// Steps between consecutive samples of different streams.
+struct CrossSteps {
+    count: usize,
+    near: usize,
+    /// At least [`SINGLE_MIN_SHARE_NEAR`] near with p < [`SEQ_MAX_P`].
+    sequential: bool,
+    near_p: Option<f64>,
+}
+
+/// Own verdicts of the streams with at least [`MIN_SAMPLES`] samples.
+struct StreamCounts<'g> {
+    sequential: usize,
+    random: usize,
+    undecided: usize,
+    /// Global positions of each sequential-like stream's samples.
+    sequential_positions: Vec<&'g [usize]>,
+}
+
+/// Result of the shared-counter test (gap/step correlation).
+struct CounterTest {
+    pairs: usize,
+    rho: Option<f64>,
+    p: Option<f64>,
+    rho_upper: Option<f64>,
+}
+
+/// Global verdict and what it says about the counter.
+struct Verdict {
+    pattern: Pattern,
+    reason: String,
+    shared_counter: Option<bool>,
+    single_sequence: bool,
+}
+
+impl Verdict {
+    /// A verdict that says nothing about the counter.
+    fn new(pattern: Pattern, reason: String) -> Self {
+        Verdict {
+            pattern,
+            reason,
+            shared_counter: None,
+            single_sequence: false,
         }
-        let p: Vec<u16> = positions.iter().map(|&i| seq[i].port).collect();
-        match classify(&p, range).local_pattern {
-            Pattern::Sequential => {
-                n_seq += 1;
-                seq_streams.push(positions);
+    }
+}
+
+impl<'a> GlobalSequence<'a> {
+    /// Keeps in-range connects (all samples if none has a destination), stably sorted by time.
+    fn new(samples: &'a [Sample], range: PortRange) -> Self {
+        let ring = Ring::new(range);
+        let any_dest = samples.iter().any(|s| s.key.has_destination());
+        let kept: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| !any_dest || s.key.has_destination())
+            .collect();
+        let mut seq: Vec<&Sample> = kept
+            .iter()
+            .copied()
+            .filter(|s| ring.offset(s.port).is_some())
+            .collect();
+        seq.sort_by_key(|s| s.ts_ns);
+        let mut by_key: BTreeMap<&StreamKey, Vec<usize>> = BTreeMap::new();
+        for (i, s) in seq.iter().enumerate() {
+            by_key.entry(&s.key).or_default().push(i);
+        }
+        GlobalSequence {
+            ring,
+            out_of_range: kept.len() - seq.len(),
+            samples: seq,
+            by_key,
+        }
+    }
+
+    /// Offset in the ring of the sample at global position `i`.
+    fn offset(&self, i: usize) -> u32 {
+        self.ring.offset(self.samples[i].port).unwrap_or(0)
+    }
+
+    /// Classifies the whole sequence as one stream, counting the out-of-range samples dropped.
+    fn classify_whole(&self, range: PortRange) -> StreamAnalysis {
+        let ports: Vec<u16> = self.samples.iter().map(|s| s.port).collect();
+        let mut sequence = classify(&ports, range);
+        sequence.out_of_range = self.out_of_range;
+        sequence
+    }
+
+    /// Tests cross-stream steps for one counter without per-destination offset (nearly all near).
+    fn cross_steps(&self) -> CrossSteps {
+        let cross: Vec<u32> = (1..self.samples.len())
+            .filter(|&i| self.samples[i].key != self.samples[i - 1].key)
+            .map(|i| self.ring.step(self.offset(i - 1), self.offset(i)))
+            .collect();
+        let near = cross
+            .iter()
+            .filter(|&&s| s > 0 && s <= self.ring.near_max())
+            .count();
+        let (sequential, near_p) = near_test(near, cross.len(), &self.ring, SINGLE_MIN_SHARE_NEAR);
+        CrossSteps {
+            count: cross.len(),
+            near,
+            sequential,
+            near_p,
+        }
+    }
+
+    /// Classifies each stream with enough samples alone; keeps sequential-like ones for step 4.
+    fn stream_verdicts(&self, range: PortRange) -> StreamCounts<'_> {
+        let mut counts = StreamCounts {
+            sequential: 0,
+            random: 0,
+            undecided: 0,
+            sequential_positions: Vec::new(),
+        };
+        for positions in self.by_key.values() {
+            if positions.len() < MIN_SAMPLES {
+                continue;
             }
-            Pattern::Random => n_rand += 1,
-            _ => n_und += 1,
-        }
-    }
-
-    // (gap, step) pairs from sequential-like streams.
-    let (mut gaps, mut steps) = (Vec::new(), Vec::new());
-    for positions in &seq_streams {
-        for w in positions.windows(2) {
-            let s = ring.step(offset(w[0]), offset(w[1]));
-            if s > 0 && s <= counter_max_step(&ring) {
-                gaps.push((w[1] - w[0]) as f64);
-                steps.push(f64::from(s));
+            let p: Vec<u16> = positions.iter().map(|&i| self.samples[i].port).collect();
+            match classify(&p, range).local_pattern {
+                Pattern::Sequential => {
+                    counts.sequential += 1;
+                    counts.sequential_positions.push(positions);
+                }
+                Pattern::Random => counts.random += 1,
+                _ => counts.undecided += 1,
             }
         }
+        counts
     }
-    let pairs = gaps.len();
-    let gaps_vary = gaps.iter().any(|&g| g != gaps[0]);
-    let steps_vary = steps.iter().any(|&s| s != steps[0]);
-    let rho = if pairs >= 3 && gaps_vary {
-        if steps_vary {
-            spearman(&gaps, &steps)
+
+    /// (gap, step) pairs of forward steps up to [`counter_max_step`], which keeps re-salts rare.
+    fn counter_pairs(&self, streams: &[&[usize]]) -> (Vec<f64>, Vec<f64>) {
+        let (mut gaps, mut steps) = (Vec::new(), Vec::new());
+        for positions in streams {
+            for w in positions.windows(2) {
+                let s = self.ring.step(self.offset(w[0]), self.offset(w[1]));
+                if s > 0 && s <= counter_max_step(&self.ring) {
+                    gaps.push((w[1] - w[0]) as f64);
+                    steps.push(f64::from(s));
+                }
+            }
+        }
+        (gaps, steps)
+    }
+
+    /// Correlates gap with step (a shared counter's steps grow with the gap); constant steps: 0.
+    fn counter_test(&self, streams: &[&[usize]]) -> CounterTest {
+        let (gaps, steps) = self.counter_pairs(streams);
+        let pairs = gaps.len();
+        let gaps_vary = gaps.iter().any(|&g| g != gaps[0]);
+        let steps_vary = steps.iter().any(|&s| s != steps[0]);
+        let rho = if pairs >= 3 && gaps_vary {
+            if steps_vary {
+                spearman(&gaps, &steps)
+            } else {
+                Some(0.0)
+            }
         } else {
-            Some(0.0)
+            None
+        };
+        CounterTest {
+            pairs,
+            rho,
+            p: rho.map(|r| correlation_p_value(r, pairs)),
+            rho_upper: rho.map(|r| spearman_upper_bound(r, pairs)),
         }
-    } else {
-        None
-    };
-    let counter_p = rho.map(|r| correlation_p_value(r, pairs));
-    let counter_rho_upper = rho.map(|r| spearman_upper_bound(r, pairs));
+    }
+}
 
-    let mut shared_counter = None;
-    let mut single_sequence = false;
-    let (pattern, reason) = if seq.len() < MIN_SAMPLES {
-        (
+/// The module docs' steps in order: sample count, single counter, stream mix, shared counter.
+fn decide_global(
+    global: &GlobalSequence,
+    sequence: Pattern,
+    cross: &CrossSteps,
+    streams: &StreamCounts,
+    counter: &CounterTest,
+) -> Verdict {
+    let destinations = global.by_key.len();
+    if global.samples.len() < MIN_SAMPLES {
+        return Verdict::new(
             Pattern::InsufficientData,
-            format!("{} samples, need at least {MIN_SAMPLES}", seq.len()),
-        )
-    } else if by_key.len() >= 2 && cross.len() >= MIN_CROSS_STEPS && cross_seq {
-        shared_counter = Some(true);
-        single_sequence = true;
-        (
-            Pattern::Sequential,
             format!(
-                "{cross_near} of {} steps between different destinations are small forward steps \
-                 (p = {:.2e}): one counter, no per-destination offset",
-                cross.len(),
-                cross_near_p.unwrap_or(f64::NAN)
+                "{} samples, need at least {MIN_SAMPLES}",
+                global.samples.len()
             ),
-        )
-    } else if n_seq == 0 {
-        if n_rand > 0 && sequence.local_pattern == Pattern::Random {
-            (
+        );
+    }
+    if destinations >= 2 && cross.count >= MIN_CROSS_STEPS && cross.sequential {
+        return single_counter_verdict(cross);
+    }
+    if let Some(verdict) = stream_mix_verdict(streams, sequence) {
+        return verdict;
+    }
+    shared_counter_verdict(streams.sequential, counter, destinations)
+}
+
+/// Step 2: near cross-stream steps mean one counter without per-destination offset.
+fn single_counter_verdict(cross: &CrossSteps) -> Verdict {
+    Verdict {
+        pattern: Pattern::Sequential,
+        reason: format!(
+            "{} of {} steps between different destinations are small forward steps \
+             (p = {:.2e}): one counter, no per-destination offset",
+            cross.near,
+            cross.count,
+            cross.near_p.unwrap_or(f64::NAN)
+        ),
+        shared_counter: Some(true),
+        single_sequence: true,
+    }
+}
+
+/// Step 3: without sequential-like streams, random or undecided; mixed with random ones, undecided.
+fn stream_mix_verdict(streams: &StreamCounts, sequence: Pattern) -> Option<Verdict> {
+    let (n_seq, n_rand, n_und) = (streams.sequential, streams.random, streams.undecided);
+    if n_seq == 0 {
+        Some(if n_rand > 0 && sequence == Pattern::Random {
+            Verdict::new(
                 Pattern::Random,
                 format!("{n_rand} random streams, none sequential; global sequence random"),
             )
         } else {
-            (
+            Verdict::new(
                 Pattern::InsufficientData,
                 format!(
-                    "no sequential stream; {n_rand} random, {n_und} undecided; global sequence {}",
-                    sequence.local_pattern
+                    "no sequential stream; {n_rand} random, {n_und} undecided; global sequence {sequence}"
                 ),
             )
-        }
+        })
     } else if n_rand > 0 {
-        (
+        Some(Verdict::new(
             Pattern::InsufficientData,
             format!("streams disagree: {n_seq} sequential-like, {n_rand} random"),
-        )
-    } else if pairs < MIN_COUNTER_PAIRS {
-        (
+        ))
+    } else {
+        None
+    }
+}
+
+/// Step 4: with enough pairs, high gap/step correlation is shared, a low upper bound per-destination.
+fn shared_counter_verdict(n_seq: usize, counter: &CounterTest, destinations: usize) -> Verdict {
+    let pairs = counter.pairs;
+    if pairs < MIN_COUNTER_PAIRS {
+        return Verdict::new(
             Pattern::InsufficientData,
             format!(
                 "{n_seq} sequential-like streams but only {pairs} (gap, step) pairs, \
                  need {MIN_COUNTER_PAIRS} to tell a shared counter from per-destination ones"
             ),
-        )
-    } else {
-        match (rho, counter_p, counter_rho_upper) {
-            (Some(r), Some(p), _) if r >= SHARED_MIN_RHO && p < SHARED_MAX_P => {
-                shared_counter = Some(true);
-                (
-                    Pattern::Sequential,
-                    format!(
-                        "steps grow with the number of connects in between \
-                         (rho = {r:.2}, p = {p:.2e}, {pairs} pairs): one shared counter"
-                    ),
-                )
-            }
-            (Some(r), _, Some(up)) if up < SHARED_MIN_RHO => {
-                shared_counter = Some(false);
-                (
-                    Pattern::PerDestinationSequential,
-                    format!(
-                        "steps do not depend on connects to other destinations \
-                         (rho = {r:.2}, 99% upper bound {up:.2}, {pairs} pairs): per-destination counters"
-                    ),
-                )
-            }
-            (Some(r), _, _) => (
-                Pattern::InsufficientData,
-                format!("gap/step correlation rho = {r:.2} from {pairs} pairs is inconclusive"),
-            ),
-            (None, _, _) => (
-                Pattern::InsufficientData,
+        );
+    }
+    match (counter.rho, counter.p, counter.rho_upper) {
+        (Some(r), Some(p), _) if r >= SHARED_MIN_RHO && p < SHARED_MAX_P => Verdict {
+            shared_counter: Some(true),
+            ..Verdict::new(
+                Pattern::Sequential,
                 format!(
-                    "gaps between a destination's connects never vary ({} destinations): \
-                     cannot tell a shared counter from per-destination ones",
-                    by_key.len()
+                    "steps grow with the number of connects in between \
+                     (rho = {r:.2}, p = {p:.2e}, {pairs} pairs): one shared counter"
                 ),
+            )
+        },
+        (Some(r), _, Some(up)) if up < SHARED_MIN_RHO => Verdict {
+            shared_counter: Some(false),
+            ..Verdict::new(
+                Pattern::PerDestinationSequential,
+                format!(
+                    "steps do not depend on connects to other destinations \
+                     (rho = {r:.2}, 99% upper bound {up:.2}, {pairs} pairs): per-destination counters"
+                ),
+            )
+        },
+        (Some(r), _, _) => Verdict::new(
+            Pattern::InsufficientData,
+            format!("gap/step correlation rho = {r:.2} from {pairs} pairs is inconclusive"),
+        ),
+        (None, _, _) => Verdict::new(
+            Pattern::InsufficientData,
+            format!(
+                "gaps between a destination's connects never vary ({destinations} destinations): \
+                 cannot tell a shared counter from per-destination ones"
             ),
-        }
-    };
-
-    GlobalAnalysis {
-        pattern,
-        samples: seq.len(),
-        destinations: by_key.len(),
-        sequence,
-        cross_steps: cross.len(),
-        cross_share_near: share(cross_near, cross.len()),
-        cross_near_p,
-        streams_sequential: n_seq,
-        streams_random: n_rand,
-        streams_undecided: n_und,
-        counter_pairs: pairs,
-        counter_rho: rho,
-        counter_p,
-        counter_rho_upper,
-        shared_counter,
-        single_sequence,
-        reason,
+        ),
     }
 }
 
