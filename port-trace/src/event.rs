@@ -63,10 +63,12 @@ impl Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Errno(pub i32);
 
+/// Errno names by value, and values by name.
+type ErrnoNames = (HashMap<i32, &'static str>, HashMap<&'static str, i32>);
+
 /// Names of the errno values this platform knows, both ways (built once).
-fn errno_names() -> &'static (HashMap<i32, &'static str>, HashMap<&'static str, i32>) {
-    static NAMES: OnceLock<(HashMap<i32, &'static str>, HashMap<&'static str, i32>)> =
-        OnceLock::new();
+fn errno_names() -> &'static ErrnoNames {
+    static NAMES: OnceLock<ErrnoNames> = OnceLock::new();
     NAMES.get_or_init(|| {
         let mut by_value = HashMap::new();
         let mut by_name = HashMap::new();

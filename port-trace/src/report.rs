@@ -153,8 +153,11 @@ fn analyze_connects(
 /// over its socket table) and shared by its streams.
 #[derive(Default)]
 struct DestPressureCache {
-    by_netns: HashMap<u32, (HashMap<(IpAddr, u16), pressure::DestPressure>, u32)>,
+    /// Per namespace: pressure by destination, and the ports connect() may use there.
+    by_netns: HashMap<u32, (ByDestination, u32)>,
 }
+
+type ByDestination = HashMap<(IpAddr, u16), pressure::DestPressure>;
 
 impl DestPressureCache {
     /// (pressure, in use, usable) toward one destination.

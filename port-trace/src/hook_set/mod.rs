@@ -84,18 +84,19 @@ fn reasons(r: &[(HookSet, Unavailable)]) -> String {
 pub enum AttachError {
     #[error("program {0} is missing from the eBPF object")]
     Missing(String),
+    // Boxed: aya's errors are large and every hook-set step returns this.
     #[error("the kernel rejected program {name}")]
     Program {
         name: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("failed to attach {name} to {target}")]
     Attach {
         name: String,
         target: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error(
         "no cgroup v2 mount found; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup"
@@ -199,17 +200,14 @@ where
     ebpf.program_mut(name)
         .ok_or_else(|| AttachError::Missing(name.into()))?
         .try_into()
-        .map_err(|source| AttachError::Program {
-            name: name.into(),
-            source,
-        })
+        .map_err(rejected(name))
 }
 
 /// The error for a program the kernel refused to load.
 fn rejected(name: &str) -> impl FnOnce(ProgramError) -> AttachError + '_ {
     move |source| AttachError::Program {
         name: name.into(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -221,7 +219,7 @@ fn not_attached<'a>(
     move |source| AttachError::Attach {
         name: name.into(),
         target: target.into(),
-        source,
+        source: Box::new(source),
     }
 }
 

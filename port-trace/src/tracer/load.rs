@@ -31,21 +31,22 @@ pub enum LoadError {
     NoBtf(String),
     #[error("the {set} hook set cannot run here: {why}")]
     Unavailable { set: HookSet, why: String },
+    // Boxed: aya's errors are large and every start-up step returns this.
     #[error("failed to load the eBPF object")]
-    Object(#[source] EbpfError),
+    Object(#[source] Box<EbpfError>),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name} of the eBPF object")]
     Map {
         name: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("{set} hook set")]
     Attach {
         set: HookSet,
         #[source]
-        source: AttachError,
+        source: Box<AttachError>,
     },
 }
 
@@ -135,21 +136,22 @@ impl Tracer {
             .override_global("WAKEUP_BYTES", &opts.wakeup_bytes, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(EBPF_OBJECT)
-            .map_err(LoadError::Object)?;
+            .map_err(|e| LoadError::Object(Box::new(e)))?;
         let attached = set
             .attach(&mut ebpf, k, opts.cgroup.as_deref())
-            .map_err(|source| LoadError::Attach { set, source })?;
-        let ring =
-            RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| LoadError::Map {
-                name: "EVENTS",
-                source,
+            .map_err(|e| LoadError::Attach {
+                set,
+                source: Box::new(e),
             })?;
-        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?).map_err(|source| {
-            LoadError::Map {
-                name: "STATS",
-                source,
+        let map_err = |name| {
+            move |e| LoadError::Map {
+                name,
+                source: Box::new(e),
             }
-        })?;
+        };
+        let ring = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
+        let stats =
+            PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
         Ok(Self {
             _ebpf: ebpf,
             ring,
