@@ -51,8 +51,12 @@ pub enum PlotError {
     Empty,
     #[error("cannot draw the plot: {0}")]
     Draw(String),
-    #[error("cannot write {path}: {reason}")]
-    Write { path: String, reason: String },
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Name of the series that gathers everything past `max_series`.
@@ -339,9 +343,9 @@ fn draw_legend(
 /// Renders the events and writes the SVG to `path`.
 pub fn write_svg(events: &[Event], opts: &PlotOptions, path: &Path) -> Result<(), PlotError> {
     let svg = render_svg(events, opts)?;
-    std::fs::write(path, svg).map_err(|e| PlotError::Write {
-        path: path.display().to_string(),
-        reason: e.to_string(),
+    std::fs::write(path, svg).map_err(|source| PlotError::Write {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
@@ -574,7 +578,7 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, PlotError::Write { .. }));
         assert!(
-            err.to_string()
+            crate::errors::chain(&err)
                 .starts_with("cannot write /nonexistent-port-trace-dir/x.svg: ")
         );
     }

@@ -13,8 +13,13 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("cannot read kernel BTF at {path}: {reason}")]
-    Read { path: String, reason: String },
+    #[error("cannot read kernel BTF at {}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        // btf-rs reports anyhow errors, which are not std errors themselves.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("kernel BTF has no struct {0}")]
     NoStruct(String),
     #[error("kernel BTF: struct {0} has no field {1}")]
@@ -103,8 +108,8 @@ impl Layout {
 
 pub fn load(path: &Path) -> Result<Btf, LayoutError> {
     Btf::from_file(path).map_err(|e| LayoutError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
+        path: path.to_path_buf(),
+        source: e.into(),
     })
 }
 

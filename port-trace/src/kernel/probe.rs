@@ -123,7 +123,7 @@ impl KernelSupport {
                 Fact::new(true, kernel_layout::VMLINUX_BTF),
                 Some(kernel_layout::resolve(&b)),
             ),
-            Err(e) => (Fact::new(false, e.to_string()), None),
+            Err(e) => (Fact::new(false, crate::errors::chain(&e)), None),
         };
         let tracefs = tracefs(mount_tracefs && root);
         let missing_tracepoints = match &tracefs {

@@ -106,8 +106,8 @@ impl Session {
             .try_clone_to_owned()
             .map_err(SessionError::Poll)?;
         // SAFETY: `dup` is an owned descriptor that nothing else registers or closes.
-        let ring_fd = unsafe { AsyncFd::register(dup) }
-            .map_err(|e| SessionError::Poll(std::io::Error::other(e.to_string())))?;
+        let ring_fd =
+            unsafe { AsyncFd::register(dup) }.map_err(|e| SessionError::Poll(e.into_parts().1))?;
         let mut tick = tokio::time::interval(opts.drain_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(Self {
