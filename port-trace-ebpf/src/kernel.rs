@@ -2,9 +2,10 @@
 //! and the syscall the current task is in.
 //!
 //! Rust emits no CO-RE relocations, so every kernel field is read at an offset the loader
-//! resolved from the running kernel's BTF (`KernelOffsets`); a reader whose `layout::*` group
-//! was not resolved reports nothing. Every read goes through a `bpf_probe_read_*` helper, which
-//! returns an error instead of faulting on a bad address. See docs/capture.md.
+//! resolved from the running kernel's BTF (`KernelOffsets`). `Task` checks its `layout::*`
+//! groups itself; users of `Sock` check `layout::SOCK` (and `SOCK_PEER`) first. Every read goes
+//! through a `bpf_probe_read_*` helper, which returns an error instead of faulting on a bad
+//! address. See docs/capture.md.
 
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_current_task,
@@ -44,7 +45,7 @@ fn read_user<T>(addr: u64) -> Option<T> {
 /// A `struct sock *`, read through the `layout::SOCK` (and `SOCK_PEER`) offsets.
 #[derive(Clone, Copy)]
 pub struct Sock<'a> {
-    pub ptr: u64,
+    ptr: u64,
     o: &'a KernelOffsets,
 }
 
