@@ -269,8 +269,9 @@ pub mod layout {
 pub enum Stat {
     /// Events that did not fit in the ring buffer.
     Lost = 0,
-    /// Port choices seen whose socket could not be read back, or whose entry state was
-    /// evicted or did not match the return (`port_trace_unresolved_events_total`).
+    /// Port choices seen but not reported: the socket could not be read back, the entry state
+    /// was evicted or did not match the return, or (off x86_64) the syscall that asked could
+    /// not be read (`port_trace_unresolved_events_total`).
     Unresolved = 1,
 }
 
