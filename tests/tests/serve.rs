@@ -473,9 +473,12 @@ fn prometheus_evaluates_dashboard_and_alerts() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let daemon = Daemon::start();
     let prom = start_prometheus(daemon.addr);
-    // Prometheus must have scraped the daemon before the failure, so increase() sees it.
+    // Prometheus must have scraped the daemon before the failure, so increase() sees it. It
+    // answers 503 until its storage is open, slowly on a loaded machine: wait for /-/ready.
     for _ in 0..600 {
-        if TcpStream::connect(prom.addr).is_ok() && has_data(&query(&prom, "port_trace_build_info"))
+        if TcpStream::connect(prom.addr).is_ok()
+            && get(prom.addr, "/-/ready").0 == 200
+            && has_data(&query(&prom, "port_trace_build_info"))
         {
             break;
         }

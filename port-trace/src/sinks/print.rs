@@ -95,26 +95,15 @@ impl<W: Write> Printer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{HookId, Op, Proto};
-    use crate::tracer::{Clock, decode};
-    use port_trace_common::PortEvent;
+    use crate::event::{Op, Outcome, Proto, test_event};
+    use std::net::Ipv4Addr;
 
     fn event() -> Event {
-        let mut r = PortEvent {
-            pid: 42,
-            port: 41000,
-            dport: 80,
-            op: Op::Connect as u8,
-            proto: Proto::Tcp as u8,
-            family: Family::Inet as u8,
-            hook: HookId::SockOpsConnect as u8,
-            has_daddr: 1,
-            ..Default::default()
-        };
-        r.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        r.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
-        r.comm[..3].copy_from_slice(b"nc\0");
-        decode(&r, &Clock::identity()).unwrap()
+        let dest = Some((Ipv4Addr::new(127, 0, 0, 2), 80));
+        let mut e = test_event(Op::Connect, Proto::Tcp, 41000, dest, Outcome::Ok, 0);
+        e.pid = 42;
+        e.comm = "nc".into();
+        e
     }
 
     #[test]
