@@ -157,11 +157,13 @@ fn sendmmsg(s: &Socket, dest: &SockAddr) -> std::io::Result<()> {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: 1,
     };
+    // SAFETY: mmsghdr is plain C data (pointers, lengths, flags); all zeroes is a valid value.
     let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
     msg.msg_hdr.msg_name = dest.as_ptr() as *mut _;
     msg.msg_hdr.msg_namelen = dest.len();
     msg.msg_hdr.msg_iov = &mut iov;
     msg.msg_hdr.msg_iovlen = 1;
+    // SAFETY: msg points at a name, and an iovec over buf, that all outlive the call; vlen is 1.
     let r = unsafe { libc::sendmmsg(s.as_raw_fd(), &mut msg, 1, 0) };
     if r < 0 {
         Err(std::io::Error::last_os_error())
