@@ -482,6 +482,54 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_destination_is_the_ipv4_stream() {
+        let a = (Ipv4Addr::LOCALHOST, 6000);
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let mut events = Vec::new();
+        for i in 0..12u16 {
+            let mut e = ev(
+                Op::Connect,
+                Proto::Tcp,
+                40000 + 2 * i,
+                Some(a),
+                Outcome::Ok,
+                u64::from(i),
+            );
+            if i % 2 == 1 {
+                // An AF_INET6 socket connecting to ::ffff:127.0.0.1, as the kernel reports it.
+                e.family = crate::event::Family::Inet6;
+                e.saddr = "::ffff:127.0.0.1".parse().unwrap();
+                e.daddr = Some(mapped);
+            }
+            events.push(e);
+        }
+        let range = UsableRange::new(40000, 40099, vec![]);
+        let mut socks: Vec<SocketRecord> = (0..6u16)
+            .map(|i| sock(SockState::Established, 40000 + 4 * i, Some(a)))
+            .collect();
+        socks.extend((0..6u16).map(|i| SocketRecord {
+            family: Family::V6,
+            remote_addr: mapped,
+            ..sock(SockState::Established, 40002 + 4 * i, Some(a))
+        }));
+        let ns = NetnsState {
+            netns: 7,
+            range: Some(range.clone()),
+            sockets: Some(socks),
+            note: None,
+        };
+        let s = summarize(&events, &[ns], &range);
+        assert_eq!(s.streams.len(), 1, "{:#?}", s.streams);
+        let st = &s.streams[0];
+        assert_eq!(st.key.daddr, Some(IpAddr::V4(a.0)));
+        assert_eq!(st.key.family, crate::event::Family::Inet);
+        assert_eq!(st.samples, 12);
+        assert_eq!(st.in_use, Some(12));
+        assert_eq!(s.global.destinations, 1);
+        assert!(!render_table(&s).contains("ffff"));
+    }
+
+    #[test]
     fn without_a_socket_table_pressure_is_unknown() {
         let range = UsableRange::new(32768, 60999, vec![]);
         let events = vec![ev(Op::Bind, Proto::Udp, 40000, None, Outcome::Ok, 1)];

@@ -91,10 +91,18 @@ impl StreamKey {
     /// The stream an event belongs to: one per destination for connect() (keyed by the
     /// destination only, since a failed connect has no local address), one per namespace,
     /// protocol and family for bind/listen/autobind.
+    ///
+    /// An IPv4-mapped IPv6 destination (`::ffff:a.b.c.d` from an AF_INET6 socket) is the IPv4
+    /// destination: the kernel connects it through the IPv4 path, with the IPv4 port space
+    /// and that destination's counter, so it is one stream with family `ipv4`.
     pub fn of(e: &Event) -> Self {
-        match (e.op, e.destination()) {
+        match (e.op, e.canonical_destination()) {
             (Op::Connect, Some((daddr, dport))) => {
-                Self::connect(e.netns, e.proto, e.family, None, daddr, dport)
+                let family = match daddr {
+                    IpAddr::V4(_) => Family::Inet,
+                    IpAddr::V6(_) => Family::Inet6,
+                };
+                Self::connect(e.netns, e.proto, family, None, daddr, dport)
             }
             _ => Self::local(e.op, e.netns, e.proto, e.family),
         }
