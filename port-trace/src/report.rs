@@ -9,7 +9,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    analysis::{self, GlobalAnalysis, Parity, Pattern, Sample, StreamKey},
+    analysis::{self, CounterScope, GlobalAnalysis, Parity, Pattern, Sample, StreamKey},
     event::{Event, Op},
     netns::NetnsState,
     pressure::{
@@ -23,7 +23,11 @@ pub struct StreamSummary {
     pub key: StreamKey,
     /// Successful allocations.
     pub samples: usize,
+    /// Sequential, random or insufficient data.
     pub pattern: Pattern,
+    /// For `sequential`: global, per-destination or undetermined; `None` otherwise.
+    #[serde(default)]
+    pub counter_scope: Option<CounterScope>,
     pub predictability: Option<f64>,
     pub median_step: Option<u32>,
     pub mode_step: Option<u32>,
@@ -195,7 +199,7 @@ fn summarize_stream(
     let mut sorted: Vec<(u64, u16)> = ok.iter().map(|e| (e.ts_ns, e.port)).collect();
     sorted.sort();
     let ports: Vec<u16> = sorted.iter().map(|p| p.1).collect();
-    let a = verdict.unwrap_or_else(|| analysis::classify(&ports, (range.low, range.high)));
+    let a = verdict.unwrap_or_else(|| analysis::classify_local(&ports, (range.low, range.high)));
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     for e in evs.iter().filter(|e| !e.is_ok()) {
         *failures.entry(e.result.name().into_owned()).or_default() += 1;
@@ -228,6 +232,7 @@ fn summarize_stream(
         key: key.clone(),
         samples: ok.len(),
         pattern: a.pattern,
+        counter_scope: a.counter_scope,
         predictability: a.predictability,
         median_step: a.median_step,
         mode_step: a.mode_step,
@@ -315,8 +320,17 @@ pub fn render_table(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:>10} {:>6} {:<26} {:>7} {:>6} {:>5} {:>8} {:<18} TOP COMMS",
-        "STREAM", "NETNS", "N", "PATTERN", "PREDICT", "STEP", "SKIPS", "PRESSURE", "FAILURES"
+        "{:<34} {:>10} {:>6} {:<17} {:<15} {:>7} {:>6} {:>5} {:>8} {:<18} TOP COMMS",
+        "STREAM",
+        "NETNS",
+        "N",
+        "PATTERN",
+        "COUNTER",
+        "PREDICT",
+        "STEP",
+        "SKIPS",
+        "PRESSURE",
+        "FAILURES"
     );
     for st in &s.streams {
         let failures = if st.failures.is_empty() {
@@ -336,11 +350,12 @@ pub fn render_table(s: &Summary) -> String {
             .join(" ");
         let _ = writeln!(
             out,
-            "{:<34} {:>10} {:>6} {:<26} {:>7} {:>6} {:>5} {:>8} {:<18} {}",
+            "{:<34} {:>10} {:>6} {:<17} {:<15} {:>7} {:>6} {:>5} {:>8} {:<18} {}",
             key_text(&st.key),
             st.key.netns,
             st.samples,
             st.pattern.as_str(),
+            st.counter_scope.map_or("-", CounterScope::as_str),
             pct(st.predictability),
             st.median_step
                 .map(|v| v.to_string())
@@ -360,9 +375,14 @@ pub fn render_table(s: &Summary) -> String {
             );
         }
     }
+    let scope = s
+        .global
+        .counter_scope
+        .map(|c| format!(", {c} counter"))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "global connect stream: {} ({})",
+        "global connect stream: {}{scope} ({})",
         s.global.pattern.as_str(),
         s.global.reason
     );
@@ -536,5 +556,6 @@ mod tests {
         let s = summarize(&events, &[], &range);
         assert_eq!(s.streams[0].pressure, None);
         assert_eq!(s.streams[0].pattern, Pattern::InsufficientData);
+        assert_eq!(s.streams[0].counter_scope, None);
     }
 }
