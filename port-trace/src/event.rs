@@ -44,6 +44,13 @@ impl Event {
         self.daddr.zip(self.dport)
     }
 
+    /// The destination as a port space sees it: an IPv4-mapped IPv6 address
+    /// (`::ffff:a.b.c.d`, an AF_INET6 socket talking IPv4) is the IPv4 destination, whose
+    /// ports and counter it shares. The event itself keeps what the kernel reported.
+    pub fn canonical_destination(&self) -> Option<(IpAddr, u16)> {
+        self.destination().map(|(a, p)| (a.to_canonical(), p))
+    }
+
     /// A successful connect() whose local address:port equals its destination: the kernel
     /// handed out the very port being connected to, and the socket talks to itself.
     pub fn is_self_connect(&self) -> bool {

@@ -9,7 +9,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    analysis::{self, GlobalAnalysis, Parity, Pattern, Sample, StreamKey},
+    analysis::{self, CounterScope, GlobalAnalysis, Parity, Pattern, Sample, StreamKey},
     event::{Event, Op},
     netns::NetnsState,
     pressure::{
@@ -23,7 +23,11 @@ pub struct StreamSummary {
     pub key: StreamKey,
     /// Successful allocations.
     pub samples: usize,
+    /// Sequential, random or insufficient data.
     pub pattern: Pattern,
+    /// For `sequential`: global, per-destination or undetermined; `None` otherwise.
+    #[serde(default)]
+    pub counter_scope: Option<CounterScope>,
     pub predictability: Option<f64>,
     pub median_step: Option<u32>,
     pub mode_step: Option<u32>,
@@ -195,7 +199,7 @@ fn summarize_stream(
     let mut sorted: Vec<(u64, u16)> = ok.iter().map(|e| (e.ts_ns, e.port)).collect();
     sorted.sort();
     let ports: Vec<u16> = sorted.iter().map(|p| p.1).collect();
-    let a = verdict.unwrap_or_else(|| analysis::classify(&ports, (range.low, range.high)));
+    let a = verdict.unwrap_or_else(|| analysis::classify_local(&ports, (range.low, range.high)));
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     for e in evs.iter().filter(|e| !e.is_ok()) {
         *failures.entry(e.result.name().into_owned()).or_default() += 1;
@@ -228,6 +232,7 @@ fn summarize_stream(
         key: key.clone(),
         samples: ok.len(),
         pattern: a.pattern,
+        counter_scope: a.counter_scope,
         predictability: a.predictability,
         median_step: a.median_step,
         mode_step: a.mode_step,
@@ -315,8 +320,17 @@ pub fn render_table(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:>10} {:>6} {:<26} {:>7} {:>6} {:>5} {:>8} {:<18} TOP COMMS",
-        "STREAM", "NETNS", "N", "PATTERN", "PREDICT", "STEP", "SKIPS", "PRESSURE", "FAILURES"
+        "{:<34} {:>10} {:>6} {:<17} {:<15} {:>7} {:>6} {:>5} {:>8} {:<18} TOP COMMS",
+        "STREAM",
+        "NETNS",
+        "N",
+        "PATTERN",
+        "COUNTER",
+        "PREDICT",
+        "STEP",
+        "SKIPS",
+        "PRESSURE",
+        "FAILURES"
     );
     for st in &s.streams {
         let failures = if st.failures.is_empty() {
@@ -336,11 +350,12 @@ pub fn render_table(s: &Summary) -> String {
             .join(" ");
         let _ = writeln!(
             out,
-            "{:<34} {:>10} {:>6} {:<26} {:>7} {:>6} {:>5} {:>8} {:<18} {}",
+            "{:<34} {:>10} {:>6} {:<17} {:<15} {:>7} {:>6} {:>5} {:>8} {:<18} {}",
             key_text(&st.key),
             st.key.netns,
             st.samples,
             st.pattern.as_str(),
+            st.counter_scope.map_or("-", CounterScope::as_str),
             pct(st.predictability),
             st.median_step
                 .map(|v| v.to_string())
@@ -360,9 +375,14 @@ pub fn render_table(s: &Summary) -> String {
             );
         }
     }
+    let scope = s
+        .global
+        .counter_scope
+        .map(|c| format!(", {c} counter"))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "global connect stream: {} ({})",
+        "global connect stream: {}{scope} ({})",
         s.global.pattern.as_str(),
         s.global.reason
     );
@@ -482,11 +502,60 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_destination_is_the_ipv4_stream() {
+        let a = (Ipv4Addr::LOCALHOST, 6000);
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let mut events = Vec::new();
+        for i in 0..12u16 {
+            let mut e = ev(
+                Op::Connect,
+                Proto::Tcp,
+                40000 + 2 * i,
+                Some(a),
+                Outcome::Ok,
+                u64::from(i),
+            );
+            if i % 2 == 1 {
+                // An AF_INET6 socket connecting to ::ffff:127.0.0.1, as the kernel reports it.
+                e.family = crate::event::Family::Inet6;
+                e.saddr = "::ffff:127.0.0.1".parse().unwrap();
+                e.daddr = Some(mapped);
+            }
+            events.push(e);
+        }
+        let range = UsableRange::new(40000, 40099, vec![]);
+        let mut socks: Vec<SocketRecord> = (0..6u16)
+            .map(|i| sock(SockState::Established, 40000 + 4 * i, Some(a)))
+            .collect();
+        socks.extend((0..6u16).map(|i| SocketRecord {
+            family: Family::V6,
+            remote_addr: mapped,
+            ..sock(SockState::Established, 40002 + 4 * i, Some(a))
+        }));
+        let ns = NetnsState {
+            netns: 7,
+            range: Some(range.clone()),
+            sockets: Some(socks),
+            note: None,
+        };
+        let s = summarize(&events, &[ns], &range);
+        assert_eq!(s.streams.len(), 1, "{:#?}", s.streams);
+        let st = &s.streams[0];
+        assert_eq!(st.key.daddr, Some(IpAddr::V4(a.0)));
+        assert_eq!(st.key.family, crate::event::Family::Inet);
+        assert_eq!(st.samples, 12);
+        assert_eq!(st.in_use, Some(12));
+        assert_eq!(s.global.destinations, 1);
+        assert!(!render_table(&s).contains("ffff"));
+    }
+
+    #[test]
     fn without_a_socket_table_pressure_is_unknown() {
         let range = UsableRange::new(32768, 60999, vec![]);
         let events = vec![ev(Op::Bind, Proto::Udp, 40000, None, Outcome::Ok, 1)];
         let s = summarize(&events, &[], &range);
         assert_eq!(s.streams[0].pressure, None);
         assert_eq!(s.streams[0].pattern, Pattern::InsufficientData);
+        assert_eq!(s.streams[0].counter_scope, None);
     }
 }

@@ -2,15 +2,16 @@
 //!
 //! Given the ports the kernel picked, grouped into streams (one destination
 //! for connect(); one namespace/protocol/family for bind/listen/autobind),
-//! decide which RFC 6056 style of allocation produced them:
+//! answer "sequential or random?" and then "which counter?":
 //!
-//! * `sequential`: one counter shared by all destinations (RFC 6056
-//!   algorithms 3 and 5; Linux connect() before 5.12);
-//! * `per-destination-sequential`: a counter per destination (algorithm 4;
-//!   Linux connect() since 5.12, steps of 2..=16, re-salted every 10 s since
-//!   5.18);
-//! * `random`: no structure (algorithms 1 and 2; Linux bind(0), UDP);
-//! * `insufficient-data`: too few samples or the tests disagree.
+//! * `pattern`: `sequential` (a counter: steps small and forward), `random`
+//!   (no structure: RFC 6056 algorithms 1 and 2, Linux bind(0), UDP) or
+//!   `insufficient-data` (too few samples for either);
+//! * `counter_scope`, for `sequential` only: `global` (one counter shared by
+//!   all destinations: RFC 6056 algorithms 3 and 5, Linux connect() before
+//!   5.12), `per-destination` (algorithm 4, Linux connect() since 5.12,
+//!   steps of 2..=16, re-salted every 10 s since 5.18) or `undetermined`
+//!   (e.g. one destination).
 //!
 //! The statistics are in [`stats`], the decision rules and thresholds in
 //! [`pattern`] (see its module docs). No I/O, no eBPF.
@@ -24,7 +25,8 @@ pub mod simulate;
 mod tests;
 
 pub use pattern::{
-    GlobalAnalysis, Parity, Pattern, StreamAnalysis, StreamTests, classify, classify_global,
+    CounterScope, GlobalAnalysis, Parity, Pattern, StreamAnalysis, StreamTests, classify,
+    classify_global,
 };
 
 use serde::{Deserialize, Serialize};
@@ -91,10 +93,18 @@ impl StreamKey {
     /// The stream an event belongs to: one per destination for connect() (keyed by the
     /// destination only, since a failed connect has no local address), one per namespace,
     /// protocol and family for bind/listen/autobind.
+    ///
+    /// An IPv4-mapped IPv6 destination (`::ffff:a.b.c.d` from an AF_INET6 socket) is the IPv4
+    /// destination: the kernel connects it through the IPv4 path, with the IPv4 port space
+    /// and that destination's counter, so it is one stream with family `ipv4`.
     pub fn of(e: &Event) -> Self {
-        match (e.op, e.destination()) {
+        match (e.op, e.canonical_destination()) {
             (Op::Connect, Some((daddr, dport))) => {
-                Self::connect(e.netns, e.proto, e.family, None, daddr, dport)
+                let family = match daddr {
+                    IpAddr::V4(_) => Family::Inet,
+                    IpAddr::V6(_) => Family::Inet6,
+                };
+                Self::connect(e.netns, e.proto, family, None, daddr, dport)
             }
             _ => Self::local(e.op, e.netns, e.proto, e.family),
         }
@@ -130,25 +140,35 @@ pub struct Report {
     pub global: GlobalAnalysis,
 }
 
+/// Classifies a stream without destination (bind/listen/autobind): a counter found there is
+/// the stream's one counter, scope `global`.
+pub fn classify_local(ports: &[u16], range: PortRange) -> StreamAnalysis {
+    let mut a = classify(ports, range);
+    if a.pattern == Pattern::Sequential {
+        a.counter_scope = Some(CounterScope::Global);
+    }
+    a
+}
+
 /// Classifies every stream and the global sequence.
 ///
 /// Samples may come in any order; each stream is sorted by `ts_ns`. A
-/// stream without destination keeps its own verdict. For connect streams:
+/// stream without destination keeps its own verdict ([`classify_local`]).
+/// For connect streams:
 ///
 /// * when the sequence across destinations is itself sequential
 ///   ([`GlobalAnalysis::single_sequence`], RFC 6056 algorithm 5), every
-///   stream with at least [`pattern::MIN_SAMPLES`] samples is `sequential`,
-///   whatever its own steps look like (many destinations dilute them);
-/// * otherwise a stream that is sequential-like on its own takes the global
-///   verdict: `sequential` (one shared counter) or
-///   `per-destination-sequential`; when the global verdict is anything else
-///   the choice between the two cannot be made and the stream gets
+///   stream is `sequential` with scope `global`, whatever its own steps look
+///   like (many destinations dilute them, and few samples are enough when
+///   they sit on one staircase);
+/// * otherwise a stream that is sequential-like on its own is `sequential`,
+///   with the global verdict's scope when that is `sequential` too, else
+///   `undetermined`;
+/// * a stream that looks random on its own stays `random` unless the global
+///   verdict is `sequential`: then the allocator has a counter the stream
+///   does not show (a re-salted per-destination counter seen too rarely, or
+///   a global counter diluted by other destinations) and the stream gets
 ///   `insufficient-data`;
-/// * a stream that looks random on its own stays `random` only when the
-///   global verdict is `random` too; otherwise the allocator has structure
-///   the stream does not show (a re-salted per-destination counter seen
-///   too rarely, or a global counter diluted by other destinations) and
-///   the stream gets `insufficient-data`;
 /// * undecided streams stay `insufficient-data`.
 pub fn analyze(samples: &[Sample], range: PortRange) -> Report {
     let mut by_key: BTreeMap<&StreamKey, Vec<&Sample>> = BTreeMap::new();
@@ -161,37 +181,11 @@ pub fn analyze(samples: &[Sample], range: PortRange) -> Report {
         .map(|(key, mut v)| {
             v.sort_by_key(|s| s.ts_ns);
             let ports: Vec<u16> = v.iter().map(|s| s.port).collect();
-            let mut analysis = classify(&ports, range);
-            if key.has_destination()
-                && global.single_sequence
-                && analysis.samples >= pattern::MIN_SAMPLES
-            {
-                analysis.pattern = Pattern::Sequential;
-                analysis.reason = format!(
-                    "part of one sequence across destinations: {}; alone: {}",
-                    global.reason, analysis.reason
-                );
-            } else if key.has_destination() && analysis.local_pattern == Pattern::Sequential {
-                analysis.pattern = match global.pattern {
-                    Pattern::Sequential => Pattern::Sequential,
-                    Pattern::PerDestinationSequential => Pattern::PerDestinationSequential,
-                    _ => Pattern::InsufficientData,
-                };
-                analysis.reason = format!(
-                    "{}; across destinations: {}",
-                    analysis.reason, global.reason
-                );
-            }
-            if key.has_destination()
-                && analysis.pattern == Pattern::Random
-                && global.pattern != Pattern::Random
-            {
-                analysis.pattern = Pattern::InsufficientData;
-                analysis.reason = format!(
-                    "random on its own, but across destinations: {} ({})",
-                    global.pattern, global.reason
-                );
-            }
+            let analysis = if key.has_destination() {
+                refine(classify(&ports, range), &global)
+            } else {
+                classify_local(&ports, range)
+            };
             StreamReport {
                 key: key.clone(),
                 analysis,
@@ -203,4 +197,34 @@ pub fn analyze(samples: &[Sample], range: PortRange) -> Report {
         streams,
         global,
     }
+}
+
+/// A destination stream's verdict given the verdict across destinations (see [`analyze`]).
+fn refine(mut a: StreamAnalysis, global: &GlobalAnalysis) -> StreamAnalysis {
+    let global_sequential = global.pattern == Pattern::Sequential;
+    if global.single_sequence && a.samples > 0 {
+        a.pattern = Pattern::Sequential;
+        a.counter_scope = Some(CounterScope::Global);
+        a.reason = format!(
+            "part of one sequence across destinations: {}; alone: {}",
+            global.reason, a.reason
+        );
+    } else if a.local_pattern == Pattern::Sequential {
+        a.counter_scope = Some(if global_sequential {
+            global.counter_scope.unwrap_or(CounterScope::Undetermined)
+        } else {
+            CounterScope::Undetermined
+        });
+        a.reason = format!("{}; across destinations: {}", a.reason, global.reason);
+    } else if a.pattern == Pattern::Random && global_sequential {
+        a.pattern = Pattern::InsufficientData;
+        a.reason = format!(
+            "random on its own, but across destinations: {} ({})",
+            global.pattern, global.reason
+        );
+    }
+    if a.pattern != Pattern::Sequential {
+        a.counter_scope = None;
+    }
+    a
 }

@@ -1,33 +1,51 @@
 //! Pattern verdicts for one stream ([`classify`]) and for the time-ordered
 //! sequence across destinations ([`classify_global`]).
 //!
+//! A verdict has two parts. The **pattern** answers "sequential or random?":
+//! `sequential` (a counter: steps small and forward), `random`, or
+//! `insufficient-data` (too few samples for either, or evidence that points
+//! nowhere). The **counter scope** answers the second question, only for
+//! `sequential`: `global` (one counter shared by all destinations: RFC 6056
+//! algorithms 3 and 5, Linux connect() before 5.12), `per-destination` (a
+//! counter per destination: algorithm 4, Linux since 5.12) or `undetermined`
+//! (e.g. one destination, where both look the same). For other patterns the
+//! scope is absent (`null`).
+//!
 //! # Per-stream decision ([`classify`])
 //!
 //! Ports outside the usable range are dropped (counted in `out_of_range`).
 //! With `n` in-range ports and `m = n - 1` forward steps:
 //!
-//! * `n < MIN_SAMPLES` (8): `insufficient-data`.
-//! * **Sequential-like** when at least [`SEQ_MIN_SHARE_NEAR`] (50 %) of the
-//!   steps are *near* (`0 < step <= near_max`, see [`Ring::near_max`]) and the
-//!   binomial test of that count against what uniform random ports give
-//!   (`p0 = near_max / size`, 1/16 on the default range) has a one-sided
-//!   p-value below [`SEQ_MAX_P`] (1e-6). With 8 samples that needs 6 of the 7
-//!   steps to be near.
+//! * `n < 3`: `insufficient-data`.
+//! * `3 <= n < MIN_SAMPLES` (8): **sequential-like** when at least
+//!   [`SEQ_MIN_SHARE_NEAR`] (50 %) of the steps are *small* (`0 < step <=
+//!   16`) and the binomial test of that count against uniform random ports
+//!   (`p0 = 16 / size`) has p < [`SEQ_MAX_P`] (1e-6): on the default range
+//!   two small steps out of two already do (p = 3e-7). Otherwise
+//!   `insufficient-data`: too few samples to call anything random.
+//! * `n >= MIN_SAMPLES`, **sequential-like** when either
+//!   - at least 50 % of the steps are *near* (`0 < step <= near_max`, see
+//!     [`Ring::near_max`]) and the binomial test of that count against
+//!     uniform random ports (`p0 = near_max / size`, 1/16 on the default
+//!     range) has p < [`SEQ_MAX_P`]: with 8 samples, 6 of the 7 steps near; or
+//!   - at least [`COUNTER_MIN_SHARE_FORWARD`] (75 %) of the steps are forward
+//!     drift (`0 < step < size/2`, probability 1/2 under uniform random) with
+//!     binomial p < [`SEQ_MAX_P`]: a counter whose increments are too wide to
+//!     be near (RFC 6056 algorithm 5 on a 1000-port range, a constant stride).
 //! * **Random** when none of four tests finds structure at
 //!   [`RANDOM_ALPHA`] (1e-5): (a) the binomial test of near steps above,
 //!   (b) a binomial test of the online predictor's hits against its chance
-//!   rate `(2*8 + 2) / size` (catches any repeated stride, e.g. a constant
-//!   +5000), (c) a binomial test of *forward-drift* steps (`0 < step <
-//!   size/2`, probability 1/2 under uniform random; catches counters whose
-//!   increments are too wide to be near, e.g. RFC 6056 algorithm 5 on a
-//!   1000-port range), and (d) a chi-square goodness-of-fit test of the port
-//!   values against the uniform distribution over the range (`min(64, n/5)`
-//!   bins; skipped below 10 samples, where it has no power).
-//! * Anything else (structure that is not a forward counter, or mixed
-//!   evidence) is `insufficient-data`: the classifier never guesses.
+//!   rate `(2*8 + 2) / size` (catches any repeated stride), (c) the binomial
+//!   test of forward-drift steps, and (d) a chi-square goodness-of-fit test
+//!   of the port values against the uniform distribution over the range
+//!   (`min(64, n/5)` bins; skipped below 10 samples, where it has no power).
+//! * Anything else (structure that is not a forward counter, e.g. a
+//!   descending stride) is `insufficient-data`: the classifier never calls
+//!   structure random.
 //!
-//! A sequential-like stream alone gets `sequential`; [`super::analyze`]
-//! refines streams that have a destination with the global verdict.
+//! A sequential-like stream is `sequential`; [`super::analyze`] adds the
+//! counter scope from the global verdict (streams without destination:
+//! `global`, there is one counter for all their allocations).
 //!
 //! # Global decision ([`classify_global`])
 //!
@@ -35,42 +53,45 @@
 //! in time order; when there is none, every sample. Let a *stream* be the
 //! samples of one [`StreamKey`].
 //!
-//! 1. Fewer than [`MIN_SAMPLES`] samples: `insufficient-data`.
-//! 2. **One counter without per-destination offset** (RFC 6056 algorithm 5,
+//! 1. **One counter without per-destination offset** (RFC 6056 algorithm 5,
 //!    BSD-style global counters): at least 2 streams, at least
 //!    [`MIN_CROSS_STEPS`] (7) steps between consecutive samples of
 //!    *different* streams, at least [`SINGLE_MIN_SHARE_NEAR`] (90 %) of those
-//!    cross steps near, with binomial p < [`SEQ_MAX_P`]: `sequential`
-//!    (`single_sequence = true`). The 90 % matters: per-destination counters
-//!    that happen to sit close together give near steps one way and
+//!    cross steps near, with binomial p < [`SEQ_MAX_P`]: `sequential`, scope
+//!    `global` (`single_sequence = true`). The 90 % matters: per-destination
+//!    counters that happen to sit close together give near steps one way and
 //!    backward steps the other way, about 50 % each.
-//! 3. Each stream with `>= MIN_SAMPLES` samples is classified alone. No
-//!    sequential-like stream, at least one random stream and a random-looking
-//!    global sequence: `random`. Sequential-like and random streams mixed:
+//! 2. Each stream is classified alone (above). Sequential-like streams and
+//!    no random one: `sequential`. Random streams and no sequential-like
+//!    one: `random` when the global sequence looks random too. Both: the
+//!    side holding at least [`MIXED_MIN_MAJORITY`] (3/4) of their samples
+//!    wins when it is the sequential side (a counter is there); otherwise
+//!    `insufficient-data`. Neither (every stream too small or undecided): the
+//!    global sequence classified like one stream decides `sequential`, else
 //!    `insufficient-data`.
-//! 4. **Shared counter with per-destination offsets** (RFC 6056 algorithm 3,
-//!    Linux before 5.12) versus **per-destination counters** (algorithm 4,
-//!    Linux since 5.12): for every pair of consecutive samples of one
-//!    sequential-like stream whose step is at most [`counter_max_step`]
-//!    (`max(64, near_max / 8)`, 220 on the default range), take the step `s`
-//!    and the *gap* `g` (how many global samples later the second one
-//!    came). With one shared counter
-//!    `s` grows with `g` (every connect in between advanced it); with
+//! 3. **Counter scope** of a `sequential` verdict: shared counter with
+//!    per-destination offsets (RFC 6056 algorithm 3, Linux before 5.12)
+//!    versus per-destination counters (algorithm 4, Linux since 5.12). For
+//!    every pair of consecutive samples of one sequential-like stream whose
+//!    step is at most [`counter_max_step`] (`max(64, near_max / 8)`, 220 on
+//!    the default range), take the step `s` and the *gap* `g` (how many
+//!    global samples later the second one came). With one shared counter `s`
+//!    grows with `g` (every connect in between advanced it); with
 //!    per-destination counters `s` does not depend on `g`. With at least
 //!    [`MIN_COUNTER_PAIRS`] (20) pairs and gaps that vary, the Spearman
-//!    correlation `rho(g, s)` decides:
-//!    `rho >= SHARED_MIN_RHO` (0.5) with one-sided p < [`SHARED_MAX_P`]
-//!    (1e-3): `sequential`; the upper end of its 99 % confidence interval
-//!    below [`SHARED_MIN_RHO`]: `per-destination-sequential`; otherwise
-//!    `insufficient-data`. Constant steps (no variance in `s`) count as
+//!    correlation `rho(g, s)` decides: `rho >= SHARED_MIN_RHO` (0.5) with
+//!    one-sided p < [`SHARED_MAX_P`] (1e-3): `global`; the upper end of its
+//!    99 % confidence interval below [`SHARED_MIN_RHO`]: `per-destination`;
+//!    otherwise `undetermined`. Constant steps (no variance in `s`) count as
 //!    `rho = 0`.
 //!
 //! One destination alone can never separate algorithm 3 from algorithm 4
-//! (the gaps are all 1), so it yields `insufficient-data` globally.
+//! (the gaps are all 1): a counter toward one destination is `sequential`
+//! with scope `undetermined`.
 
 use super::stats::{
-    Ring, StepStats, binomial_upper_tail, chi_square_uniform, correlation_p_value, predictor,
-    spearman, spearman_upper_bound, step_stats,
+    Ring, SMALL_STEP, StepStats, binomial_upper_tail, chi_square_uniform, correlation_p_value,
+    predictor, spearman, spearman_upper_bound, step_stats,
 };
 use super::{PortRange, Sample, StreamKey};
 use serde::{Deserialize, Serialize};
@@ -92,6 +113,11 @@ pub const SINGLE_MIN_SHARE_NEAR: f64 = 0.9;
 pub const MIN_CROSS_STEPS: usize = 7;
 /// Minimum number of (gap, step) pairs for the shared-counter test.
 pub const MIN_COUNTER_PAIRS: usize = 20;
+/// Share of forward-drift steps that marks a counter with wide increments.
+pub const COUNTER_MIN_SHARE_FORWARD: f64 = 0.75;
+/// Share of the classified samples the sequential streams must hold when
+/// streams disagree.
+pub const MIXED_MIN_MAJORITY: f64 = 0.75;
 /// Correlation between gap and step that marks a shared counter.
 pub const SHARED_MIN_RHO: f64 = 0.5;
 /// One-sided p-value the shared-counter correlation must beat.
@@ -110,36 +136,32 @@ pub fn counter_max_step(ring: &Ring) -> u32 {
     (4 * super::stats::SMALL_STEP).max(ring.near_max() / 8)
 }
 
-/// Verdict about how ports are allocated.
+/// Verdict about how ports are allocated: "sequential or random?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Pattern {
-    /// One counter shared by all destinations (RFC 6056 algorithms 3 and 5,
-    /// Linux connect() before 5.12). For a stream without destination
-    /// (bind/listen/autobind), simply "sequential-like".
+    /// A counter: steps small (or at least consistently) forward. Which
+    /// counter is [`CounterScope`]. Reports written before the scope existed
+    /// said `per-destination-sequential`; they read as `sequential`.
+    #[serde(alias = "per-destination-sequential")]
     Sequential,
-    /// Each destination has its own counter (RFC 6056 algorithm 4, Linux
-    /// connect() since 5.12).
-    PerDestinationSequential,
     /// No structure found (RFC 6056 algorithms 1 and 2, Linux bind(0), UDP).
     Random,
-    /// Too few samples, or the tests did not agree.
+    /// Too few samples for either (or structure that is not a counter).
     InsufficientData,
 }
 
 impl Pattern {
-    pub const ALL: [Pattern; 4] = [
+    pub const ALL: [Pattern; 3] = [
         Pattern::Sequential,
-        Pattern::PerDestinationSequential,
         Pattern::Random,
         Pattern::InsufficientData,
     ];
 
-    /// The serde name, e.g. `per-destination-sequential`.
+    /// The serde name, e.g. `insufficient-data`.
     pub fn as_str(self) -> &'static str {
         match self {
             Pattern::Sequential => "sequential",
-            Pattern::PerDestinationSequential => "per-destination-sequential",
             Pattern::Random => "random",
             Pattern::InsufficientData => "insufficient-data",
         }
@@ -147,6 +169,50 @@ impl Pattern {
 }
 
 impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which counter a `sequential` verdict sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CounterScope {
+    /// One counter shared by all destinations (RFC 6056 algorithms 3 and 5,
+    /// Linux connect() before 5.12); for a stream without destination
+    /// (bind/listen/autobind), its one counter.
+    Global,
+    /// A counter per destination (RFC 6056 algorithm 4, Linux connect()
+    /// since 5.12).
+    PerDestination,
+    /// Sequential, but the data cannot tell which: one destination, too few
+    /// interleaved connects, or an inconclusive correlation.
+    Undetermined,
+}
+
+impl CounterScope {
+    pub const ALL: [CounterScope; 3] = [
+        CounterScope::Global,
+        CounterScope::PerDestination,
+        CounterScope::Undetermined,
+    ];
+
+    /// The serde name, e.g. `per-destination`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CounterScope::Global => "global",
+            CounterScope::PerDestination => "per-destination",
+            CounterScope::Undetermined => "undetermined",
+        }
+    }
+
+    /// The scope's name, `none` when there is no counter (metric label, table column).
+    pub fn label(scope: Option<CounterScope>) -> &'static str {
+        scope.map_or("none", CounterScope::as_str)
+    }
+}
+
+impl fmt::Display for CounterScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -186,6 +252,11 @@ pub struct StreamAnalysis {
     /// Final verdict (for connect streams, after combining with the global
     /// verdict in [`super::analyze`]).
     pub pattern: Pattern,
+    /// Which counter, for `sequential` only (`None` otherwise). [`classify`]
+    /// alone says `undetermined`; [`super::analyze`] fills in the global
+    /// verdict's scope.
+    #[serde(default)]
+    pub counter_scope: Option<CounterScope>,
     /// What the stream alone shows: `sequential` here means sequential-like.
     pub local_pattern: Pattern,
     /// In-range samples used.
@@ -239,6 +310,7 @@ pub fn classify(ports: &[u16], range: PortRange) -> StreamAnalysis {
     let (pattern, reason) = stream_verdict(n, seq_like, &tests, &st, &ring);
     StreamAnalysis {
         pattern,
+        counter_scope: (pattern == Pattern::Sequential).then_some(CounterScope::Undetermined),
         local_pattern: pattern,
         samples: n,
         out_of_range: ports.len() - n,
@@ -295,7 +367,27 @@ fn p_or_na(p: Option<f64>) -> String {
     p.map_or("n/a".to_string(), |p| format!("{p:.2e}"))
 }
 
-/// Decides one stream: too few samples, sequential-like, random, or undecided if tests disagree.
+/// Few samples: sequential-like when at least half the steps are small forward steps (at most
+/// [`SMALL_STEP`]) and uniform random ports would rarely give as many. Returns (verdict, p).
+fn few_samples_test(st: &StepStats, ring: &Ring) -> (bool, Option<f64>) {
+    if st.steps == 0 {
+        return (false, None);
+    }
+    let p0 = (f64::from(SMALL_STEP) / f64::from(ring.size)).min(1.0);
+    let p = binomial_upper_tail(st.small, st.steps, p0);
+    let sequential = st.small as f64 / st.steps as f64 >= SEQ_MIN_SHARE_NEAR && p < SEQ_MAX_P;
+    (sequential, Some(p))
+}
+
+/// A counter whose increments are wider than near: most steps drift forward.
+fn forward_counter(st: &StepStats, tests: &StreamTests) -> bool {
+    st.steps > 0
+        && st.forward as f64 / st.steps as f64 >= COUNTER_MIN_SHARE_FORWARD
+        && tests.forward_p.is_some_and(|p| p < SEQ_MAX_P)
+}
+
+/// Decides one stream: too few samples, sequential-like, random, or undecided if the structure
+/// found is not a forward counter.
 fn stream_verdict(
     n: usize,
     seq_like: bool,
@@ -308,16 +400,45 @@ fn stream_verdict(
     let predictor_p = tests.predictor_p.unwrap_or(f64::NAN);
     let forward_p = tests.forward_p.unwrap_or(f64::NAN);
     if n < MIN_SAMPLES {
-        (
-            Pattern::InsufficientData,
-            format!("{n} in-range samples, need at least {MIN_SAMPLES}"),
-        )
-    } else if seq_like && !random_like {
+        let (few_seq, small_p) = few_samples_test(st, ring);
+        return if n >= 3 && few_seq {
+            (
+                Pattern::Sequential,
+                format!(
+                    "{n} samples only, but {} of {} steps are forward steps of at most {SMALL_STEP} \
+                     (p = {:.2e} under uniform random)",
+                    st.small,
+                    st.steps,
+                    small_p.unwrap_or(f64::NAN)
+                ),
+            )
+        } else {
+            (
+                Pattern::InsufficientData,
+                format!(
+                    "{n} in-range samples, need at least {MIN_SAMPLES} \
+                     (or at least 3 that step forward by at most {SMALL_STEP})"
+                ),
+            )
+        };
+    }
+    if seq_like && !random_like {
         (
             Pattern::Sequential,
             format!(
                 "{} of {} steps are forward steps of at most {} (p = {near_p:.2e} under uniform random)",
                 st.near,
+                st.steps,
+                ring.near_max(),
+            ),
+        )
+    } else if !random_like && forward_counter(st, tests) {
+        (
+            Pattern::Sequential,
+            format!(
+                "{} of {} steps drift forward (p = {forward_p:.2e} under uniform random): \
+                 a counter with increments wider than {}",
+                st.forward,
                 st.steps,
                 ring.near_max(),
             ),
@@ -334,7 +455,7 @@ fn stream_verdict(
         (
             Pattern::InsufficientData,
             format!(
-                "tests undecided: {:.0}% near steps (p = {near_p:.2e}), predictor p = {predictor_p:.2e}, forward p = {forward_p:.2e}, uniformity p = {}",
+                "structure that is not a forward counter: {:.0}% near steps (p = {near_p:.2e}), predictor p = {predictor_p:.2e}, forward p = {forward_p:.2e}, uniformity p = {}",
                 100.0 * share(st.near, st.steps).unwrap_or(0.0),
                 p_or_na(tests.uniformity_p)
             ),
@@ -346,6 +467,9 @@ fn stream_verdict(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GlobalAnalysis {
     pub pattern: Pattern,
+    /// Which counter, for `sequential` only (`None` otherwise).
+    #[serde(default)]
+    pub counter_scope: Option<CounterScope>,
     /// Samples in the global sequence (destination-keyed ones, or all when
     /// none has a destination).
     pub samples: usize,
@@ -357,7 +481,8 @@ pub struct GlobalAnalysis {
     pub cross_steps: usize,
     pub cross_share_near: Option<f64>,
     pub cross_near_p: Option<f64>,
-    /// Streams with at least [`MIN_SAMPLES`] samples, by their own verdict.
+    /// Streams by their own verdict (undecided: at least [`MIN_SAMPLES`]
+    /// samples and neither sequential nor random).
     pub streams_sequential: usize,
     pub streams_random: usize,
     pub streams_undecided: usize,
@@ -389,6 +514,7 @@ pub fn classify_global(samples: &[Sample], range: PortRange) -> GlobalAnalysis {
     let verdict = decide_global(&global, sequence.local_pattern, &cross, &streams, &counter);
     GlobalAnalysis {
         pattern: verdict.pattern,
+        counter_scope: verdict.counter_scope,
         samples: global.samples.len(),
         destinations: global.by_key.len(),
         sequence,
@@ -427,11 +553,13 @@ struct CrossSteps {
     near_p: Option<f64>,
 }
 
-/// Own verdicts of the streams with at least [`MIN_SAMPLES`] samples.
+/// Own verdicts of the streams (see [`classify`]), and the samples behind them.
 struct StreamCounts<'g> {
     sequential: usize,
     random: usize,
     undecided: usize,
+    sequential_samples: usize,
+    random_samples: usize,
     /// Global positions of each sequential-like stream's samples.
     sequential_positions: Vec<&'g [usize]>,
 }
@@ -448,6 +576,7 @@ struct CounterTest {
 struct Verdict {
     pattern: Pattern,
     reason: String,
+    counter_scope: Option<CounterScope>,
     shared_counter: Option<bool>,
     single_sequence: bool,
 }
@@ -458,6 +587,7 @@ impl Verdict {
         Verdict {
             pattern,
             reason,
+            counter_scope: None,
             shared_counter: None,
             single_sequence: false,
         }
@@ -523,26 +653,30 @@ impl<'a> GlobalSequence<'a> {
         }
     }
 
-    /// Classifies each stream with enough samples alone; keeps sequential-like ones for step 4.
+    /// Classifies each stream alone; keeps sequential-like ones for the scope test.
     fn stream_verdicts(&self, range: PortRange) -> StreamCounts<'_> {
         let mut counts = StreamCounts {
             sequential: 0,
             random: 0,
             undecided: 0,
+            sequential_samples: 0,
+            random_samples: 0,
             sequential_positions: Vec::new(),
         };
         for positions in self.by_key.values() {
-            if positions.len() < MIN_SAMPLES {
-                continue;
-            }
             let p: Vec<u16> = positions.iter().map(|&i| self.samples[i].port).collect();
             match classify(&p, range).local_pattern {
                 Pattern::Sequential => {
                     counts.sequential += 1;
+                    counts.sequential_samples += positions.len();
                     counts.sequential_positions.push(positions);
                 }
-                Pattern::Random => counts.random += 1,
-                _ => counts.undecided += 1,
+                Pattern::Random => {
+                    counts.random += 1;
+                    counts.random_samples += positions.len();
+                }
+                _ if positions.len() >= MIN_SAMPLES => counts.undecided += 1,
+                _ => {}
             }
         }
         counts
@@ -587,7 +721,7 @@ impl<'a> GlobalSequence<'a> {
     }
 }
 
-/// The module docs' steps in order: sample count, single counter, stream mix, shared counter.
+/// The module docs' steps in order: single counter, stream mix, counter scope.
 fn decide_global(
     global: &GlobalSequence,
     sequence: Pattern,
@@ -596,25 +730,22 @@ fn decide_global(
     counter: &CounterTest,
 ) -> Verdict {
     let destinations = global.by_key.len();
-    if global.samples.len() < MIN_SAMPLES {
+    if global.samples.len() < 3 {
         return Verdict::new(
             Pattern::InsufficientData,
-            format!(
-                "{} samples, need at least {MIN_SAMPLES}",
-                global.samples.len()
-            ),
+            format!("{} samples, need at least 3", global.samples.len()),
         );
     }
     if destinations >= 2 && cross.count >= MIN_CROSS_STEPS && cross.sequential {
         return single_counter_verdict(cross);
     }
-    if let Some(verdict) = stream_mix_verdict(streams, sequence) {
-        return verdict;
+    match stream_mix_verdict(streams, sequence) {
+        Ok(why) => scope_verdict(why, counter, destinations),
+        Err(verdict) => verdict,
     }
-    shared_counter_verdict(streams.sequential, counter, destinations)
 }
 
-/// Step 2: near cross-stream steps mean one counter without per-destination offset.
+/// Step 1: near cross-stream steps mean one counter without per-destination offset.
 fn single_counter_verdict(cross: &CrossSteps) -> Verdict {
     Verdict {
         pattern: Pattern::Sequential,
@@ -625,82 +756,111 @@ fn single_counter_verdict(cross: &CrossSteps) -> Verdict {
             cross.count,
             cross.near_p.unwrap_or(f64::NAN)
         ),
+        counter_scope: Some(CounterScope::Global),
         shared_counter: Some(true),
         single_sequence: true,
     }
 }
 
-/// Step 3: without sequential-like streams, random or undecided; mixed with random ones, undecided.
-fn stream_mix_verdict(streams: &StreamCounts, sequence: Pattern) -> Option<Verdict> {
+/// Step 2: `Ok(why)` when the streams show a counter, else the final verdict.
+fn stream_mix_verdict(streams: &StreamCounts, sequence: Pattern) -> Result<String, Verdict> {
     let (n_seq, n_rand, n_und) = (streams.sequential, streams.random, streams.undecided);
-    if n_seq == 0 {
-        Some(if n_rand > 0 && sequence == Pattern::Random {
-            Verdict::new(
-                Pattern::Random,
-                format!("{n_rand} random streams, none sequential; global sequence random"),
-            )
+    let (seq_samples, rand_samples) = (streams.sequential_samples, streams.random_samples);
+    if n_seq > 0 && n_rand == 0 {
+        return Ok(format!(
+            "{n_seq} sequential streams ({seq_samples} samples), none random"
+        ));
+    }
+    if n_seq > 0 {
+        let majority = seq_samples as f64 / (seq_samples + rand_samples) as f64;
+        return if majority >= MIXED_MIN_MAJORITY {
+            Ok(format!(
+                "{n_seq} sequential streams hold {:.0}% of the samples, {n_rand} random ones the rest",
+                100.0 * majority
+            ))
         } else {
-            Verdict::new(
+            Err(Verdict::new(
                 Pattern::InsufficientData,
                 format!(
-                    "no sequential stream; {n_rand} random, {n_und} undecided; global sequence {sequence}"
+                    "streams disagree: {n_seq} sequential ({seq_samples} samples), \
+                     {n_rand} random ({rand_samples} samples)"
                 ),
-            )
-        })
-    } else if n_rand > 0 {
-        Some(Verdict::new(
-            Pattern::InsufficientData,
-            format!("streams disagree: {n_seq} sequential-like, {n_rand} random"),
-        ))
-    } else {
-        None
+            ))
+        };
     }
+    if n_rand > 0 && sequence == Pattern::Random {
+        return Err(Verdict::new(
+            Pattern::Random,
+            format!("{n_rand} random streams, none sequential; global sequence random"),
+        ));
+    }
+    if n_rand == 0 && sequence == Pattern::Sequential {
+        return Ok("no stream decided alone, but the global sequence is sequential".into());
+    }
+    Err(Verdict::new(
+        Pattern::InsufficientData,
+        format!(
+            "no sequential stream; {n_rand} random, {n_und} undecided; global sequence {sequence}"
+        ),
+    ))
 }
 
-/// Step 4: with enough pairs, high gap/step correlation is shared, a low upper bound per-destination.
-fn shared_counter_verdict(n_seq: usize, counter: &CounterTest, destinations: usize) -> Verdict {
+/// Step 3: `sequential`, and with enough pairs a high gap/step correlation means one shared
+/// counter, a low upper bound one per destination; otherwise the scope is undetermined.
+fn scope_verdict(why: String, counter: &CounterTest, destinations: usize) -> Verdict {
     let pairs = counter.pairs;
-    if pairs < MIN_COUNTER_PAIRS {
-        return Verdict::new(
-            Pattern::InsufficientData,
+    let (scope, shared, how) = if destinations < 2 {
+        (
+            CounterScope::Undetermined,
+            None,
+            "one destination: cannot tell a shared counter from per-destination ones".to_string(),
+        )
+    } else if pairs < MIN_COUNTER_PAIRS {
+        (
+            CounterScope::Undetermined,
+            None,
             format!(
-                "{n_seq} sequential-like streams but only {pairs} (gap, step) pairs, \
-                 need {MIN_COUNTER_PAIRS} to tell a shared counter from per-destination ones"
+                "only {pairs} (gap, step) pairs, need {MIN_COUNTER_PAIRS} to tell a shared \
+                 counter from per-destination ones"
             ),
-        );
-    }
-    match (counter.rho, counter.p, counter.rho_upper) {
-        (Some(r), Some(p), _) if r >= SHARED_MIN_RHO && p < SHARED_MAX_P => Verdict {
-            shared_counter: Some(true),
-            ..Verdict::new(
-                Pattern::Sequential,
+        )
+    } else {
+        match (counter.rho, counter.p, counter.rho_upper) {
+            (Some(r), Some(p), _) if r >= SHARED_MIN_RHO && p < SHARED_MAX_P => (
+                CounterScope::Global,
+                Some(true),
                 format!(
                     "steps grow with the number of connects in between \
                      (rho = {r:.2}, p = {p:.2e}, {pairs} pairs): one shared counter"
                 ),
-            )
-        },
-        (Some(r), _, Some(up)) if up < SHARED_MIN_RHO => Verdict {
-            shared_counter: Some(false),
-            ..Verdict::new(
-                Pattern::PerDestinationSequential,
+            ),
+            (Some(r), _, Some(up)) if up < SHARED_MIN_RHO => (
+                CounterScope::PerDestination,
+                Some(false),
                 format!(
                     "steps do not depend on connects to other destinations \
                      (rho = {r:.2}, 99% upper bound {up:.2}, {pairs} pairs): per-destination counters"
                 ),
-            )
-        },
-        (Some(r), _, _) => Verdict::new(
-            Pattern::InsufficientData,
-            format!("gap/step correlation rho = {r:.2} from {pairs} pairs is inconclusive"),
-        ),
-        (None, _, _) => Verdict::new(
-            Pattern::InsufficientData,
-            format!(
-                "gaps between a destination's connects never vary ({destinations} destinations): \
-                 cannot tell a shared counter from per-destination ones"
             ),
-        ),
+            (Some(r), _, _) => (
+                CounterScope::Undetermined,
+                None,
+                format!("gap/step correlation rho = {r:.2} from {pairs} pairs is inconclusive"),
+            ),
+            (None, _, _) => (
+                CounterScope::Undetermined,
+                None,
+                format!(
+                    "gaps between a destination's connects never vary ({destinations} \
+                     destinations): cannot tell a shared counter from per-destination ones"
+                ),
+            ),
+        }
+    };
+    Verdict {
+        counter_scope: Some(scope),
+        shared_counter: shared,
+        ..Verdict::new(Pattern::Sequential, format!("{why}; {how}"))
     }
 }
 
@@ -718,16 +878,21 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [
-                "\"sequential\"",
-                "\"per-destination-sequential\"",
-                "\"random\"",
-                "\"insufficient-data\""
-            ]
+            ["\"sequential\"", "\"random\"", "\"insufficient-data\""]
         );
         for p in Pattern::ALL {
             assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
         }
+        for c in CounterScope::ALL {
+            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));
+        }
+        assert_eq!(
+            serde_json::to_string(&CounterScope::PerDestination).unwrap(),
+            "\"per-destination\""
+        );
+        // Reports written before the scope existed still read.
+        let old: Pattern = serde_json::from_str("\"per-destination-sequential\"").unwrap();
+        assert_eq!(old, Pattern::Sequential);
     }
 
     #[test]
@@ -747,9 +912,23 @@ mod tests {
 
     #[test]
     fn too_few_samples() {
-        let a = classify(&[40000, 40002, 40004], DEFAULT);
+        let a = classify(&[40000, 40002], DEFAULT);
         assert_eq!(a.pattern, Pattern::InsufficientData);
+        assert_eq!(a.counter_scope, None);
+        // Three ports two apart on a 28,232-port range: a counter (p = 3e-7).
+        let a = classify(&[40000, 40002, 40004], DEFAULT);
+        assert_eq!(a.pattern, Pattern::Sequential, "{}", a.reason);
+        assert_eq!(a.counter_scope, Some(CounterScope::Undetermined));
         assert_eq!(a.samples, 3);
+        // Three random-looking ports: too few to call them anything.
+        let a = classify(&[40000, 51234, 35001], DEFAULT);
+        assert_eq!(a.pattern, Pattern::InsufficientData, "{}", a.reason);
+        // On a 64-port range small steps are common by chance: 7 samples say nothing.
+        let a = classify(
+            &[40000, 40002, 40004, 40006, 40008, 40010, 40012],
+            (40000, 40063),
+        );
+        assert_eq!(a.pattern, Pattern::InsufficientData, "{}", a.reason);
         let a = classify(&[1, 2, 3, 4, 5, 6, 7, 8, 9], DEFAULT);
         assert_eq!(a.samples, 0);
         assert_eq!(a.out_of_range, 9);
@@ -757,14 +936,21 @@ mod tests {
     }
 
     #[test]
-    fn constant_stride_is_not_random() {
+    fn constant_stride_is_a_counter() {
         // A fixed stride of 5000 wraps over the whole range: uniform values and
-        // no near steps, but perfectly predictable. Never call it random.
+        // no near steps, but every step drifts forward: a counter with wide
+        // increments. Never call it random.
         let ports: Vec<u16> = (0..60u32)
             .map(|i| (32768 + (i * 5000) % 28232) as u16)
             .collect();
         let a = classify(&ports, DEFAULT);
-        assert_eq!(a.pattern, Pattern::InsufficientData, "{}", a.reason);
+        assert_eq!(a.pattern, Pattern::Sequential, "{}", a.reason);
         assert!(a.predictability.unwrap() > 0.9);
+        // Backwards by 5000: structure, but not a forward counter, and not random either.
+        let ports: Vec<u16> = (0..60u32)
+            .map(|i| (32768 + (28232 * 60 - i * 5000) % 28232) as u16)
+            .collect();
+        let a = classify(&ports, DEFAULT);
+        assert_eq!(a.pattern, Pattern::InsufficientData, "{}", a.reason);
     }
 }

@@ -6,7 +6,7 @@
 //! (held by listeners or bind()), which every algorithm skips.
 
 use super::{PortRange, Sample, StreamKey};
-use crate::analysis::pattern::Pattern;
+use crate::analysis::pattern::{CounterScope, Pattern};
 use crate::event::{Family, Op, Proto};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -64,18 +64,19 @@ impl Algorithm {
         }
     }
 
-    /// The verdict the classifier should reach.
-    pub fn expected(self) -> Pattern {
+    /// The verdict the classifier should reach with several destinations: pattern and, for
+    /// a counter, its scope.
+    pub fn expected(self) -> (Pattern, Option<CounterScope>) {
         match self {
             Algorithm::Rfc1SimpleRandom
             | Algorithm::Rfc2RandomRetry
             | Algorithm::LinuxBind
-            | Algorithm::LinuxUdp => Pattern::Random,
+            | Algorithm::LinuxUdp => (Pattern::Random, None),
             Algorithm::Rfc3SimpleHash
             | Algorithm::Rfc5RandomIncrements
-            | Algorithm::LinuxConnectPre512 => Pattern::Sequential,
+            | Algorithm::LinuxConnectPre512 => (Pattern::Sequential, Some(CounterScope::Global)),
             Algorithm::Rfc4DoubleHash | Algorithm::LinuxConnect => {
-                Pattern::PerDestinationSequential
+                (Pattern::Sequential, Some(CounterScope::PerDestination))
             }
         }
     }
@@ -98,6 +99,10 @@ pub struct Workload {
     pub mean_interval_ns: u64,
     /// Share of ports held by other sockets (skipped by every algorithm).
     pub occupied_fraction: f64,
+    /// Additional share of the ports of `low`'s parity held (e.g. by another
+    /// tenant's connections): Linux connect() then falls back to the other
+    /// parity, and a stream's ports split between both.
+    pub low_parity_occupied: f64,
 }
 
 impl Default for Workload {
@@ -110,6 +115,7 @@ impl Default for Workload {
             events: 200,
             mean_interval_ns: 200_000_000,
             occupied_fraction: 0.01,
+            low_parity_occupied: 0.0,
         }
     }
 }
@@ -157,7 +163,12 @@ pub fn simulate(alg: Algorithm, workload: &Workload, seed: u64) -> Vec<Sample> {
     let ring = super::stats::Ring::new(workload.range);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5EED_0F90);
     let occupied: Vec<bool> = (0..ring.size)
-        .map(|_| rng.random_bool(workload.occupied_fraction))
+        .map(|off| {
+            rng.random_bool(workload.occupied_fraction)
+                || (workload.low_parity_occupied > 0.0
+                    && off % 2 == 0
+                    && rng.random_bool(workload.low_parity_occupied))
+        })
         .collect();
     let mut sim = Sim {
         rng,

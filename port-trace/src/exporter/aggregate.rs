@@ -160,7 +160,7 @@ impl Aggregator {
                 .window
                 .iter()
                 .filter(|e| e.op == Op::Connect && e.is_ok())
-                .filter_map(|e| Some((e.netns, e.destination()?, e.ts_ns)))
+                .filter_map(|e| Some((e.netns, e.canonical_destination()?, e.ts_ns)))
                 .collect(),
             chosen: self.chosen.clone(),
             now_ns,

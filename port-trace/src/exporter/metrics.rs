@@ -293,8 +293,9 @@ impl PatternMetrics {
         Self {
             info: r.int_gauges(
                 "port_trace_allocation_pattern_info",
-                "Allocation pattern per namespace, protocol and operation.",
-                &["netns", "proto", "op", "pattern"],
+                "Allocation pattern per namespace, protocol and operation, and for a sequential \
+                 pattern the counter's scope (global, per-destination, undetermined; none otherwise).",
+                &["netns", "proto", "op", "pattern", "scope"],
             ),
             predictability: r.gauges(
                 "port_trace_predictability_ratio",

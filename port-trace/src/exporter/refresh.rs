@@ -9,7 +9,7 @@ use std::{
 
 use super::{aggregate::netns_label, metrics::Metrics};
 use crate::{
-    analysis::{DEFAULT_RANGE, Pattern},
+    analysis::{CounterScope, DEFAULT_RANGE, Pattern},
     event::{Event, Op, Proto},
     netns::NetnsState,
     pressure::{
@@ -69,6 +69,8 @@ struct PatternRow {
     proto: Proto,
     op: Op,
     pattern: Pattern,
+    /// For `sequential`: the scope carrying the most samples among the sequential streams.
+    scope: Option<CounterScope>,
     predictability: Option<f64>,
 }
 
@@ -186,6 +188,14 @@ fn patterns(events: &[Event], namespaces: &[NetnsState]) -> Vec<PatternRow> {
                 .max_by_key(|(_, n)| **n)
                 .map(|(p, _)| *p)
                 .unwrap_or(Pattern::InsufficientData);
+            let mut scopes: BTreeMap<CounterScope, usize> = BTreeMap::new();
+            for s in streams.iter().filter(|s| s.pattern == Pattern::Sequential) {
+                let scope = s.counter_scope.unwrap_or(CounterScope::Undetermined);
+                *scopes.entry(scope).or_default() += s.samples;
+            }
+            let scope = (pattern == Pattern::Sequential)
+                .then(|| scopes.iter().max_by_key(|(_, n)| **n).map(|(c, _)| *c))
+                .flatten();
             let (sum, n) = streams
                 .iter()
                 .filter_map(|s| s.predictability.map(|p| (p * s.samples as f64, s.samples)))
@@ -195,6 +205,7 @@ fn patterns(events: &[Event], namespaces: &[NetnsState]) -> Vec<PatternRow> {
                 proto,
                 op,
                 pattern,
+                scope,
                 predictability: (n > 0).then(|| sum / n as f64),
             }
         })
@@ -288,7 +299,13 @@ impl PatternRow {
         let (proto, op) = (self.proto.name(), self.op.name());
         m.patterns
             .info
-            .with_label_values(&[&label, proto, op, self.pattern.as_str()])
+            .with_label_values(&[
+                &label,
+                proto,
+                op,
+                self.pattern.as_str(),
+                CounterScope::label(self.scope),
+            ])
             .set(1);
         if let Some(v) = self.predictability {
             m.patterns
