@@ -50,6 +50,7 @@ pub struct NamespaceMetrics {
     pub pressure_max: GaugeVec,
     pub bind_pressure: GaugeVec,
     pub listeners_in_range: IntGaugeVec,
+    pub bind_exhaustion: GaugeVec,
 }
 
 /// The top-N destinations by pressure, at each refresh.
@@ -58,6 +59,7 @@ pub struct DestinationMetrics {
     pub exhaustion: GaugeVec,
     pub rate: GaugeVec,
     pub sustainable: GaugeVec,
+    pub time_wait_share: GaugeVec,
 }
 
 /// Allocation pattern verdicts, recomputed when events arrived.
@@ -229,6 +231,11 @@ impl NamespaceMetrics {
                 "TCP listeners on a port inside the ephemeral range the kernel did not choose.",
                 &["netns"],
             ),
+            bind_exhaustion: r.gauges(
+                "port_trace_bind_exhaustion_seconds",
+                "Seconds until TCP bind(0)/listen() in the namespace runs out of ports at the current rate (+Inf: never); set while bind()/listen() take ports.",
+                &["netns", "proto"],
+            ),
         }
     }
 
@@ -246,6 +253,7 @@ impl NamespaceMetrics {
         }
         self.pressure_max.reset();
         self.bind_pressure.reset();
+        self.bind_exhaustion.reset();
     }
 }
 
@@ -259,17 +267,22 @@ impl DestinationMetrics {
             ),
             exhaustion: r.gauges(
                 "port_trace_destination_exhaustion_seconds",
-                "Top destinations: estimated seconds to exhaustion at the current rate (+Inf: not at this rate).",
+                "Top destinations: seconds until connect() toward it runs out of ports, projected from the ports held now, their TIME_WAIT expiries and the current rate (+Inf: never at this rate).",
                 DESTINATION,
             ),
             rate: r.gauges(
                 "port_trace_destination_allocation_rate",
-                "Top destinations: connect() allocations per second over the last minute.",
+                "Top destinations: connect() allocations per second over the last 5 seconds.",
                 DESTINATION,
             ),
             sustainable: r.gauges(
                 "port_trace_destination_sustainable_rate",
-                "Top destinations: usable ports / TIME_WAIT seconds.",
+                "Top destinations: connect() rate sustainable forever: ports not held by open connections / seconds a closed connection keeps its port.",
+                DESTINATION,
+            ),
+            time_wait_share: r.gauges(
+                "port_trace_destination_time_wait_share_ratio",
+                "Top destinations: share of the connections closed in the last minute that left a TIME_WAIT socket here (RST or peer-first closes do not).",
                 DESTINATION,
             ),
         }
@@ -282,6 +295,7 @@ impl DestinationMetrics {
             &self.exhaustion,
             &self.rate,
             &self.sustainable,
+            &self.time_wait_share,
         ] {
             g.reset();
         }

@@ -88,6 +88,7 @@ mod tests {
             range: Some(UsableRange::new(40000, 40003, vec![])),
             sockets: Some(vec![]),
             note: None,
+            ..Default::default()
         };
         fs::write(&dir, format!("{ev}\n\n{}\n", meta_line(&ns))).unwrap();
         let rec = read(&dir).unwrap();
