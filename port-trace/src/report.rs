@@ -36,8 +36,7 @@ pub struct StreamSummary {
     pub usable: Option<u32>,
     /// Failures by errno name.
     pub failures: BTreeMap<String, u64>,
-    /// Allocations per second over the last 5 s before the namespace's snapshot (or the last
-    /// event).
+    /// Allocations per second over the last 5 s of the recording.
     pub rate_per_s: f64,
     /// When the ports this stream draws from run out, as of the namespace's snapshot: per
     /// destination for TCP connect(), the namespace's TCP bind space for TCP bind()/listen().
@@ -142,9 +141,9 @@ fn analyze_connects(
     analysis::analyze(&samples, (range.low, range.high))
 }
 
-/// Per namespace, computed once and shared by its streams: the time forecasts count from
-/// (the snapshot, else the last event), recent allocations per destination and for all of
-/// TCP, and the per-destination connect() forecasts.
+/// Per namespace, computed once and shared by its streams: recent allocations per
+/// destination and for all of TCP, and the per-destination connect() forecasts. Forecasts
+/// count from the namespace's snapshot (TIME_WAIT expiries are relative to it).
 struct Spaces<'a> {
     ns: &'a HashMap<u32, &'a NetnsState>,
     last_event: u64,
@@ -182,20 +181,13 @@ impl<'a> Spaces<'a> {
         }
     }
 
-    /// The moment forecasts of `netns` count from.
-    fn as_of(&self, netns: u32) -> u64 {
-        self.ns
-            .get(&netns)
-            .and_then(|n| n.taken_ns)
-            .unwrap_or(self.last_event)
-    }
-
-    fn allocations(&self, recent: Option<&Recent>, netns: u32) -> Allocations {
-        let now = self.as_of(netns);
+    /// Recent allocations up to the end of the recording (its last event): the socket table
+    /// is read after tracing stopped, and the seconds in between saw no events.
+    fn allocations(&self, recent: Option<&Recent>) -> Allocations {
         recent
             .map(|r| Allocations {
-                rate_per_s: r.rate(now, RATE_WINDOW_NS),
-                last_minute: r.count(now, CLOSE_WINDOW_NS),
+                rate_per_s: r.rate(self.last_event, RATE_WINDOW_NS),
+                last_minute: r.count(self.last_event, CLOSE_WINDOW_NS),
             })
             .unwrap_or_default()
     }
@@ -218,7 +210,7 @@ impl<'a> Spaces<'a> {
                 .get(&netns)
                 .map(|m| {
                     m.iter()
-                        .map(|(d, r)| (*d, self.allocations(Some(r), netns)))
+                        .map(|(d, r)| (*d, self.allocations(Some(r))))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -237,7 +229,7 @@ impl<'a> Spaces<'a> {
     /// The forecast of the namespace's TCP bind space.
     fn bind(&self, netns: u32, range: &UsableRange) -> Option<Forecast> {
         let sockets = self.sockets(netns)?;
-        let alloc = self.allocations(self.tcp_allocs.get(&netns), netns);
+        let alloc = self.allocations(self.tcp_allocs.get(&netns));
         Some(bind_forecast(range, sockets, alloc))
     }
 }
@@ -297,7 +289,7 @@ fn summarize_stream(
             .get_or_insert_with(|| Recent::new(e.ts_ns))
             .add(e.ts_ns);
     }
-    let rate_per_s = spaces.allocations(recent.as_ref(), key.netns).rate_per_s;
+    let rate_per_s = spaces.allocations(recent.as_ref()).rate_per_s;
     StreamSummary {
         key: key.clone(),
         samples: ok.len(),

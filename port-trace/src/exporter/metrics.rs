@@ -75,6 +75,7 @@ pub struct HealthMetrics {
     pub ring_fill: Gauge,
     pub hook_info: IntGaugeVec,
     pub last_drain: Gauge,
+    pub last_refresh: Gauge,
     pub netns_errors: IntCounter,
 }
 
@@ -342,6 +343,10 @@ impl HealthMetrics {
             last_drain: r.gauge(
                 "port_trace_last_drain_timestamp_seconds",
                 "Wall-clock time the ring buffer was last drained.",
+            ),
+            last_refresh: r.gauge(
+                "port_trace_last_refresh_timestamp_seconds",
+                "Wall-clock time the socket tables were last read: the moment pressure and forecasts describe.",
             ),
             netns_errors: r.counter(
                 "port_trace_netns_refresh_errors_total",

@@ -40,6 +40,8 @@ pub struct Computed {
     /// Namespaces whose range could be read.
     pub(super) namespaces: Vec<NsGauges>,
     netns_errors: u64,
+    /// When the socket tables were read (wall-clock ns), if any was.
+    taken_ns: Option<u64>,
     /// None when no event arrived since the last analysis: keep the current verdicts.
     patterns: Option<Vec<PatternRow>>,
     /// The most pressed destinations across namespaces, at most `top_destinations`.
@@ -95,6 +97,7 @@ pub fn compute(input: RefreshInput, namespaces: Vec<NetnsState>) -> Computed {
     let patterns = input.events.map(|events| patterns(&events, &namespaces));
     Computed {
         netns_errors: namespaces.iter().filter(|n| n.note.is_some()).count() as u64,
+        taken_ns: namespaces.iter().filter_map(|n| n.taken_ns).min(),
         namespaces: gauges,
         patterns,
         top,
@@ -200,6 +203,9 @@ impl Computed {
         m.namespaces.reset();
         m.destinations.reset();
         m.health.netns_errors.inc_by(self.netns_errors);
+        if let Some(t) = self.taken_ns {
+            m.health.last_refresh.set(t as f64 / 1e9);
+        }
         for ns in &self.namespaces {
             ns.apply(m);
         }
