@@ -527,12 +527,14 @@ fn remaining(t: &Truth, at: f64) -> Option<f64> {
 
 // ---------------------------------------------------------------------------- phase 1: serve
 
+/// First firing time (s from start) per (alertname, netns, daddr:dport).
+type Firing = BTreeMap<(String, String, String), f64>;
+
 struct ServeRun {
     rows: Vec<Row>,
     /// The ramp's series at the 10-s scrape.
     ramp_scrape: String,
-    /// First firing time (s from start) per (alertname, netns, daddr:dport).
-    alerts: BTreeMap<(String, String, String), f64>,
+    alerts: Firing,
     truths: Vec<Vec<Truth>>,
     inodes: Vec<u64>,
 }
@@ -567,7 +569,7 @@ fn serve_phase(shapes: &[Shape]) -> ServeRun {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let alerts: Arc<Mutex<BTreeMap<(String, String, String), f64>>> = Default::default();
+    let alerts: Arc<Mutex<Firing>> = Default::default();
     let (truths, (t0_wall, scrapes)) = run_all(shapes, &live, |t0, t0_wall| {
         let done = AtomicBool::new(false);
         std::thread::scope(|scope| {

@@ -533,8 +533,10 @@ mod tests {
                 last_minute: 500,
             },
         );
-        let mut tcp = TcpSysctls::default();
-        tcp.tw_reuse = 0;
+        let mut tcp = TcpSysctls {
+            tw_reuse: 0,
+            ..Default::default()
+        };
         let f = connect_forecasts(&range, &sockets, &tcp, &allocs);
         assert_eq!(f.len(), 1);
         assert_eq!((f[0].in_use, f[0].usable), (500, 1000));
