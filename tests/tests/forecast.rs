@@ -44,6 +44,9 @@ enum Close {
     Fin,
     /// `SO_LINGER {1, 0}`: close sends RST, no TIME_WAIT.
     Rst,
+    /// The server closes first; the client reads the end, then closes (CLOSE_WAIT, LAST_ACK):
+    /// the TIME_WAIT is on the server's side.
+    Peer,
 }
 
 #[derive(Clone)]
@@ -132,6 +135,24 @@ fn shapes() -> Vec<Shape> {
             exhausts: vec![false],
             judge_from: 0.0,
         },
+        // 100/s on 400 ports, the server closing first: the TIME_WAIT sockets are the
+        // server's (port 5000), the client's ports free at once. Nothing runs out.
+        Shape {
+            name: "peer_closes_first",
+            range: (40000, 40399),
+            tw_reuse: 0,
+            addrs: vec![],
+            ports: vec![5000],
+            streams: vec![Stream {
+                dests: vec![lo(5000)],
+                rate: 100.0,
+                count: None,
+                close: Close::Peer,
+                bind_first: false,
+            }],
+            exhausts: vec![false],
+            judge_from: 0.0,
+        },
         // 100/s on 400 ports would run out in 4 s; tcp_tw_reuse = 1 (to a non-loopback
         // address, where the default 2 would not apply) frees TIME_WAIT ports after ~1 s.
         Shape {
@@ -205,6 +226,8 @@ struct Truth {
 struct Live {
     ns: Netns,
     listeners: Vec<TcpListener>,
+    /// The server closes as soon as it accepts.
+    server_first: bool,
 }
 
 fn prepare(shape: &Shape) -> Live {
@@ -237,14 +260,19 @@ fn prepare(shape: &Shape) -> Live {
                 .collect::<Vec<_>>()
         })
         .expect("namespace thread");
-    Live { ns, listeners }
+    Live {
+        ns,
+        listeners,
+        server_first: shape.streams.iter().any(|s| s.close == Close::Peer),
+    }
 }
 
 /// Accepts and reads each connection to its end, then closes it: the client has closed
 /// first (or reset), so the server side never holds the client's port in TIME_WAIT.
-fn accept_until(l: &TcpListener, stop: &AtomicBool, end: Instant) {
+fn accept_until(l: &TcpListener, server_first: bool, stop: &AtomicBool, end: Instant) {
     while !stop.load(Ordering::Relaxed) && Instant::now() < end {
         match l.accept() {
+            Ok((c, _)) if server_first => drop(c),
             Ok((mut c, _)) => {
                 let _ = c.set_nonblocking(false);
                 let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
@@ -289,8 +317,17 @@ fn run_stream(s: &Stream, t0: Instant, end: Instant) -> Truth {
         match sock.connect_timeout(&SockAddr::from(dest), Duration::from_secs(2)) {
             Ok(()) => {
                 truth.ok += 1;
-                if s.close == Close::Rst {
-                    sock.set_linger(Some(Duration::ZERO)).unwrap();
+                match s.close {
+                    Close::Fin => {}
+                    Close::Rst => sock.set_linger(Some(Duration::ZERO)).unwrap(),
+                    Close::Peer => {
+                        // Wait for the server's FIN, then close.
+                        let mut c = TcpStream::from(sock);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 16];
+                        let _ = c.read(&mut buf);
+                        continue;
+                    }
                 }
             }
             Err(e) => {
@@ -324,7 +361,10 @@ fn run_all<R: Send>(
         for l in live {
             for listener in &l.listeners {
                 let stop = &stop;
-                scope.spawn(move || accept_until(listener, stop, end + Duration::from_secs(1)));
+                let first = l.server_first;
+                scope.spawn(move || {
+                    accept_until(listener, first, stop, end + Duration::from_secs(1))
+                });
             }
         }
         let handles: Vec<Vec<_>> = shapes
