@@ -566,6 +566,88 @@ mod tests {
         assert!(render_table(&s).contains("self-connect"));
     }
 
+    /// The two cases, offline: 4,096 RST-closed connects leave no TIME_WAIT and no
+    /// forecast; a ramp whose ports sit in TIME_WAIT runs out when the range fills.
+    #[test]
+    fn forecasts_follow_the_socket_table() {
+        let range = UsableRange::new(40000, 40999, vec![]);
+        let a = (Ipv4Addr::LOCALHOST, 5000);
+        let ms = 1_000_000;
+        // RST: 4,096 connects in 0.3 s, nothing left in the table.
+        let events: Vec<Event> = (0..4096u64)
+            .map(|i| {
+                ev(
+                    Op::Connect,
+                    Proto::Tcp,
+                    40000 + (i % 1000) as u16,
+                    Some(a),
+                    Outcome::Ok,
+                    i * 300 * ms / 4096,
+                )
+            })
+            .collect();
+        let ns = NetnsState {
+            netns: 7,
+            range: Some(range.clone()),
+            sockets: Some(vec![]),
+            taken_ns: Some(400 * ms),
+            ..Default::default()
+        };
+        let s = summarize(&events, &[ns], &range);
+        let f = s.streams[0].forecast.expect("a forecast");
+        assert_eq!(f.seconds_to_exhaustion, None, "{f:?}");
+        assert_eq!(f.time_wait_share, 0.0);
+        assert!(
+            render_table(&s).contains("exhaustion: none"),
+            "{}",
+            render_table(&s)
+        );
+
+        // Ramp: 50/s for 10 s, every port in TIME_WAIT (entered 0..10 s ago).
+        let events: Vec<Event> = (0..500u64)
+            .map(|i| {
+                ev(
+                    Op::Connect,
+                    Proto::Tcp,
+                    40000 + i as u16,
+                    Some(a),
+                    Outcome::Ok,
+                    i * 20 * ms,
+                )
+            })
+            .collect();
+        let socks: Vec<SocketRecord> = (0..500u32)
+            .map(|i| SocketRecord {
+                time_wait_ms: Some(50_000 + i * 20),
+                ..sock(SockState::TimeWait, 40000 + i as u16, Some(a))
+            })
+            .collect();
+        let mut ns = NetnsState {
+            netns: 7,
+            range: Some(range.clone()),
+            sockets: Some(socks),
+            taken_ns: Some(10_000 * ms),
+            // tcp_tw_reuse = 0 (the default 2 would free these loopback ports after ~1 s).
+            tcp: Some(crate::netns::range::TcpSysctls {
+                tw_reuse: 0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = summarize(&events, std::slice::from_ref(&ns), &range);
+        let secs = s.streams[0]
+            .forecast
+            .unwrap()
+            .seconds_to_exhaustion
+            .unwrap();
+        assert!((secs - 10.0).abs() < 0.5, "{secs}");
+        assert!(
+            render_table(&s).contains("exhaustion in ~10s"),
+            "{}",
+            render_table(&s)
+        );
+    }
+
     #[test]
     fn without_a_socket_table_pressure_is_unknown() {
         let range = UsableRange::new(32768, 60999, vec![]);
