@@ -622,7 +622,7 @@ mod tests {
                 ..sock(SockState::TimeWait, 40000 + i as u16, Some(a))
             })
             .collect();
-        let mut ns = NetnsState {
+        let ns = NetnsState {
             netns: 7,
             range: Some(range.clone()),
             sockets: Some(socks),
