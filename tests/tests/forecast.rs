@@ -165,8 +165,8 @@ fn shapes() -> Vec<Shape> {
             exhausts: vec![false],
             judge_from: 0.0,
         },
-        // bind(0) then connect() to 20 destinations, 25/s: the bind space (400 ports) runs
-        // out at ~16 s although no destination has more than 20 ports.
+        // bind(0) then connect() to 20 destinations, 20/s: the bind space (400 ports) runs
+        // out at ~20 s although no destination has more than 20 ports.
         Shape {
             name: "bind_before_connect",
             range: (40000, 40399),
@@ -175,7 +175,7 @@ fn shapes() -> Vec<Shape> {
             ports: vec![5000],
             streams: vec![Stream {
                 dests: many.iter().map(|a| SocketAddr::from((*a, 5000))).collect(),
-                rate: 25.0,
+                rate: 20.0,
                 count: None,
                 close: Close::Fin,
                 bind_first: true,
