@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     analysis::{self, CounterScope, GlobalAnalysis, Parity, Pattern, Sample, StreamKey},
-    event::{Event, Op},
+    event::{Event, Op, Proto},
     netns::NetnsState,
     pressure::{
-        self, DEFAULT_TIME_WAIT_SECS, Forecast, SocketRecord, UsableRange, allocation_rate,
-        connect_pressure, listener_hazards,
+        self, Allocations, CLOSE_WINDOW_NS, DestForecast, Forecast, RATE_WINDOW_NS, Recent,
+        SocketRecord, UsableRange, bind_forecast, connect_forecasts, listener_hazards,
     },
 };
 
@@ -40,8 +40,11 @@ pub struct StreamSummary {
     pub usable: Option<u32>,
     /// Failures by errno name.
     pub failures: BTreeMap<String, u64>,
-    /// Allocations per second over the last minute of the stream.
+    /// Allocations per second over the last 5 s of the recording.
     pub rate_per_s: f64,
+    /// When the ports this stream draws from run out, as of the namespace's snapshot: per
+    /// destination for TCP connect(), the namespace's TCP bind space for TCP bind()/listen().
+    /// None without a socket table, and for UDP.
     pub forecast: Option<Forecast>,
     /// Busiest commands, most first (bounded).
     pub top_comms: Vec<(String, u64)>,
@@ -100,18 +103,14 @@ pub fn summarize(
         .iter()
         .map(|s| (&s.key, &s.analysis))
         .collect();
-    let span = Span {
-        first: events.iter().map(|e| e.ts_ns).min().unwrap_or(0),
-        last: events.iter().map(|e| e.ts_ns).max().unwrap_or(0),
-    };
-    let mut dest_pressure = DestPressureCache::default();
+    let last = events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
+    let mut spaces = Spaces::new(events, &ns, last);
     let mut streams: Vec<StreamSummary> = groups
         .iter()
         .map(|(key, evs)| {
             let range = range_of(&ns, key.netns, default_range);
-            let sockets = ns.get(&key.netns).and_then(|s| s.sockets.as_deref());
             let verdict = verdicts.get(key).map(|a| (*a).clone());
-            summarize_stream(key, evs, &range, sockets, verdict, span, &mut dest_pressure)
+            summarize_stream(key, evs, &range, verdict, &mut spaces)
         })
         .collect();
     sort_most_pressing_first(&mut streams);
@@ -121,13 +120,6 @@ pub fn summarize(
         hazards: hazards(events, namespaces),
         namespaces: namespaces.to_vec(),
     }
-}
-
-/// The first and last event of the recording.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    first: u64,
-    last: u64,
 }
 
 /// Pattern analysis of every successful connect, all destinations in time order: the
@@ -153,35 +145,96 @@ fn analyze_connects(
     analysis::analyze(&samples, (range.low, range.high))
 }
 
-/// Per-destination connect() pressure of each namespace, computed once per namespace (one pass
-/// over its socket table) and shared by its streams.
-#[derive(Default)]
-struct DestPressureCache {
-    /// Per namespace: pressure by destination, and the ports connect() may use there.
-    by_netns: HashMap<u32, (ByDestination, u32)>,
+/// Per namespace, computed once and shared by its streams: recent allocations per
+/// destination and for all of TCP, and the per-destination connect() forecasts. Forecasts
+/// count from the namespace's snapshot (TIME_WAIT expiries are relative to it).
+struct Spaces<'a> {
+    ns: &'a HashMap<u32, &'a NetnsState>,
+    last_event: u64,
+    dest_allocs: HashMap<u32, HashMap<(IpAddr, u16), Recent>>,
+    tcp_allocs: HashMap<u32, Recent>,
+    by_netns: HashMap<u32, HashMap<(IpAddr, u16), DestForecast>>,
 }
 
-type ByDestination = HashMap<(IpAddr, u16), pressure::DestPressure>;
+impl<'a> Spaces<'a> {
+    fn new(events: &[Event], ns: &'a HashMap<u32, &'a NetnsState>, last_event: u64) -> Self {
+        let mut dest_allocs: HashMap<u32, HashMap<(IpAddr, u16), Recent>> = HashMap::new();
+        let mut tcp_allocs: HashMap<u32, Recent> = HashMap::new();
+        for e in events.iter().filter(|e| e.is_ok() && e.proto == Proto::Tcp) {
+            tcp_allocs
+                .entry(e.netns)
+                .or_insert_with(|| Recent::new(e.ts_ns))
+                .add(e.ts_ns);
+            if e.op == Op::Connect
+                && let Some((daddr, dport)) = e.destination()
+            {
+                dest_allocs
+                    .entry(e.netns)
+                    .or_default()
+                    .entry((daddr.to_canonical(), dport))
+                    .or_insert_with(|| Recent::new(e.ts_ns))
+                    .add(e.ts_ns);
+            }
+        }
+        Spaces {
+            ns,
+            last_event,
+            dest_allocs,
+            tcp_allocs,
+            by_netns: HashMap::new(),
+        }
+    }
 
-impl DestPressureCache {
-    /// (pressure, in use, usable) toward one destination.
-    fn get(
+    /// Recent allocations up to the end of the recording (its last event): the socket table
+    /// is read after tracing stopped, and the seconds in between saw no events.
+    fn allocations(&self, recent: Option<&Recent>) -> Allocations {
+        recent
+            .map(|r| Allocations {
+                rate_per_s: r.rate(self.last_event, RATE_WINDOW_NS),
+                last_minute: r.count(self.last_event, CLOSE_WINDOW_NS),
+            })
+            .unwrap_or_default()
+    }
+
+    fn sockets(&self, netns: u32) -> Option<&'a [SocketRecord]> {
+        self.ns.get(&netns).and_then(|s| s.sockets.as_deref())
+    }
+
+    /// The connect() forecast toward one destination.
+    fn dest(
         &mut self,
         netns: u32,
-        dest: Option<(IpAddr, u16)>,
+        dest: (IpAddr, u16),
         range: &UsableRange,
-        sockets: &[SocketRecord],
-    ) -> (f64, u32, u32) {
-        let (per_dest, any_usable) = self.by_netns.entry(netns).or_insert_with(|| {
-            let all = connect_pressure(range, sockets);
-            let usable = all.first().map(|d| d.usable).unwrap_or(range.usable);
-            let by_dest = all.into_iter().map(|d| ((d.daddr, d.dport), d)).collect();
-            (by_dest, usable)
-        });
-        match dest.and_then(|k| per_dest.get(&k)) {
-            Some(d) => (d.pressure, d.in_use, d.usable),
-            None => (0.0, 0, *any_usable),
+    ) -> Option<DestForecast> {
+        let sockets = self.sockets(netns)?;
+        if !self.by_netns.contains_key(&netns) {
+            let allocs: HashMap<(IpAddr, u16), Allocations> = self
+                .dest_allocs
+                .get(&netns)
+                .map(|m| {
+                    m.iter()
+                        .map(|(d, r)| (*d, self.allocations(Some(r))))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let tcp = self.ns.get(&netns).and_then(|n| n.tcp).unwrap_or_default();
+            let all = connect_forecasts(range, sockets, &tcp, &allocs);
+            self.by_netns.insert(
+                netns,
+                all.into_iter().map(|d| ((d.daddr, d.dport), d)).collect(),
+            );
         }
+        self.by_netns[&netns]
+            .get(&(dest.0.to_canonical(), dest.1))
+            .cloned()
+    }
+
+    /// The forecast of the namespace's TCP bind space.
+    fn bind(&self, netns: u32, range: &UsableRange) -> Option<Forecast> {
+        let sockets = self.sockets(netns)?;
+        let alloc = self.allocations(self.tcp_allocs.get(&netns));
+        Some(bind_forecast(range, sockets, alloc))
     }
 }
 
@@ -190,10 +243,8 @@ fn summarize_stream(
     key: &StreamKey,
     evs: &[&Event],
     range: &UsableRange,
-    sockets: Option<&[SocketRecord]>,
     verdict: Option<analysis::StreamAnalysis>,
-    span: Span,
-    dest_pressure: &mut DestPressureCache,
+    spaces: &mut Spaces,
 ) -> StreamSummary {
     let ok: Vec<&Event> = evs.iter().copied().filter(|e| e.is_ok()).collect();
     let mut sorted: Vec<(u64, u16)> = ok.iter().map(|e| (e.ts_ns, e.port)).collect();
@@ -204,30 +255,45 @@ fn summarize_stream(
     for e in evs.iter().filter(|e| !e.is_ok()) {
         *failures.entry(e.result.name().into_owned()).or_default() += 1;
     }
-    let (pressure, in_use, usable) = match sockets {
-        Some(socks) if key.has_destination() => {
-            let (p, i, u) = dest_pressure.get(key.netns, key.daddr.zip(key.dport), range, socks);
-            (Some(p), Some(i), Some(u))
+    let sockets = spaces.sockets(key.netns);
+    let dest = if key.proto == Proto::Tcp && key.op == Op::Connect {
+        key.daddr.zip(key.dport)
+    } else {
+        None
+    };
+    let mut forecast = None;
+    let (pressure, in_use, usable) = match (sockets, dest) {
+        (Some(_), Some(d)) => {
+            let (i, u) = match spaces.dest(key.netns, d, range) {
+                Some(f) => {
+                    forecast = Some(f.forecast);
+                    (f.in_use, f.usable)
+                }
+                None => (0, range.usable),
+            };
+            (Some(pressure::ratio(i, u)), Some(i), Some(u))
         }
-        Some(socks) => {
+        (Some(socks), None) => {
             let p = pressure::bind_pressure(range, socks, key.proto);
             let usable = range.usable;
+            if key.proto == Proto::Tcp && !key.has_destination() {
+                forecast = spaces.bind(key.netns, range);
+            }
             (
                 Some(p),
                 Some((p * usable as f64).round() as u32),
                 Some(usable),
             )
         }
-        None => (None, None, None),
+        (None, _) => (None, None, None),
     };
-    let rate_per_s = allocation_rate(ok.iter().map(|e| e.ts_ns), span.first, span.last);
-    // Only connect() ports linger in TIME_WAIT after use; bind-style ports free on close.
-    let forecast = match (in_use, usable) {
-        (Some(i), Some(u)) if key.has_destination() => {
-            Some(pressure::forecast(i, u, rate_per_s, DEFAULT_TIME_WAIT_SECS))
-        }
-        _ => None,
-    };
+    let mut recent: Option<Recent> = None;
+    for e in &ok {
+        recent
+            .get_or_insert_with(|| Recent::new(e.ts_ns))
+            .add(e.ts_ns);
+    }
+    let rate_per_s = spaces.allocations(recent.as_ref()).rate_per_s;
     StreamSummary {
         key: key.clone(),
         samples: ok.len(),
@@ -309,6 +375,28 @@ fn key_text(k: &StreamKey) -> String {
     }
 }
 
+/// "exhaustion in ~10s" or "none", and what it rests on.
+pub fn forecast_text(f: &Forecast) -> String {
+    let when = match f.seconds_to_exhaustion {
+        Some(s) if s <= 0.0 => "exhausted now".to_string(),
+        Some(s) => format!("exhaustion in ~{s:.0}s"),
+        None => "exhaustion: none".to_string(),
+    };
+    let hold = if f.tw_reuse {
+        format!("closed ports held {:.0}s (tcp_tw_reuse)", f.hold_s)
+    } else {
+        format!(
+            "closed ports held {:.0}s ({:.0}% left TIME_WAIT)",
+            f.hold_s,
+            f.time_wait_share * 100.0
+        )
+    };
+    format!(
+        "{when} at {:.1}/s; {hold}; sustainable {:.1}/s",
+        f.rate_per_s, f.sustainable_rate
+    )
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map(|v| format!("{:.1}%", v * 100.0))
         .unwrap_or_else(|| "-".into())
@@ -365,14 +453,8 @@ pub fn render_table(s: &Summary) -> String {
             failures,
             comms
         );
-        if let Some(f) = &st.forecast
-            && let Some(secs) = f.seconds_to_exhaustion
-        {
-            let _ = writeln!(
-                out,
-                "    exhaustion in ~{secs:.0}s at {:.1}/s (sustainable {:.1}/s)",
-                st.rate_per_s, f.sustainable_rate
-            );
+        if let Some(f) = &st.forecast {
+            let _ = writeln!(out, "    {}", forecast_text(f));
         }
     }
     let scope = s
@@ -424,6 +506,7 @@ mod tests {
             local_port: lport,
             remote_addr: IpAddr::V4(remote.map(|r| r.0).unwrap_or(Ipv4Addr::UNSPECIFIED)),
             remote_port: remote.map(|r| r.1).unwrap_or(0),
+            time_wait_ms: None,
         }
     }
 
@@ -462,6 +545,7 @@ mod tests {
             range: Some(range.clone()),
             sockets: Some(socks),
             note: None,
+            ..Default::default()
         };
         let s = summarize(&events, &[ns], &range);
         let first = &s.streams[0];
@@ -485,6 +569,7 @@ mod tests {
             range: Some(range.clone()),
             sockets: Some(vec![sock(SockState::Listen, 40001, None)]),
             note: None,
+            ..Default::default()
         };
         let events = vec![ev(
             Op::Connect,
@@ -499,6 +584,88 @@ mod tests {
         assert_eq!(s.hazards.listeners_in_range[0].1.local_port, 40001);
         assert_eq!(s.hazards.self_connects.len(), 1);
         assert!(render_table(&s).contains("self-connect"));
+    }
+
+    /// The two cases, offline: 4,096 RST-closed connects leave no TIME_WAIT and no
+    /// forecast; a ramp whose ports sit in TIME_WAIT runs out when the range fills.
+    #[test]
+    fn forecasts_follow_the_socket_table() {
+        let range = UsableRange::new(40000, 40999, vec![]);
+        let a = (Ipv4Addr::LOCALHOST, 5000);
+        let ms = 1_000_000;
+        // RST: 4,096 connects in 0.3 s, nothing left in the table.
+        let events: Vec<Event> = (0..4096u64)
+            .map(|i| {
+                ev(
+                    Op::Connect,
+                    Proto::Tcp,
+                    40000 + (i % 1000) as u16,
+                    Some(a),
+                    Outcome::Ok,
+                    i * 300 * ms / 4096,
+                )
+            })
+            .collect();
+        let ns = NetnsState {
+            netns: 7,
+            range: Some(range.clone()),
+            sockets: Some(vec![]),
+            taken_ns: Some(400 * ms),
+            ..Default::default()
+        };
+        let s = summarize(&events, &[ns], &range);
+        let f = s.streams[0].forecast.expect("a forecast");
+        assert_eq!(f.seconds_to_exhaustion, None, "{f:?}");
+        assert_eq!(f.time_wait_share, 0.0);
+        assert!(
+            render_table(&s).contains("exhaustion: none"),
+            "{}",
+            render_table(&s)
+        );
+
+        // Ramp: 50/s for 10 s, every port in TIME_WAIT (entered 0..10 s ago).
+        let events: Vec<Event> = (0..500u64)
+            .map(|i| {
+                ev(
+                    Op::Connect,
+                    Proto::Tcp,
+                    40000 + i as u16,
+                    Some(a),
+                    Outcome::Ok,
+                    i * 20 * ms,
+                )
+            })
+            .collect();
+        let socks: Vec<SocketRecord> = (0..500u32)
+            .map(|i| SocketRecord {
+                time_wait_ms: Some(50_000 + i * 20),
+                ..sock(SockState::TimeWait, 40000 + i as u16, Some(a))
+            })
+            .collect();
+        let ns = NetnsState {
+            netns: 7,
+            range: Some(range.clone()),
+            sockets: Some(socks),
+            taken_ns: Some(10_000 * ms),
+            // tcp_tw_reuse = 0 (the default 2 would free these loopback ports after ~1 s).
+            tcp: Some(crate::netns::range::TcpSysctls {
+                tw_reuse: 0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = summarize(&events, std::slice::from_ref(&ns), &range);
+        let secs = s.streams[0]
+            .forecast
+            .unwrap()
+            .seconds_to_exhaustion
+            .unwrap();
+        assert!((secs - 10.0).abs() < 0.5, "{secs}");
+        assert!(
+            render_table(&s).contains("exhaustion in ~10s"),
+            "{}",
+            render_table(&s)
+        );
     }
 
     #[test]
@@ -536,7 +703,7 @@ mod tests {
             netns: 7,
             range: Some(range.clone()),
             sockets: Some(socks),
-            note: None,
+            ..Default::default()
         };
         let s = summarize(&events, &[ns], &range);
         assert_eq!(s.streams.len(), 1, "{:#?}", s.streams);

@@ -490,11 +490,28 @@ fn prometheus_evaluates_dashboard_and_alerts() {
     );
     let (ns, keep) = exhausted_namespace();
     let n = ns.inode.to_string();
+    // A TCP bind(0) in another namespace: the bind-space forecast is set only where bind()
+    // takes ports.
+    let bind_ns = Netns::new().unwrap();
+    let (bound, _) = bind_ns
+        .run("pt-bind", || {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.bind(&SockAddr::from(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))))
+                .unwrap();
+            s
+        })
+        .unwrap();
+    let b = bind_ns.inode.to_string();
     scrape_until(daemon.addr, |s| {
         value(
             s,
             &format!("port_trace_pressure_max_ratio{{netns=\"{n}\"}}"),
         ) == Some(1.0)
+            && value(
+                s,
+                &format!("port_trace_bind_exhaustion_seconds{{netns=\"{b}\",proto=\"tcp\"}}"),
+            )
+            .is_some()
     });
     // Wait until Prometheus has scraped the exhausted state and evaluated the rules.
     let mut fired = Vec::new();
@@ -557,6 +574,8 @@ fn prometheus_evaluates_dashboard_and_alerts() {
     );
     drop(keep);
     drop(ns);
+    drop(bound);
+    drop(bind_ns);
     daemon.stop();
 }
 

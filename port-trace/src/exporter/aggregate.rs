@@ -2,6 +2,7 @@
 //! refresh, and the gauges a refresh computed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 
 use super::{
     metrics::Metrics,
@@ -9,14 +10,47 @@ use super::{
 };
 use crate::{
     analysis::{DEFAULT_RANGE, StreamKey},
-    event::{Event, Op},
+    event::{Event, Op, Proto},
     netns::NetnsState,
+    pressure::{Allocations, CLOSE_WINDOW_NS, RATE_WINDOW_NS, Recent},
 };
 
 /// Beyond the no-collision maximum of Linux's connect() (+2..16) a step means skipped ports.
 const MAX_NO_COLLISION_STEP: u32 = 16;
 /// Bound on per-stream "last port" memory for step sizes, and on remembered chosen ports.
 const MAX_KEYS: usize = 65_536;
+/// Bound on destinations whose recent allocations are counted (~280 bytes each).
+const MAX_RATE_KEYS: usize = 16_384;
+
+/// Recent allocations per destination and per namespace, fed at ingest (so the rates do not
+/// depend on how many events the window keeps).
+#[derive(Default)]
+struct Rates {
+    /// TCP connect() per (netns, destination).
+    dest: HashMap<(u32, IpAddr, u16), Recent>,
+    /// Every TCP allocation per namespace (connect, bind, listen): the bind space.
+    tcp: HashMap<u32, Recent>,
+    /// TCP bind()/listen() per namespace: is anything drawing from the bind space itself?
+    bind: HashMap<u32, Recent>,
+}
+
+fn count<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Recent>, key: K, ts: u64) {
+    if map.len() >= MAX_RATE_KEYS && !map.contains_key(&key) {
+        // Forget what has been idle for a minute; if that is not enough, start over.
+        map.retain(|_, r| r.newest_ns() + CLOSE_WINDOW_NS >= ts);
+        if map.len() >= MAX_RATE_KEYS {
+            map.clear();
+        }
+    }
+    map.entry(key).or_insert_with(|| Recent::new(ts)).add(ts);
+}
+
+fn allocations(r: &Recent, now: u64) -> Allocations {
+    Allocations {
+        rate_per_s: r.rate(now, RATE_WINDOW_NS),
+        last_minute: r.count(now, CLOSE_WINDOW_NS),
+    }
+}
 
 /// Feeds events into counters and keeps the recent ones for pattern analysis.
 pub struct Aggregator {
@@ -33,6 +67,7 @@ pub struct Aggregator {
     dirty: bool,
     /// Ports the kernel chose for TCP bind/listen (not hazards when listened on).
     chosen: HashSet<(u32, u16)>,
+    rates: Rates,
     pub top_destinations: usize,
 }
 
@@ -52,6 +87,7 @@ impl Aggregator {
             unresolved_seen: 0,
             dirty: false,
             chosen: HashSet::new(),
+            rates: Rates::default(),
             top_destinations,
         }
     }
@@ -66,6 +102,7 @@ impl Aggregator {
     pub fn ingest(&mut self, e: Event) {
         if e.is_ok() {
             self.observe_step(&e);
+            self.count_allocation(&e);
         }
         let m = &self.metrics.events;
         let (proto, family, op) = (e.proto.name(), e.family.name(), e.op.name());
@@ -97,6 +134,23 @@ impl Aggregator {
         }
         self.window.push_back(e);
         self.dirty = true;
+    }
+
+    /// Recent-allocation counts for the forecasts (TCP only: UDP has no TIME_WAIT).
+    fn count_allocation(&mut self, e: &Event) {
+        if e.proto != Proto::Tcp {
+            return;
+        }
+        count(&mut self.rates.tcp, e.netns, e.ts_ns);
+        match e.op {
+            Op::Connect => {
+                if let Some((daddr, dport)) = e.canonical_destination() {
+                    count(&mut self.rates.dest, (e.netns, daddr, dport), e.ts_ns);
+                }
+            }
+            Op::Bind | Op::Listen => count(&mut self.rates.bind, e.netns, e.ts_ns),
+            Op::Autobind => {}
+        }
     }
 
     /// Step from the stream's previous port: the histogram, and skips of occupied ports.
@@ -156,14 +210,30 @@ impl Aggregator {
         RefreshInput {
             events,
             newest_per_netns: newest.into_values().collect(),
-            connects: self
-                .window
+            dest_allocs: {
+                let mut m: HashMap<u32, HashMap<(IpAddr, u16), Allocations>> = HashMap::new();
+                for (&(netns, daddr, dport), r) in &self.rates.dest {
+                    let a = allocations(r, now_ns);
+                    if a.last_minute > 0 {
+                        m.entry(netns).or_default().insert((daddr, dport), a);
+                    }
+                }
+                m
+            },
+            tcp_allocs: self
+                .rates
+                .tcp
                 .iter()
-                .filter(|e| e.op == Op::Connect && e.is_ok())
-                .filter_map(|e| Some((e.netns, e.canonical_destination()?, e.ts_ns)))
+                .map(|(&netns, r)| (netns, allocations(r, now_ns)))
+                .collect(),
+            bind_active: self
+                .rates
+                .bind
+                .iter()
+                .filter(|(_, r)| r.count(now_ns, CLOSE_WINDOW_NS) > 0)
+                .map(|(&netns, _)| netns)
                 .collect(),
             chosen: self.chosen.clone(),
-            now_ns,
             top_destinations: self.top_destinations,
         }
     }

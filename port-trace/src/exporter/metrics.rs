@@ -50,6 +50,7 @@ pub struct NamespaceMetrics {
     pub pressure_max: GaugeVec,
     pub bind_pressure: GaugeVec,
     pub listeners_in_range: IntGaugeVec,
+    pub bind_exhaustion: GaugeVec,
 }
 
 /// The top-N destinations by pressure, at each refresh.
@@ -58,6 +59,7 @@ pub struct DestinationMetrics {
     pub exhaustion: GaugeVec,
     pub rate: GaugeVec,
     pub sustainable: GaugeVec,
+    pub time_wait_share: GaugeVec,
 }
 
 /// Allocation pattern verdicts, recomputed when events arrived.
@@ -73,6 +75,7 @@ pub struct HealthMetrics {
     pub ring_fill: Gauge,
     pub hook_info: IntGaugeVec,
     pub last_drain: Gauge,
+    pub last_refresh: Gauge,
     pub netns_errors: IntCounter,
 }
 
@@ -229,6 +232,11 @@ impl NamespaceMetrics {
                 "TCP listeners on a port inside the ephemeral range the kernel did not choose.",
                 &["netns"],
             ),
+            bind_exhaustion: r.gauges(
+                "port_trace_bind_exhaustion_seconds",
+                "Seconds until TCP bind(0)/listen() in the namespace runs out of ports at the current rate (+Inf: never); set while bind()/listen() take ports.",
+                &["netns", "proto"],
+            ),
         }
     }
 
@@ -246,6 +254,7 @@ impl NamespaceMetrics {
         }
         self.pressure_max.reset();
         self.bind_pressure.reset();
+        self.bind_exhaustion.reset();
     }
 }
 
@@ -259,17 +268,22 @@ impl DestinationMetrics {
             ),
             exhaustion: r.gauges(
                 "port_trace_destination_exhaustion_seconds",
-                "Top destinations: estimated seconds to exhaustion at the current rate (+Inf: not at this rate).",
+                "Top destinations: seconds until connect() toward it runs out of ports, projected from the ports held now, their TIME_WAIT expiries and the current rate (+Inf: never at this rate).",
                 DESTINATION,
             ),
             rate: r.gauges(
                 "port_trace_destination_allocation_rate",
-                "Top destinations: connect() allocations per second over the last minute.",
+                "Top destinations: connect() allocations per second over the last 5 seconds.",
                 DESTINATION,
             ),
             sustainable: r.gauges(
                 "port_trace_destination_sustainable_rate",
-                "Top destinations: usable ports / TIME_WAIT seconds.",
+                "Top destinations: connect() rate sustainable forever: ports not held by open connections / seconds a closed connection keeps its port.",
+                DESTINATION,
+            ),
+            time_wait_share: r.gauges(
+                "port_trace_destination_time_wait_share_ratio",
+                "Top destinations: share of the connections closed in the last minute that left a TIME_WAIT socket here (RST or peer-first closes do not).",
                 DESTINATION,
             ),
         }
@@ -282,6 +296,7 @@ impl DestinationMetrics {
             &self.exhaustion,
             &self.rate,
             &self.sustainable,
+            &self.time_wait_share,
         ] {
             g.reset();
         }
@@ -329,6 +344,10 @@ impl HealthMetrics {
             last_drain: r.gauge(
                 "port_trace_last_drain_timestamp_seconds",
                 "Wall-clock time the ring buffer was last drained.",
+            ),
+            last_refresh: r.gauge(
+                "port_trace_last_refresh_timestamp_seconds",
+                "Wall-clock time the socket tables were last read: the moment pressure and forecasts describe.",
             ),
             netns_errors: r.counter(
                 "port_trace_netns_refresh_errors_total",

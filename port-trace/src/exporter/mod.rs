@@ -108,6 +108,7 @@ mod tests {
                 local_port: 40000 + (i % 10_000) as u16,
                 remote_addr: IpAddr::V4(d),
                 remote_port: 443,
+                time_wait_ms: None,
             });
             a.ingest(ev(
                 Op::Connect,
@@ -122,6 +123,7 @@ mod tests {
             range: Some(range),
             sockets: Some(sockets),
             note: None,
+            ..Default::default()
         };
         a.refresh(&[ns]);
         let t = a.metrics.render();

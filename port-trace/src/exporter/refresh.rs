@@ -13,8 +13,8 @@ use crate::{
     event::{Event, Op, Proto},
     netns::NetnsState,
     pressure::{
-        self, DEFAULT_TIME_WAIT_SECS, SockState, UsableRange, allocation_rate, connect_pressure,
-        listener_hazards,
+        self, Allocations, DestForecast, Forecast, SockState, UsableRange, bind_forecast,
+        connect_forecasts, listener_hazards,
     },
     report,
 };
@@ -25,10 +25,13 @@ pub struct RefreshInput {
     pub(super) events: Option<Vec<Event>>,
     /// One recent event per namespace: where to find a process inside it.
     pub newest_per_netns: Vec<Event>,
-    /// Successful connects in the window: (netns, destination, time).
-    pub(super) connects: Vec<(u32, (IpAddr, u16), u64)>,
+    /// Recent TCP connect() allocations per namespace and destination.
+    pub(super) dest_allocs: HashMap<u32, HashMap<(IpAddr, u16), Allocations>>,
+    /// Recent TCP allocations of any kind per namespace.
+    pub(super) tcp_allocs: HashMap<u32, Allocations>,
+    /// Namespaces where TCP bind()/listen() took a port in the last minute.
+    pub(super) bind_active: HashSet<u32>,
     pub(super) chosen: HashSet<(u32, u16)>,
-    pub(super) now_ns: u64,
     pub(super) top_destinations: usize,
 }
 
@@ -37,6 +40,8 @@ pub struct Computed {
     /// Namespaces whose range could be read.
     pub(super) namespaces: Vec<NsGauges>,
     netns_errors: u64,
+    /// When the socket tables were read (wall-clock ns), if any was.
+    taken_ns: Option<u64>,
     /// None when no event arrived since the last analysis: keep the current verdicts.
     patterns: Option<Vec<PatternRow>>,
     /// The most pressed destinations across namespaces, at most `top_destinations`.
@@ -55,13 +60,13 @@ struct SocketGauges {
     bind_pressure: [(Proto, f64); 2],
     pressure_max: f64,
     listeners_in_range: i64,
+    /// When TCP bind(0)/listen() runs out, when something uses them.
+    bind_forecast: Option<Forecast>,
 }
 
 struct TopDest {
     netns: u32,
-    dest: pressure::DestPressure,
-    rate: f64,
-    forecast: pressure::Forecast,
+    dest: DestForecast,
 }
 
 struct PatternRow {
@@ -82,7 +87,7 @@ pub fn compute(input: RefreshInput, namespaces: Vec<NetnsState>) -> Computed {
         .iter()
         .filter_map(|ns| {
             let range = ns.range.clone()?;
-            let sockets = socket_gauges(ns, &range, &input.chosen, &mut dests);
+            let sockets = socket_gauges(ns, &range, &input, &mut dests);
             Some(NsGauges {
                 netns: ns.netns,
                 range,
@@ -90,74 +95,65 @@ pub fn compute(input: RefreshInput, namespaces: Vec<NetnsState>) -> Computed {
             })
         })
         .collect();
-    let top = top_destinations(dests, &input);
+    let top = top_destinations(dests, input.top_destinations);
     let patterns = input.events.map(|events| patterns(&events, &namespaces));
     Computed {
         netns_errors: namespaces.iter().filter(|n| n.note.is_some()).count() as u64,
+        taken_ns: namespaces.iter().filter_map(|n| n.taken_ns).min(),
         namespaces: gauges,
         patterns,
         top,
     }
 }
 
-/// Ports in use by state, bind pressure, per-destination pressure and listener hazards of one
+/// Ports in use by state, bind pressure, per-destination forecasts and listener hazards of one
 /// namespace (O(sockets)). Appends its destinations to `dests`.
 fn socket_gauges(
     ns: &NetnsState,
     range: &UsableRange,
-    chosen: &HashSet<(u32, u16)>,
-    dests: &mut Vec<(u32, pressure::DestPressure)>,
+    input: &RefreshInput,
+    dests: &mut Vec<(u32, DestForecast)>,
 ) -> Option<SocketGauges> {
     let sockets = ns.sockets.as_ref()?;
     let mut in_use: BTreeMap<(Proto, SockState), i64> = BTreeMap::new();
     for s in sockets.iter().filter(|s| range.contains(s.local_port)) {
         *in_use.entry((s.proto, s.state)).or_default() += 1;
     }
-    let per_dest = connect_pressure(range, sockets);
-    let pressure_max = per_dest.first().map(|d| d.pressure).unwrap_or(0.0);
+    let tcp = ns.tcp.unwrap_or_default();
+    let empty = HashMap::new();
+    let allocs = input.dest_allocs.get(&ns.netns).unwrap_or(&empty);
+    let per_dest = connect_forecasts(range, sockets, &tcp, allocs);
+    let pressure_max = per_dest
+        .iter()
+        .map(|d| pressure::ratio(d.in_use, d.usable))
+        .fold(0.0, f64::max);
     dests.extend(per_dest.into_iter().map(|d| (ns.netns, d)));
+    let bind_forecast = input.bind_active.contains(&ns.netns).then(|| {
+        let alloc = input.tcp_allocs.get(&ns.netns).copied().unwrap_or_default();
+        bind_forecast(range, sockets, alloc)
+    });
     Some(SocketGauges {
         in_use,
         bind_pressure: [Proto::Tcp, Proto::Udp]
             .map(|p| (p, pressure::bind_pressure(range, sockets, p))),
         pressure_max,
-        listeners_in_range: listener_hazards(ns.netns, range, sockets, chosen).len() as i64,
+        listeners_in_range: listener_hazards(ns.netns, range, sockets, &input.chosen).len() as i64,
+        bind_forecast,
     })
 }
 
-/// The `top_destinations` most pressed destinations, with their rate and forecast.
-fn top_destinations(
-    mut dests: Vec<(u32, pressure::DestPressure)>,
-    input: &RefreshInput,
-) -> Vec<TopDest> {
-    dests.sort_by(|a, b| b.1.pressure.total_cmp(&a.1.pressure));
-    dests.truncate(input.top_destinations);
-    let oldest = input
-        .connects
-        .iter()
-        .map(|c| c.2)
-        .min()
-        .unwrap_or(input.now_ns);
-    let mut times: HashMap<(u32, (IpAddr, u16)), Vec<u64>> = HashMap::new();
-    for &(netns, dest, ts) in &input.connects {
-        times.entry((netns, dest)).or_default().push(ts);
-    }
+/// The `top` destinations: soonest exhaustion first, then most pressed.
+fn top_destinations(mut dests: Vec<(u32, DestForecast)>, top: usize) -> Vec<TopDest> {
+    dests.sort_by(|a, b| {
+        pressure::forecast::soonest(&a.1.forecast, &b.1.forecast).then(
+            pressure::ratio(b.1.in_use, b.1.usable)
+                .total_cmp(&pressure::ratio(a.1.in_use, a.1.usable)),
+        )
+    });
+    dests.truncate(top);
     dests
         .into_iter()
-        .map(|(netns, dest)| {
-            let ts = times
-                .remove(&(netns, (dest.daddr, dest.dport)))
-                .unwrap_or_default();
-            let rate = allocation_rate(ts, oldest, input.now_ns);
-            let forecast =
-                pressure::forecast(dest.in_use, dest.usable, rate, DEFAULT_TIME_WAIT_SECS);
-            TopDest {
-                netns,
-                dest,
-                rate,
-                forecast,
-            }
-        })
+        .map(|(netns, dest)| TopDest { netns, dest })
         .collect()
 }
 
@@ -218,6 +214,9 @@ impl Computed {
         m.namespaces.reset();
         m.destinations.reset();
         m.health.netns_errors.inc_by(self.netns_errors);
+        if let Some(t) = self.taken_ns {
+            m.health.last_refresh.set(t as f64 / 1e9);
+        }
         for ns in &self.namespaces {
             ns.apply(m);
         }
@@ -268,6 +267,11 @@ impl NsGauges {
         n.listeners_in_range
             .with_label_values(&[&label])
             .set(socks.listeners_in_range);
+        if let Some(f) = &socks.bind_forecast {
+            n.bind_exhaustion
+                .with_label_values(&[&label, Proto::Tcp.name()])
+                .set(f.seconds_to_exhaustion.unwrap_or(f64::INFINITY));
+        }
     }
 }
 
@@ -280,16 +284,20 @@ impl TopDest {
             self.dest.dport.to_string(),
         ];
         let labels: [&str; 3] = [&labels[0], &labels[1], &labels[2]];
+        let f = &self.dest.forecast;
         d.pressure
             .with_label_values(&labels)
-            .set(self.dest.pressure);
-        d.rate.with_label_values(&labels).set(self.rate);
+            .set(pressure::ratio(self.dest.in_use, self.dest.usable));
+        d.rate.with_label_values(&labels).set(f.rate_per_s);
         d.sustainable
             .with_label_values(&labels)
-            .set(self.forecast.sustainable_rate);
+            .set(f.sustainable_rate);
         d.exhaustion
             .with_label_values(&labels)
-            .set(self.forecast.seconds_to_exhaustion.unwrap_or(f64::INFINITY));
+            .set(f.seconds_to_exhaustion.unwrap_or(f64::INFINITY));
+        d.time_wait_share
+            .with_label_values(&labels)
+            .set(f.time_wait_share);
     }
 }
 

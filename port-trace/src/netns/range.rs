@@ -17,6 +17,66 @@ pub const PORT_RANGE_SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 /// Where the sysctl for the reserved ports lives (inside the opener's network namespace).
 pub const RESERVED_PORTS_SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
+/// The TCP sysctls that decide how long a closed connection keeps its local port (all per
+/// network namespace; see docs/pressure.md for the kernel sources).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TcpSysctls {
+    /// `net.ipv4.tcp_tw_reuse`: 0 off, 1 on, 2 loopback only (the default).
+    pub tw_reuse: u8,
+    /// `net.ipv4.tcp_tw_reuse_delay` (ms, 6.13+): how old a TIME_WAIT socket's last timestamp
+    /// must be before connect() may reuse its 4-tuple. 1000 on kernels without the sysctl
+    /// (there the check is "one second later", in whole seconds).
+    pub tw_reuse_delay_ms: u32,
+    /// `net.ipv4.tcp_timestamps` != 0: TIME_WAIT reuse needs a recorded timestamp.
+    pub timestamps: bool,
+    /// `net.ipv4.tcp_fin_timeout` (s): how long an orphaned FIN_WAIT2 socket keeps its port
+    /// when the peer never closes. Not the TIME_WAIT length, which is fixed at 60 s.
+    pub fin_timeout_s: u32,
+}
+
+impl Default for TcpSysctls {
+    /// The kernel's defaults.
+    fn default() -> Self {
+        TcpSysctls {
+            tw_reuse: 2,
+            tw_reuse_delay_ms: 1000,
+            timestamps: true,
+            fin_timeout_s: 60,
+        }
+    }
+}
+
+/// Reads [`TcpSysctls`] of `netns`; a sysctl this kernel lacks keeps its default.
+pub fn read_tcp_sysctls(netns: &NetnsRef) -> Result<TcpSysctls, NetnsError> {
+    run_in_netns(netns, || {
+        let num = |name: &str| -> Result<Option<u32>, NetnsError> {
+            let path = format!("/proc/sys/net/ipv4/{name}");
+            match std::fs::read_to_string(&path) {
+                Ok(text) => text
+                    .trim()
+                    .parse::<u32>()
+                    .map(Some)
+                    .map_err(|_| NetnsError::Parse {
+                        what: "tcp sysctl",
+                        text,
+                    }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(NetnsError::Io {
+                    path: PathBuf::from(path),
+                    source,
+                }),
+            }
+        };
+        let d = TcpSysctls::default();
+        Ok(TcpSysctls {
+            tw_reuse: num("tcp_tw_reuse")?.map_or(d.tw_reuse, |v| v.min(2) as u8),
+            tw_reuse_delay_ms: num("tcp_tw_reuse_delay")?.unwrap_or(d.tw_reuse_delay_ms),
+            timestamps: num("tcp_timestamps")?.is_none_or(|v| v != 0),
+            fin_timeout_s: num("tcp_fin_timeout")?.unwrap_or(d.fin_timeout_s),
+        })
+    })
+}
+
 /// The ports that automatic port selection (connect(), bind(0), UDP autobind) may hand out.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UsableRange {
@@ -243,6 +303,13 @@ mod tests {
         let r = read_range(&NetnsRef::Current).unwrap();
         assert!(r.low <= r.high);
         assert!(r.usable <= r.span());
+    }
+
+    #[test]
+    fn reads_own_tcp_sysctls() {
+        let t = read_tcp_sysctls(&NetnsRef::Current).unwrap();
+        assert!(t.tw_reuse <= 2);
+        assert!(t.fin_timeout_s > 0);
     }
 
     #[test]

@@ -5,7 +5,11 @@ use std::{collections::BTreeSet, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use super::{NetnsRef, SocketRecord, UsableRange, dump_sockets, locate, own_netns, read_range};
+use super::{
+    NetnsRef, SocketRecord, UsableRange, dump_sockets, locate, own_netns,
+    range::{TcpSysctls, read_tcp_sysctls},
+    read_range,
+};
 use crate::{errors::chain, event::Event};
 
 /// One namespace's range and socket table, or why they are missing.
@@ -16,6 +20,23 @@ pub struct NetnsState {
     pub sockets: Option<Vec<SocketRecord>>,
     /// Why range or sockets are missing.
     pub note: Option<String>,
+    /// The TCP sysctls that decide how long closed connections hold their ports (absent in
+    /// older recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpSysctls>,
+    /// When the socket table was read, on the events' clock (wall-clock ns since the Unix
+    /// epoch): TIME_WAIT expiries count from here. Absent in older recordings (the last event
+    /// stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_ns: Option<u64>,
+}
+
+/// Now on the clock events are reported on (wall-clock ns since the Unix epoch).
+pub fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 impl NetnsState {
@@ -23,12 +44,16 @@ impl NetnsState {
     pub fn read(netns: u32, at: &NetnsRef) -> Self {
         let mut notes = Vec::new();
         let range = read_range(at).map_err(|e| notes.push(chain(&e))).ok();
+        let taken_ns = wall_ns();
         let sockets = dump_sockets(at).map_err(|e| notes.push(chain(&e))).ok();
+        let tcp = read_tcp_sysctls(at).map_err(|e| notes.push(chain(&e))).ok();
         NetnsState {
             netns,
             range,
             sockets,
             note: (!notes.is_empty()).then(|| notes.join("; ")),
+            tcp,
+            taken_ns: Some(taken_ns),
         }
     }
 }

@@ -114,6 +114,11 @@ pub struct SocketRecord {
     pub remote_addr: IpAddr,
     /// 0 for listening, bound-only and unconnected UDP sockets.
     pub remote_port: u16,
+    /// For a TCP socket in TIME_WAIT (sock_diag `idiag_timer` 3): milliseconds until the
+    /// kernel frees it, and with it its port (`idiag_expires`). None otherwise, and in
+    /// recordings made before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_wait_ms: Option<u32>,
 }
 
 impl SocketRecord {
@@ -226,6 +231,7 @@ fn dump_one(
                     }
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                         let id = &response.header.socket_id;
+                        let (timer, expires) = raw_timer(&data[offset..]);
                         out.push(SocketRecord {
                             proto,
                             family,
@@ -240,6 +246,7 @@ fn dump_one(
                             local_port: id.source_port,
                             remote_addr: id.destination_address,
                             remote_port: id.destination_port,
+                            time_wait_ms: (timer == TIMER_TIME_WAIT).then_some(expires),
                         });
                     }
                     _ => {}
@@ -252,6 +259,27 @@ fn dump_one(
             offset += (len + 3) & !3;
         }
     }
+}
+
+/// `idiag_timer` of a socket in TIME_WAIT (`inet_diag_msg_common_fill`/`inet_twsk_diag_fill`
+/// in net/ipv4/inet_diag.c).
+const TIMER_TIME_WAIT: u8 = 3;
+/// Offsets in a netlink message carrying a `struct inet_diag_msg`: the 16-byte netlink header,
+/// then family, state, timer, retrans, the 48-byte `inet_diag_sockid`, expires (u32, ms).
+const NLMSG_HDRLEN: usize = 16;
+const IDIAG_TIMER: usize = NLMSG_HDRLEN + 2;
+const IDIAG_EXPIRES: usize = NLMSG_HDRLEN + 4 + 48;
+
+/// `(idiag_timer, idiag_expires)` read from the raw message: the crate keeps the timer kind
+/// but drops the expiry of a TIME_WAIT socket, which is the one the forecast needs.
+fn raw_timer(msg: &[u8]) -> (u8, u32) {
+    let timer = msg.get(IDIAG_TIMER).copied().unwrap_or(0);
+    let expires = msg
+        .get(IDIAG_EXPIRES..IDIAG_EXPIRES + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_ne_bytes)
+        .unwrap_or(0);
+    (timer, expires)
 }
 
 #[cfg(test)]
@@ -278,6 +306,7 @@ mod tests {
             local_port: 53,
             remote_addr: any,
             remote_port: 0,
+            time_wait_ms: None,
         };
         assert!(r.is_bound_only());
         r.remote_port = 53;

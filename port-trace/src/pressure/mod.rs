@@ -17,8 +17,12 @@ pub use crate::netns::{
     sockets::{Family, Proto, SockState, SocketRecord},
 };
 
-/// How long a port stays unusable after an active close (TCP_TIMEWAIT_LEN, 60 s).
-pub const DEFAULT_TIME_WAIT_SECS: f64 = 60.0;
+pub mod forecast;
+
+pub use forecast::{
+    Allocations, CLOSE_WINDOW_NS, DestForecast, Forecast, RATE_WINDOW_NS, Recent, TIME_WAIT_SECS,
+    bind_forecast, connect_forecasts,
+};
 
 /// Pressure on the ports available to connect() toward one destination.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -44,7 +48,7 @@ fn tcp_bound_ports(range: &UsableRange, sockets: &[SocketRecord]) -> BTreeSet<u1
         .collect()
 }
 
-fn ratio(in_use: u32, usable: u32) -> f64 {
+pub fn ratio(in_use: u32, usable: u32) -> f64 {
     if usable == 0 {
         return 1.0;
     }
@@ -144,58 +148,6 @@ pub fn listener_hazards(
         .collect()
 }
 
-/// Allocation rates are measured over the last minute (the TIME_WAIT lifetime).
-pub const RATE_WINDOW_NS: u64 = 60_000_000_000;
-
-/// Allocations per second over the last [`RATE_WINDOW_NS`] before `end`, counting from
-/// `start` (the first observation) when that is later. The window is at least one second, so
-/// a burst in a short observation is spread over it: 40 connects in a millisecond do not read
-/// as 40,000 per second.
-pub fn allocation_rate(ts: impl IntoIterator<Item = u64>, start: u64, end: u64) -> f64 {
-    let from = end.saturating_sub(RATE_WINDOW_NS).max(start);
-    let n = ts.into_iter().filter(|&t| t >= from && t <= end).count();
-    let window = (end.saturating_sub(from) as f64 / 1e9).max(1.0);
-    n as f64 / window
-}
-
-/// When a range runs out at a given allocation rate.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Forecast {
-    /// Allocations per second the range sustains: each port stays in TIME_WAIT for the
-    /// TIME_WAIT lifetime after an active close, so `usable / time_wait_secs`.
-    pub sustainable_rate: f64,
-    /// Seconds until `in_use` reaches `usable` at the current rate; `None` when the current
-    /// rate is sustainable; `Some(0.0)` when already exhausted.
-    pub seconds_to_exhaustion: Option<f64>,
-}
-
-/// Forecasts exhaustion: `usable / time_wait_secs` allocations per second are sustainable;
-/// above that, `in_use` grows by `rate - sustainable` per second and reaches `usable` after
-/// `(usable - in_use) / (rate - sustainable)` seconds. Pass [`DEFAULT_TIME_WAIT_SECS`] for Linux.
-pub fn forecast(in_use: u32, usable: u32, alloc_rate_per_s: f64, time_wait_secs: f64) -> Forecast {
-    let sustainable_rate = if time_wait_secs > 0.0 {
-        f64::from(usable) / time_wait_secs
-    } else {
-        f64::INFINITY
-    };
-    let rate = if alloc_rate_per_s.is_finite() {
-        alloc_rate_per_s.max(0.0)
-    } else {
-        0.0
-    };
-    let seconds_to_exhaustion = if in_use >= usable {
-        Some(0.0)
-    } else if rate > sustainable_rate {
-        Some(f64::from(usable - in_use) / (rate - sustainable_rate))
-    } else {
-        None
-    };
-    Forecast {
-        sustainable_rate,
-        seconds_to_exhaustion,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +165,7 @@ mod tests {
             local_port: lport,
             remote_addr: daddr,
             remote_port: dport,
+            time_wait_ms: None,
         }
     }
 
@@ -233,6 +186,7 @@ mod tests {
             local_port: lport,
             remote_addr: if dport == 0 { ANY } else { LO },
             remote_port: dport,
+            time_wait_ms: None,
         }
     }
 
@@ -363,40 +317,5 @@ mod tests {
                 (Proto::Tcp, 40007)
             ]
         );
-    }
-
-    #[test]
-    fn forecast_sustainable_and_exhausting() {
-        let f = forecast(0, 28232, 100.0, DEFAULT_TIME_WAIT_SECS);
-        assert!((f.sustainable_rate - 28232.0 / 60.0).abs() < 1e-9);
-        assert_eq!(f.seconds_to_exhaustion, None);
-
-        // 600/s over a 60 s TIME_WAIT with 6000 ports: 100/s sustainable, +500/s net growth.
-        let f = forecast(1000, 6000, 600.0, 60.0);
-        assert_eq!(f.sustainable_rate, 100.0);
-        assert_eq!(f.seconds_to_exhaustion, Some(10.0));
-
-        // Exactly sustainable: never runs out.
-        assert_eq!(forecast(10, 6000, 100.0, 60.0).seconds_to_exhaustion, None);
-        // Already exhausted.
-        assert_eq!(forecast(7, 6, 0.0, 60.0).seconds_to_exhaustion, Some(0.0));
-        // Nothing usable: any allocation fails now.
-        assert_eq!(forecast(0, 0, 1.0, 60.0).seconds_to_exhaustion, Some(0.0));
-        // Nonsense inputs do not produce NaN.
-        let f = forecast(0, 10, f64::NAN, 0.0);
-        assert_eq!(f.seconds_to_exhaustion, None);
-        assert!(f.sustainable_rate.is_infinite());
-    }
-
-    #[test]
-    fn rate_uses_the_last_minute() {
-        let s = 1_000_000_000;
-        let ts: Vec<u64> = (0..11).map(|i| i * s).collect();
-        assert!((allocation_rate(ts, 0, 10 * s) - 1.1).abs() < 1e-9);
-        // A burst in a 6 s recording is 40 per 6 s, not 40 per millisecond.
-        let burst: Vec<u64> = (0..40).map(|i| i * 1000).collect();
-        assert!((allocation_rate(burst, 0, 6 * s) - 40.0 / 6.0).abs() < 1e-9);
-        // Older than a minute before the end does not count.
-        assert!((allocation_rate([0, 100 * s], 0, 100 * s) - 1.0 / 60.0).abs() < 1e-9);
     }
 }

@@ -79,6 +79,21 @@ mod tests {
     use super::*;
     use crate::netns::UsableRange;
 
+    /// Recordings made before sockets carried their TIME_WAIT expiry and snapshots their time
+    /// and TCP sysctls still read.
+    #[test]
+    fn old_meta_lines_still_read() {
+        let dir = std::env::temp_dir().join(format!("pt-rec-old-{}", std::process::id()));
+        let meta = r#"{"meta":"netns","netns":9,"range":{"low":40000,"high":40003,"reserved":[],"usable":4},"sockets":[{"proto":"tcp","family":"v4","state":"time_wait","local_addr":"127.0.0.1","local_port":40000,"remote_addr":"127.0.0.1","remote_port":5000}],"note":null}"#;
+        fs::write(&dir, format!("{meta}\n")).unwrap();
+        let rec = read(&dir);
+        fs::remove_file(&dir).unwrap();
+        let rec = rec.unwrap();
+        let ns = &rec.namespaces[0];
+        assert_eq!((ns.tcp, ns.taken_ns), (None, None));
+        assert_eq!(ns.sockets.as_ref().unwrap()[0].time_wait_ms, None);
+    }
+
     #[test]
     fn events_and_meta_round_trip() {
         let dir = std::env::temp_dir().join(format!("pt-rec-{}", std::process::id()));
@@ -88,6 +103,7 @@ mod tests {
             range: Some(UsableRange::new(40000, 40003, vec![])),
             sockets: Some(vec![]),
             note: None,
+            ..Default::default()
         };
         fs::write(&dir, format!("{ev}\n\n{}\n", meta_line(&ns))).unwrap();
         let rec = read(&dir).unwrap();
