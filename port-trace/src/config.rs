@@ -11,7 +11,9 @@ use serde::Deserialize;
 /// Chosen because no common exporter uses it (Prometheus' default port allocations list).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9864";
 pub const DEFAULT_TOP_DESTINATIONS: usize = 10;
-pub const DEFAULT_REFRESH: Duration = Duration::from_secs(15);
+/// Forecasts describe the moment of the last refresh: 5 s, the shipped scrape interval, keeps
+/// a fast ramp warnable (docs/pressure.md).
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
 pub const DEFAULT_WINDOW_EVENTS: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +54,7 @@ pub struct TomlError(toml::de::Error);
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub top_destinations: Option<usize>,
-    /// How often pressure and patterns are recomputed, e.g. "15s".
+    /// How often pressure and patterns are recomputed, e.g. "5s".
     pub refresh_interval: Option<String>,
     /// Events kept for pattern analysis.
     pub window_events: Option<usize>,

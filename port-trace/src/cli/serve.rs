@@ -31,7 +31,7 @@ pub struct ServeArgs {
     /// How many destinations get their own pressure series [default: 10].
     #[arg(long)]
     pub top_destinations: Option<usize>,
-    /// How often pressure and patterns are recomputed [default: 15s].
+    /// How often pressure and patterns are recomputed [default: 5s].
     #[arg(long, value_name = "DURATION")]
     pub refresh_interval: Option<String>,
     /// Recent events kept for pattern analysis [default: 100000].
