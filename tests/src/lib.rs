@@ -14,6 +14,8 @@ use std::{
     },
 };
 
+pub mod scrape;
+
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 

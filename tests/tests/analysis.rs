@@ -2,13 +2,15 @@
 //! pressure and failures against what the workload did.
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     process::Command,
     time::Duration,
 };
 
-use port_trace_tests::{Netns, SERIAL, TraceProcess, port_trace_bin, require_root};
+use port_trace_tests::{
+    Netns, SERIAL, TraceProcess, port_trace_bin, require_root,
+    scrape::{free_port, get, value},
+};
 use serde_json::Value;
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -234,29 +236,6 @@ fn ipv4_mapped_destination_is_one_stream_with_ipv4() {
     assert_eq!(v["global"]["destinations"], 1, "{:#}", v["global"]);
 }
 
-/// A minimal HTTP/1.1 GET of /metrics.
-fn scrape(addr: SocketAddr) -> String {
-    let Ok(mut c) = TcpStream::connect(addr) else {
-        return String::new();
-    };
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = write!(
-        c,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut s = String::new();
-    let _ = c.read_to_string(&mut s);
-    s
-}
-
-fn metric(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// The same in `serve`'s metrics: one destination label, and its rate counts both families.
 #[test]
 fn ipv4_mapped_destination_is_one_metrics_destination() {
@@ -264,10 +243,7 @@ fn ipv4_mapped_destination_is_one_metrics_destination() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let addr = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     let listen = addr.to_string();
     let daemon = TraceProcess::spawn(&[
         "serve",
@@ -310,15 +286,15 @@ fn ipv4_mapped_destination_is_one_metrics_destination() {
     };
     let mut text = String::new();
     for _ in 0..300 {
-        text = scrape(addr);
+        text = get(addr, "/metrics").map(|r| r.1).unwrap_or_default();
         let ready =
-            |d| metric(&text, &series(d, "port_trace_destination_allocation_rate")).is_some();
+            |d| value(&text, &series(d, "port_trace_destination_allocation_rate")).is_some();
         if ready(a) && ready(b) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pressure = |d| metric(&text, &series(d, "port_trace_destination_pressure_ratio"));
+    let pressure = |d| value(&text, &series(d, "port_trace_destination_pressure_ratio"));
     // 20 of 100 usable ports toward 127.0.0.1:6000, whichever family the socket has.
     assert_eq!(pressure(a), Some(0.2), "{text}");
     assert_eq!(pressure(b), Some(0.1), "{text}");
@@ -327,7 +303,7 @@ fn ipv4_mapped_destination_is_one_metrics_destination() {
         "a v4-mapped destination label: {text}"
     );
     // Both rates share one window, so their ratio is the ratio of the connects: 20 to 10.
-    let rate = |d| metric(&text, &series(d, "port_trace_destination_allocation_rate")).unwrap();
+    let rate = |d| value(&text, &series(d, "port_trace_destination_allocation_rate")).unwrap();
     let ratio = rate(a) / rate(b);
     assert!(
         (ratio - 2.0).abs() < 1e-9,

@@ -13,10 +13,9 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
+    io::Read,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -24,7 +23,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use port_trace_tests::{Netns, TraceProcess, port_trace_bin, require_root};
+use port_trace_tests::{
+    Netns, TraceProcess, port_trace_bin, require_root,
+    scrape::{Prometheus, free_port, get, repo, value},
+};
 use serde_json::Value;
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -393,92 +395,12 @@ fn run_all<R: Send>(
 
 // ---------------------------------------------------------------------------- HTTP helpers
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|b| b.1).unwrap_or("");
-    Some((status, body.to_string()))
-}
-
-fn value(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    addr: SocketAddr,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Prometheus on loopback with the repository's alert rules exactly as written (their `for:`
 /// included), scraping and evaluating every second.
 fn start_prometheus(target: SocketAddr) -> Prometheus {
-    let dir = std::env::temp_dir().join(format!("pt-forecast-prom-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        repo().join("deploy/prometheus/alerts.yml"),
-        dir.join("alerts.yml"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alerts.yml]\nscrape_configs:\n  - job_name: port-trace\n    static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let child = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus (Debian package prometheus)");
-    let p = Prometheus { child, dir, addr };
-    for _ in 0..300 {
-        if get(p.addr, "/-/ready").is_some_and(|(s, _)| s == 200) {
-            return p;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("prometheus never became ready");
+    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml"))
+        .expect("deploy/prometheus/alerts.yml");
+    Prometheus::start("forecast", target, &rules)
 }
 
 // ---------------------------------------------------------------------------- the table

@@ -5,56 +5,21 @@
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use port_trace_tests::{Netns, SERIAL, TraceProcess, require_root};
+use port_trace_tests::{
+    Netns, SERIAL, TraceProcess, require_root,
+    scrape::{Prometheus, free_port, get, repo, value},
+};
 use socket2::{Domain, SockAddr, Socket, Type};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A minimal HTTP/1.1 GET; returns (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // HTTP/1.0: no chunked replies to decode.
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|b| b.1)
-        .unwrap_or("")
-        .to_string();
-    (status, body)
-}
-
-fn value(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 /// Scrapes until `ready` holds (the daemon refreshes its gauges on a timer). This waits for a
 /// state, it does not time anything: the bound only keeps a broken daemon from hanging CI.
 fn scrape_until(addr: SocketAddr, ready: impl Fn(&str) -> bool) -> String {
     for _ in 0..600 {
-        let (status, body) = get(addr, "/metrics");
+        let (status, body) = get(addr, "/metrics").expect("the daemon answers");
         assert_eq!(status, 200);
         if ready(&body) {
             return body;
@@ -136,8 +101,8 @@ fn metrics_match_ground_truth_and_pass_promtool() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let daemon = Daemon::start();
-    assert_eq!(get(daemon.addr, "/healthz").0, 200);
-    assert_eq!(get(daemon.addr, "/nope").0, 404);
+    assert_eq!(get(daemon.addr, "/healthz").unwrap().0, 200);
+    assert_eq!(get(daemon.addr, "/nope").unwrap().0, 404);
     // Idle and malformed clients neither stall nor crash it.
     let idle: Vec<TcpStream> = (0..10)
         .map(|_| TcpStream::connect(daemon.addr).unwrap())
@@ -150,7 +115,7 @@ fn metrics_match_ground_truth_and_pass_promtool() {
         reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
         "{reply}"
     );
-    assert_eq!(get(daemon.addr, "/healthz").0, 200);
+    assert_eq!(get(daemon.addr, "/healthz").unwrap().0, 200);
     drop(idle);
     let (ns, keep) = exhausted_namespace();
     let n = ns.inode.to_string();
@@ -288,31 +253,10 @@ fn series_stay_bounded_with_10000_destinations() {
     daemon.stop();
 }
 
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    addr: SocketAddr,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// Starts Prometheus on loopback scraping `target` every second, with the repository's alert
 /// rules (their `for:` durations set to 0s: the durations themselves are covered by
 /// `promtool test rules`).
 fn start_prometheus(target: SocketAddr) -> Prometheus {
-    let dir = std::env::temp_dir().join(format!("pt-prom-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
     let rules: String = rules
         .lines()
@@ -326,45 +270,7 @@ fn start_prometheus(target: SocketAddr) -> Prometheus {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    std::fs::write(dir.join("alerts.yml"), rules).unwrap();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alerts.yml]\nscrape_configs:\n  - job_name: port-trace\n    static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let child = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus (Debian package prometheus)");
-    Prometheus { child, dir, addr }
-}
-
-fn query(p: &Prometheus, expr: &str) -> serde_json::Value {
-    let q: String = expr
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let (status, body) = get(p.addr, &format!("/api/v1/query?query={q}"));
-    assert_eq!(status, 200, "{expr}: {body}");
-    serde_json::from_str(&body).unwrap()
+    Prometheus::start("serve", target, &rules)
 }
 
 fn has_data(v: &serde_json::Value) -> bool {
@@ -476,16 +382,13 @@ fn prometheus_evaluates_dashboard_and_alerts() {
     // Prometheus must have scraped the daemon before the failure, so increase() sees it. It
     // answers 503 until its storage is open, slowly on a loaded machine: wait for /-/ready.
     for _ in 0..600 {
-        if TcpStream::connect(prom.addr).is_ok()
-            && get(prom.addr, "/-/ready").0 == 200
-            && has_data(&query(&prom, "port_trace_build_info"))
-        {
+        if has_data(&prom.query("port_trace_build_info")) {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(
-        has_data(&query(&prom, "port_trace_build_info")),
+        has_data(&prom.query("port_trace_build_info")),
         "Prometheus never scraped the daemon"
     );
     let (ns, keep) = exhausted_namespace();
@@ -516,11 +419,7 @@ fn prometheus_evaluates_dashboard_and_alerts() {
     // Wait until Prometheus has scraped the exhausted state and evaluated the rules.
     let mut fired = Vec::new();
     for _ in 0..600 {
-        let (status, body) = if std::net::TcpStream::connect(prom.addr).is_ok() {
-            get(prom.addr, "/api/v1/alerts")
-        } else {
-            (0, String::new())
-        };
+        let (status, body) = get(prom.addr, "/api/v1/alerts").unwrap_or((0, String::new()));
         if status == 200 {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             fired = v["data"]["alerts"]
@@ -553,7 +452,7 @@ fn prometheus_evaluates_dashboard_and_alerts() {
     // `pattern="sequential"` exists on this kernel) is the alert's business.
     let mut empty = Vec::new();
     for (src, e) in expressions() {
-        let v = query(&prom, &e);
+        let v = prom.query(&e);
         assert_eq!(v["status"], "success", "{src}: {e}: {v}");
         if src == "dashboard" {
             if !has_data(&v) {
@@ -562,7 +461,7 @@ fn prometheus_evaluates_dashboard_and_alerts() {
             continue;
         }
         for name in metric_names(&e) {
-            if !has_data(&query(&prom, &name)) {
+            if !has_data(&prom.query(&name)) {
                 empty.push(format!("{src}: {name}"));
             }
         }

@@ -337,19 +337,8 @@ pub fn connect_forecasts(
     let bound = tcp_bound_ports(range, sockets);
     let usable = range.usable.saturating_sub(bound.len() as u32);
     let mut per_dest: HashMap<(IpAddr, u16), Ports> = HashMap::new();
-    for s in sockets {
-        if s.proto != Proto::Tcp
-            || s.is_bound_only()
-            || s.remote_port == 0
-            || !range.is_usable(s.local_port)
-            || bound.contains(&s.local_port)
-        {
-            continue;
-        }
-        per_dest
-            .entry((s.remote_addr.to_canonical(), s.remote_port))
-            .or_default()
-            .add(s);
+    for (dest, s) in super::connected(range, sockets, &bound) {
+        per_dest.entry(dest).or_default().add(s);
     }
     for dest in allocs.keys() {
         per_dest.entry(*dest).or_default();

@@ -60,23 +60,32 @@ pub fn ratio(in_use: u32, usable: u32) -> f64 {
 ///
 /// IPv4-mapped IPv6 addresses count as the IPv4 destination. The source address is not part
 /// of the key: on a host connecting from several addresses this overestimates.
+/// TCP sockets holding a port connect() could hand out toward their destination (in the
+/// usable range, not held namespace-wide by a bind), with that destination: IPv4-mapped IPv6
+/// peers count as the IPv4 destination.
+pub(crate) fn connected<'a>(
+    range: &'a UsableRange,
+    sockets: &'a [SocketRecord],
+    bound: &'a BTreeSet<u16>,
+) -> impl Iterator<Item = ((IpAddr, u16), &'a SocketRecord)> + 'a {
+    sockets
+        .iter()
+        .filter(move |s| {
+            s.proto == Proto::Tcp
+                && !s.is_bound_only()
+                && s.remote_port != 0
+                && range.is_usable(s.local_port)
+                && !bound.contains(&s.local_port)
+        })
+        .map(|s| ((s.remote_addr.to_canonical(), s.remote_port), s))
+}
+
 pub fn connect_pressure(range: &UsableRange, sockets: &[SocketRecord]) -> Vec<DestPressure> {
     let bound = tcp_bound_ports(range, sockets);
     let usable = range.usable.saturating_sub(bound.len() as u32);
     let mut per_dest: BTreeMap<(IpAddr, u16), BTreeSet<u16>> = BTreeMap::new();
-    for s in sockets {
-        if s.proto != Proto::Tcp
-            || s.is_bound_only()
-            || s.remote_port == 0
-            || !range.is_usable(s.local_port)
-            || bound.contains(&s.local_port)
-        {
-            continue;
-        }
-        per_dest
-            .entry((s.remote_addr.to_canonical(), s.remote_port))
-            .or_default()
-            .insert(s.local_port);
+    for (dest, s) in connected(range, sockets, &bound) {
+        per_dest.entry(dest).or_default().insert(s.local_port);
     }
     let mut out: Vec<DestPressure> = per_dest
         .into_iter()
