@@ -86,6 +86,56 @@ impl Default for ServeConfig {
     }
 }
 
+/// The range every duration and count must fall in: flags, the file and a reload are all
+/// checked here. Below the low ends the daemon would spin (a zero period panics the timer);
+/// above the high ends a typo would cost memory or hide problems for hours.
+pub mod limits {
+    use std::time::Duration;
+
+    /// `serve --refresh-interval` / `refresh_interval`.
+    pub const REFRESH: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+    /// `trace --drain-interval` (the ring buffer still wakes the reader when it fills).
+    pub const DRAIN: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
+    /// `top_destinations`: five series each.
+    pub const TOP_DESTINATIONS: (usize, usize) = (1, 1000);
+    /// `window_events`: events kept for pattern analysis (~200 bytes each).
+    pub const WINDOW_EVENTS: (usize, usize) = (1, 1_000_000);
+}
+
+/// `what` lies in `range`, or a sentence saying where it must lie.
+pub fn check_duration(
+    what: &str,
+    d: Duration,
+    (low, high): (Duration, Duration),
+) -> Result<(), String> {
+    if (low..=high).contains(&d) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {}: must be between {} and {}",
+            humantime::format_duration(d),
+            humantime::format_duration(low),
+            humantime::format_duration(high)
+        ))
+    }
+}
+
+/// `what` lies in `range`, or a sentence saying where it must lie.
+pub fn check_count(what: &str, n: usize, (low, high): (usize, usize)) -> Result<(), String> {
+    if (low..=high).contains(&n) {
+        Ok(())
+    } else {
+        Err(format!("{what} {n}: must be between {low} and {high}"))
+    }
+}
+
+/// Parses `trace --drain-interval` and checks its range.
+pub fn parse_drain_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    check_duration("drain interval", d, limits::DRAIN)?;
+    Ok(d)
+}
+
 /// Ring buffer sizes the kernel accepts: a power-of-two number of pages.
 pub fn check_ring_kib(k: u32) -> Result<(), String> {
     if k.is_power_of_two() && (4..=1 << 20).contains(&k) {
@@ -105,17 +155,21 @@ impl FileConfig {
             reason,
         };
         if let Some(r) = &self.refresh_interval {
-            humantime::parse_duration(r).map_err(|e| ConfigError::Duration {
+            let d = humantime::parse_duration(r).map_err(|e| ConfigError::Duration {
                 path: source.into(),
                 value: r.clone(),
                 source: e,
             })?;
+            check_duration("refresh_interval", d, limits::REFRESH).map_err(bad)?;
         }
         if let Some(k) = self.ring_kib {
             check_ring_kib(k).map_err(bad)?;
         }
-        if self.top_destinations == Some(0) {
-            return Err(bad("top_destinations must be at least 1".into()));
+        if let Some(n) = self.top_destinations {
+            check_count("top_destinations", n, limits::TOP_DESTINATIONS).map_err(bad)?;
+        }
+        if let Some(n) = self.window_events {
+            check_count("window_events", n, limits::WINDOW_EVENTS).map_err(bad)?;
         }
         Ok(())
     }
@@ -195,5 +249,33 @@ mod tests {
         assert!(parse("refresh_interval = \"soon\"", "p").is_err());
         assert!(parse("ring_kib = 3", "p").is_err());
         assert!(parse("top_destinations = 0", "p").is_err());
+    }
+
+    /// Issue rows 1 and 7: a zero or absurd period or count is refused with its range, the
+    /// same way from the file and from the flags.
+    #[test]
+    fn durations_and_counts_have_ranges() {
+        for bad in [
+            "refresh_interval = \"0s\"",
+            "refresh_interval = \"1ns\"",
+            "refresh_interval = \"2days\"",
+            "top_destinations = 1000000000",
+            "window_events = 0",
+            "window_events = 100000000",
+        ] {
+            let err = crate::errors::chain(&parse(bad, "p").unwrap_err());
+            assert!(err.contains("must be between"), "{bad}: {err}");
+        }
+        assert!(parse("refresh_interval = \"1s\"\ntop_destinations = 1000", "p").is_ok());
+        let flags = FileConfig {
+            refresh_interval: Some("0s".into()),
+            ..Default::default()
+        };
+        assert!(flags.validate("command line").is_err());
+        assert!(parse_drain_interval("0s").is_err());
+        assert_eq!(
+            parse_drain_interval("100ms"),
+            Ok(Duration::from_millis(100))
+        );
     }
 }

@@ -121,3 +121,93 @@ fn full_ring_buffer_drops_are_counted() {
     assert!(lost > 0, "a 4 KiB ring cannot hold {N} events: {stderr}");
     assert_eq!(events.len() + lost, N, "{stderr}");
 }
+
+/// Runs port-trace with `args` to completion: (exit code, stderr).
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(port_trace_bin()).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A zero period was a panic ("period must be non-zero", exit 101), after attaching.
+#[test]
+fn zero_periods_are_refused_not_a_panic() {
+    for args in [
+        &["trace", "--drain-interval", "0s"][..],
+        &["serve", "--refresh-interval", "0s"][..],
+        &["serve", "--top-destinations", "1000000000"][..],
+    ] {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains("must be between"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+/// `record` over an existing file that then fails to start must leave the file as it was.
+#[test]
+fn a_refused_record_keeps_the_existing_file() {
+    if !require_root("a_refused_record_keeps_the_existing_file") {
+        return;
+    }
+    let p = std::env::temp_dir().join(format!("pt-keep-{}.jsonl", std::process::id()));
+    std::fs::write(&p, "precious\n").unwrap();
+    let (code, err) = run(&[
+        "record",
+        p.to_str().unwrap(),
+        "--hooks",
+        "cgroup",
+        "--cgroup",
+        "/nonexistent-port-trace-cgroup",
+        "--duration",
+        "1s",
+    ]);
+    let kept = std::fs::read_to_string(&p).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(kept, "precious\n", "{err}");
+}
+
+/// A directory that is not a cgroup was "bpf_link_create failed: Bad file descriptor".
+#[test]
+fn a_non_cgroup_directory_is_named_as_such() {
+    if !require_root("a_non_cgroup_directory_is_named_as_such") {
+        return;
+    }
+    let (code, err) = run(&[
+        "trace",
+        "--hooks",
+        "cgroup",
+        "--cgroup",
+        "/tmp",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/tmp is not a cgroup v2 directory"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// `listen = 127.0.0.1:0` is served on the port the kernel picked, and says which.
+#[test]
+fn serve_names_the_port_it_bound() {
+    if !require_root("serve_names_the_port_it_bound") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let daemon = TraceProcess::spawn(&["serve", "--listen", "127.0.0.1:0"]).unwrap();
+    let url = daemon
+        .banner
+        .split("serving http://")
+        .nth(1)
+        .and_then(|u| u.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("{}", daemon.banner))
+        .to_string();
+    let addr: SocketAddr = url.parse().unwrap();
+    assert_ne!(addr.port(), 0, "{}", daemon.banner);
+    let (status, _) = port_trace_tests::scrape::get(addr, "/metrics").expect("it serves there");
+    assert_eq!(status, 200);
+    daemon.stop_with(nix::sys::signal::Signal::SIGTERM).unwrap();
+}

@@ -22,23 +22,29 @@ pub struct RecordArgs {
 
 pub fn run(mut args: RecordArgs) -> anyhow::Result<ExitCode> {
     args.trace.format = Format::Json;
-    let file = File::create(&args.file)
-        .with_context(|| format!("cannot create {}", args.file.display()))?;
     let summary = args.trace.summary;
+    // The file is created (and an old one truncated) only once tracing has started.
+    let mut recording: Option<File> = None;
+    let path = args.file.clone();
     let done = trace::block_on(trace::trace(
         args.trace,
-        Box::new(
-            file.try_clone()
-                .context("cannot duplicate the recording's handle")?,
-        ),
+        || {
+            let file =
+                File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+            let events = file
+                .try_clone()
+                .context("cannot duplicate the recording's handle")?;
+            recording = Some(file);
+            Ok(Box::new(events))
+        },
         true,
     ))?;
+    let mut file = recording.context("the recording was never opened")?;
     let namespaces = if summary {
         trace::print_summary(&done)
     } else {
         snapshot(&done.kept, done.netns_path.as_deref())
     };
-    let mut file = file;
     for ns in &namespaces {
         writeln!(file, "{}", record::meta_line(ns))
             .with_context(|| format!("cannot write {}", args.file.display()))?;

@@ -125,6 +125,8 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    // The address really bound: `listen = "127.0.0.1:0"` picks a port.
+    let serving = listener.local_addr().unwrap_or(cfg.listen);
     for why in &session.skipped {
         eprintln!("port-trace: falling back: {why}");
     }
@@ -143,9 +145,8 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     eprintln!(
-        "tracing: {}; serving http://{}/metrics",
-        session.describe(),
-        cfg.listen
+        "tracing: {}; serving http://{serving}/metrics",
+        session.describe()
     );
 
     let mut refresh = tokio::time::interval(cfg.refresh_interval);

@@ -61,7 +61,7 @@ pub struct TraceArgs {
     #[arg(long)]
     pub summary: bool,
     /// How often to drain the ring buffer when it is not filling up.
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = crate::config::parse_drain_interval)]
     pub drain_interval: Duration,
 }
 
@@ -93,8 +93,7 @@ pub struct Finished {
 
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let summary = args.summary;
-    let out: Box<dyn Write> = Box::new(io::stdout().lock());
-    let done = block_on(trace(args, out, summary))?;
+    let done = block_on(trace(args, || Ok(Box::new(io::stdout().lock())), summary))?;
     if summary {
         print_summary(&done);
     }
@@ -183,10 +182,17 @@ impl<W: Write> Shown<W> {
     }
 }
 
-pub async fn trace(args: TraceArgs, out: Box<dyn Write>, keep: bool) -> anyhow::Result<Finished> {
+/// Traces until a signal, `--duration` or a closed output. `open` makes the output once the
+/// hook set is attached, so a refused start (not root, a bad cgroup) leaves no file behind.
+pub async fn trace(
+    args: TraceArgs,
+    open: impl FnOnce() -> anyhow::Result<Box<dyn Write>>,
+    keep: bool,
+) -> anyhow::Result<Finished> {
     let mut stop = StopSignals::install()?;
     let filter = args.filter()?;
     let mut session = Session::start(&args.session())?;
+    let out = open()?;
     for why in &session.skipped {
         eprintln!("port-trace: falling back: {why}");
     }

@@ -78,6 +78,12 @@ fn check_tracepoint_formats(k: &KernelSupport) -> Result<(), AttachError> {
     Ok(())
 }
 
+/// Whether an open directory is on a cgroup v2 file system.
+fn is_cgroup2(dir: &fs::File) -> bool {
+    nix::sys::statfs::fstatfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}
+
 /// Attaches sock_ops and the cgroup programs to the cgroup v2 directory (`dir`, else the
 /// root of the cgroup v2 mount), and the tracepoints globally.
 pub(super) fn attach(
@@ -94,6 +100,10 @@ pub(super) fn attach(
         path: dir.clone(),
         source,
     })?;
+    // The kernel's own answer for another directory is "Bad file descriptor".
+    if !is_cgroup2(&cg) {
+        return Err(AttachError::NotCgroup2 { path: dir });
+    }
     let target = dir.display().to_string();
     let mut programs = Vec::new();
     // Single: bpf_link_create rejects the multi flag, and links stack anyway.
@@ -243,5 +253,13 @@ mod tests {
             return;
         }
         check_tracepoint_formats(&k).unwrap();
+    }
+
+    #[test]
+    fn only_cgroup2_directories_are_cgroups() {
+        assert!(!is_cgroup2(&fs::File::open("/tmp").unwrap()));
+        if let Some(root) = crate::kernel::probe::cgroup2_mount() {
+            assert!(is_cgroup2(&fs::File::open(root).unwrap()));
+        }
     }
 }

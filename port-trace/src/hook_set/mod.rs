@@ -102,6 +102,8 @@ pub enum AttachError {
         "no cgroup v2 mount found; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup"
     )]
     NoCgroup2,
+    #[error("{} is not a cgroup v2 directory (pass a directory under the cgroup2 mount)", path.display())]
+    NotCgroup2 { path: PathBuf },
     #[error("cannot open cgroup {}", path.display())]
     Cgroup {
         path: PathBuf,

@@ -30,6 +30,20 @@ fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
     }
 }
 
+/// A command name as it may be shown on a terminal: control characters (a newline that would
+/// forge a row, an escape sequence) are written escaped. Process names are chosen by anyone.
+fn printable(comm: &str) -> String {
+    comm.chars()
+        .flat_map(|c| {
+            let escaped = c.is_control().then(|| c.escape_default());
+            escaped
+                .into_iter()
+                .flatten()
+                .chain((!c.is_control()).then_some(c))
+        })
+        .collect()
+}
+
 pub fn table_row(e: &Event) -> String {
     let dest = match (e.daddr, e.dport) {
         (Some(a), Some(p)) => endpoint(&a, p),
@@ -43,7 +57,7 @@ pub fn table_row(e: &Event) -> String {
         "{:<12} {:<7} {:<16} {:<8} {:<5} {:<4} {:<5} {:<24} {:<31} {:<14} {}",
         hms(e.ts_ns),
         e.pid,
-        e.comm,
+        printable(&e.comm),
         e.op,
         e.proto,
         fam,
@@ -145,5 +159,16 @@ mod tests {
         assert!(col(row, "PORT").starts_with("41000"));
         assert!(col(row, "DESTINATION").starts_with("127.0.0.2:80 "));
         assert!(col(row, "RESULT").starts_with("ok "));
+    }
+
+    /// Issue row 6: a comm with a newline or an escape sequence cannot forge a row or reach
+    /// the terminal raw.
+    #[test]
+    fn hostile_comm_is_escaped_in_the_table() {
+        let mut e = event();
+        e.comm = "evil\n12:00 x\x1b[31m".into();
+        let row = table_row(&e);
+        assert!(!row.contains('\n') && !row.contains('\x1b'), "{row:?}");
+        assert!(row.contains("evil\\n12:00 x\\u{1b}[31m"), "{row:?}");
     }
 }

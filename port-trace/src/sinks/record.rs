@@ -45,6 +45,16 @@ pub fn meta_line(state: &NetnsState) -> String {
     serde_json::to_string(&Meta::Netns(state.clone())).unwrap_or_default()
 }
 
+/// Whether a line is a namespace snapshot: it has a top-level `meta` key. (A line that merely
+/// contains the word, e.g. an event whose comm is `meta`, is an event.)
+fn is_meta(line: &str) -> Result<bool, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Kind {
+        meta: Option<serde::de::IgnoredAny>,
+    }
+    Ok(serde_json::from_str::<Kind>(line)?.meta.is_some())
+}
+
 pub fn read(path: &Path) -> Result<Recording, RecordingError> {
     let io = |source| RecordingError::Io {
         path: path.to_path_buf(),
@@ -63,7 +73,7 @@ pub fn read(path: &Path) -> Result<Recording, RecordingError> {
             line: i + 1,
             source,
         };
-        if line.contains("\"meta\"") {
+        if is_meta(line).map_err(parse_err)? {
             let Meta::Netns(ns) = serde_json::from_str(line).map_err(parse_err)?;
             rec.namespaces.push(ns);
         } else {
@@ -120,5 +130,19 @@ mod tests {
         let err = crate::errors::chain(&read(&p).unwrap_err());
         fs::remove_file(&p).unwrap();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    /// Issue row 4: a process named `meta` does not make its events unreadable.
+    #[test]
+    fn an_event_from_a_process_named_meta_is_an_event() {
+        let p = std::env::temp_dir().join(format!("pt-rec-meta-{}", std::process::id()));
+        let ev = r#"{"ts_ns":1,"op":"bind","proto":"udp","family":"ipv4","port":40000,"saddr":"0.0.0.0","daddr":null,"dport":null,"result":"ok","pid":1,"tid":1,"comm":"meta","uid":0,"cgroup_id":1,"netns":9,"hook":"cgroup/post_bind4"}"#;
+        fs::write(&p, format!("{ev}\n")).unwrap();
+        let rec = read(&p);
+        fs::remove_file(&p).unwrap();
+        let rec = rec.unwrap();
+        assert_eq!(rec.events.len(), 1);
+        assert_eq!(rec.events[0].comm, "meta");
+        assert!(rec.namespaces.is_empty());
     }
 }
