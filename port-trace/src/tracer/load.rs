@@ -186,14 +186,15 @@ impl Tracer {
         self.stat(Stat::Unresolved)
     }
 
-    /// Records that did not decode, counted here; add ones the caller could not decode.
+    /// Records that did not decode: short ones (here) and those `decode` refused (counted by
+    /// the caller with [`Tracer::count_undecodable`]).
     pub fn undecodable(&self) -> u64 {
         self.undecodable
     }
 
-    /// Counts a record that `decode` refused.
-    pub fn count_undecodable(&mut self) {
-        self.undecodable += 1;
+    /// Adds `n` records that `decode` refused.
+    pub fn count_undecodable(&mut self, n: u64) {
+        self.undecodable += n;
     }
 
     fn stat(&self, which: Stat) -> u64 {

@@ -171,9 +171,7 @@ impl Session {
             Ok(e) => f(e),
             Err(_) => failed += 1,
         });
-        for _ in 0..failed {
-            self.tracer.count_undecodable();
-        }
+        self.tracer.count_undecodable(failed);
         ((n * (EVENT_SIZE + 8)) as f64 / self.ring_bytes as f64).min(1.0)
     }
 
