@@ -120,9 +120,17 @@ id_enum! {
 id_enum! {
     /// Which program reported an event. The name is what users see in the `hook` field.
     pub enum HookId: "hook" {
-        // The "cgroup" hook set.
+        // The "cgroup" hook set. A request whose outcome is learned later is reported from
+        // the hook that settled it (docs/capture.md).
+        Bind4 = 19 => "cgroup/bind4",
+        Bind6 = 20 => "cgroup/bind6",
+        Connect4 = 21 => "cgroup/connect4",
+        Connect6 = 22 => "cgroup/connect6",
         PostBind4 = 3 => "cgroup/post_bind4",
         PostBind6 = 4 => "cgroup/post_bind6",
+        Sendmsg4 = 23 => "cgroup/sendmsg4",
+        Sendmsg6 = 24 => "cgroup/sendmsg6",
+        SockRelease = 25 => "cgroup/sock_release",
         // The "fexit" hook set: fentry stashes the entry state, fexit reports.
         FexitInet6HashConnect = 12 => "fexit/inet6_hash_connect",
         FexitInetCskGetPort = 13 => "fexit/inet_csk_get_port",
@@ -134,7 +142,11 @@ id_enum! {
         KretprobeInetHashConnect = 15 => "kretprobe/inet_hash_connect",
         KretprobeUdpLibGetPort = 18 => "kretprobe/udp_lib_get_port",
         // The "cgroup" hook set, continued.
+        SetState = 27 => "tracepoint/inet_sock_set_state",
         SockOpsConnect = 1 => "sock_ops/tcp_connect_cb",
+        SockOpsListen = 26 => "sock_ops/tcp_listen_cb",
+        // Syscall exit tracepoints of earlier versions' cgroup set: no longer attached, still
+        // read from their recordings.
         SysExitBind = 6 => "tracepoint/sys_exit_bind",
         SysExitConnect = 5 => "tracepoint/sys_exit_connect",
         SysExitListen = 7 => "tracepoint/sys_exit_listen",
@@ -251,6 +263,16 @@ impl KernelOffsets {
     }
 }
 
+/// The cgroup subtree the cgroup hook set traces, for its tracepoint, which sees every task:
+/// the directory's cgroup id and depth below the cgroup v2 root (0: the whole host).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupScope {
+    pub id: u64,
+    pub level: u32,
+    pub _pad: u32,
+}
+
 /// Groups of `KernelOffsets` that are usable together.
 pub mod layout {
     /// fd -> file -> socket -> sock walk (UDP autobind on send*).
@@ -286,6 +308,8 @@ mod user {
     unsafe impl aya::Pod for super::PortEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CgroupScope {}
 }
 
 #[cfg(test)]

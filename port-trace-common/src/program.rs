@@ -21,6 +21,16 @@ pub struct CgroupProgram {
 /// The cgroup hook set's cgroup programs.
 pub const CGROUP: &[CgroupProgram] = &[
     cgroup(
+        "pt_sock_create",
+        CgroupKind::Sock,
+        "cgroup_sock/sock_create",
+    ),
+    cgroup(
+        "pt_sock_release",
+        CgroupKind::Sock,
+        "cgroup_sock/sock_release",
+    ),
+    cgroup(
         "pt_connect4",
         CgroupKind::SockAddr,
         "cgroup_sock_addr/connect4",
@@ -34,6 +44,16 @@ pub const CGROUP: &[CgroupProgram] = &[
     cgroup("pt_bind6", CgroupKind::SockAddr, "cgroup_sock_addr/bind6"),
     cgroup("pt_post_bind4", CgroupKind::Sock, "cgroup_sock/post_bind4"),
     cgroup("pt_post_bind6", CgroupKind::Sock, "cgroup_sock/post_bind6"),
+    cgroup(
+        "pt_sendmsg4",
+        CgroupKind::SockAddr,
+        "cgroup_sock_addr/sendmsg4",
+    ),
+    cgroup(
+        "pt_sendmsg6",
+        CgroupKind::SockAddr,
+        "cgroup_sock_addr/sendmsg6",
+    ),
     cgroup("pt_sockops", CgroupKind::SockOps, "sock_ops"),
 ];
 
@@ -51,15 +71,6 @@ pub struct TracepointProgram {
 /// The cgroup hook set's tracepoint programs (their fields: `tracepoint::FORMATS`).
 pub const TRACEPOINTS: &[TracepointProgram] = &[
     tp("pt_inet_sock_set_state", "sock", "inet_sock_set_state"),
-    tp("pt_enter_sendto", "syscalls", "sys_enter_sendto"),
-    tp("pt_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
-    tp("pt_enter_sendmmsg", "syscalls", "sys_enter_sendmmsg"),
-    tp("pt_exit_connect", "syscalls", "sys_exit_connect"),
-    tp("pt_exit_bind", "syscalls", "sys_exit_bind"),
-    tp("pt_exit_listen", "syscalls", "sys_exit_listen"),
-    tp("pt_exit_sendto", "syscalls", "sys_exit_sendto"),
-    tp("pt_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
-    tp("pt_exit_sendmmsg", "syscalls", "sys_exit_sendmmsg"),
 ];
 
 const fn tp(name: &'static str, category: &'static str, event: &'static str) -> TracepointProgram {

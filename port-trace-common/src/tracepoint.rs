@@ -17,24 +17,14 @@ pub mod inet_sock_set_state {
     pub const OLDSTATE: usize = 16;
     pub const NEWSTATE: usize = 20;
     pub const SPORT: usize = 24;
+    /// Host order.
+    pub const DPORT: usize = 26;
     pub const FAMILY: usize = 28;
     pub const PROTOCOL: usize = 30;
     pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
     pub const SADDR_V6: usize = 40;
-}
-
-/// `syscalls/sys_enter_*`: after the 8-byte common header and the syscall number, each
-/// argument takes 8 bytes from offset 16 (kernel/trace/trace_syscalls.c).
-pub mod sys_enter {
-    /// Offset of argument `n` (0-based).
-    pub const fn arg(n: usize) -> usize {
-        16 + 8 * n
-    }
-}
-
-/// `syscalls/sys_exit_*`: the return value, a `long` at offset 16.
-pub mod sys_exit {
-    pub const RET: usize = 16;
+    pub const DADDR_V6: usize = 56;
 }
 
 const SET_STATE_FIELDS: &[(&str, usize)] = {
@@ -44,67 +34,20 @@ const SET_STATE_FIELDS: &[(&str, usize)] = {
         ("oldstate", OLDSTATE),
         ("newstate", NEWSTATE),
         ("sport", SPORT),
+        ("dport", DPORT),
         ("family", FAMILY),
         ("protocol", PROTOCOL),
         ("saddr", SADDR),
+        ("daddr", DADDR),
         ("saddr_v6", SADDR_V6),
+        ("daddr_v6", DADDR_V6),
     ]
 };
-const EXIT_FIELDS: &[(&str, usize)] = &[("ret", sys_exit::RET)];
-
 /// Every tracepoint of the cgroup hook set and the fields its programs read.
 pub const FORMATS: &[Format] = &[
     Format {
         category: "sock",
         event: "inet_sock_set_state",
         fields: SET_STATE_FIELDS,
-    },
-    // sendto(fd, buff, len, flags, addr, addr_len)
-    Format {
-        category: "syscalls",
-        event: "sys_enter_sendto",
-        fields: &[("fd", sys_enter::arg(0)), ("addr", sys_enter::arg(4))],
-    },
-    // sendmsg(fd, msg, flags)
-    Format {
-        category: "syscalls",
-        event: "sys_enter_sendmsg",
-        fields: &[("fd", sys_enter::arg(0)), ("msg", sys_enter::arg(1))],
-    },
-    // sendmmsg(fd, mmsg, vlen, flags)
-    Format {
-        category: "syscalls",
-        event: "sys_enter_sendmmsg",
-        fields: &[("fd", sys_enter::arg(0)), ("mmsg", sys_enter::arg(1))],
-    },
-    Format {
-        category: "syscalls",
-        event: "sys_exit_connect",
-        fields: EXIT_FIELDS,
-    },
-    Format {
-        category: "syscalls",
-        event: "sys_exit_bind",
-        fields: EXIT_FIELDS,
-    },
-    Format {
-        category: "syscalls",
-        event: "sys_exit_listen",
-        fields: EXIT_FIELDS,
-    },
-    Format {
-        category: "syscalls",
-        event: "sys_exit_sendto",
-        fields: EXIT_FIELDS,
-    },
-    Format {
-        category: "syscalls",
-        event: "sys_exit_sendmsg",
-        fields: EXIT_FIELDS,
-    },
-    Format {
-        category: "syscalls",
-        event: "sys_exit_sendmmsg",
-        fields: EXIT_FIELDS,
     },
 ];

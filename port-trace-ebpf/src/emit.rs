@@ -65,6 +65,16 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// No one yet: a watch that names its owner when it reports.
+    pub const NOBODY: Owner = Owner {
+        cgroup_id: 0,
+        tgid: 0,
+        tid: 0,
+        uid: 0,
+        netns: 0,
+        comm: [0; 16],
+    };
+
     /// The calling task's identity; only for programs that run in its process context.
     #[inline(always)]
     pub fn of(c: Caller) -> Owner {
@@ -96,9 +106,13 @@ pub fn emit_owned(w: &Owner, p: &Pending, port: u16, errno: i32, hook: HookId, l
         count(Stat::Lost);
         return;
     };
+    let ts_ns = if p.asked_ns != 0 {
+        p.asked_ns
+    } else {
+        now_boot_ns()
+    };
     let ev = PortEvent {
-        // SAFETY: the helper takes no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ts_ns,
         cgroup_id: w.cgroup_id,
         pid: w.tgid,
         tid: w.tid,
@@ -127,6 +141,13 @@ pub fn emit_owned(w: &Owner, p: &Pending, port: u16, errno: i32, hook: HookId, l
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags as u64);
+}
+
+/// CLOCK_BOOTTIME, the clock of `PortEvent::ts_ns`.
+#[inline(always)]
+pub fn now_boot_ns() -> u64 {
+    // SAFETY: the helper takes no arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
 }
 
 /// An IPv4 address as events store it: the first 4 bytes, network order.

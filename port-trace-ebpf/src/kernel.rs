@@ -17,15 +17,12 @@ use crate::emit::{ipv4, v4_mapped};
 /// Errnos the programs report (include/uapi/asm-generic/errno*.h).
 pub const EAGAIN: i32 = 11;
 pub const EADDRINUSE: i32 = 98;
+pub const EADDRNOTAVAIL: i32 = 99;
 
 /// TCP states (include/net/tcp_states.h); `skc_state` is a u8, the tracepoint fields are ints.
 pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_LISTEN: u8 = 10;
-
-/// `inode.i_mode` file type bits (include/uapi/linux/stat.h).
-const S_IFMT: u16 = 0o170000;
-const S_IFSOCK: u16 = 0o140000;
 
 /// Reads a `T` at `base + off` in kernel memory.
 #[inline(always)]
@@ -150,31 +147,6 @@ impl<'a> Task<'a> {
             return 0;
         };
         read_kernel(net, self.o.net_ns_inum).unwrap_or(0)
-    }
-
-    /// The `struct sock *` behind file descriptor `fd`: files -> fdtable -> file -> socket ->
-    /// sock, or `None` when `fd` is not an open socket.
-    #[inline(always)]
-    pub fn sock_of_fd(self, fd: u64) -> Option<u64> {
-        let o = self.o;
-        if !o.has(layout::FD_WALK) {
-            return None;
-        }
-        let files: u64 = read_kernel(self.ptr, o.task_files)?;
-        let fdt: u64 = read_kernel(files, o.files_fdt)?;
-        let max_fds: u32 = read_kernel(fdt, o.fdt_max_fds)?;
-        if fd >= max_fds as u64 {
-            return None;
-        }
-        let fds: u64 = read_kernel(fdt, o.fdt_fd)?;
-        let file: u64 = read_kernel(fds + fd * 8, 0)?;
-        let inode: u64 = read_kernel(file, o.file_inode)?;
-        let mode: u16 = read_kernel(inode, o.inode_mode)?;
-        if mode & S_IFMT != S_IFSOCK {
-            return None;
-        }
-        let socket: u64 = read_kernel(file, o.file_private_data)?;
-        read_kernel(socket, o.socket_sk)
     }
 }
 

@@ -2,7 +2,7 @@
 //! autobind, UDP autobind) and every failure to pick one, as `PortEvent`s in a ring buffer.
 //!
 //! - `sets`: the three hook sets (cgroup, fexit, kprobe); the loader attaches one.
-//! - `pending`: a thread's request between where a set sees it and where it sees the outcome.
+//! - `pending`: a request between where a set sees it and where it sees the outcome.
 //! - `emit`: the ring buffer, counters, the caller's identity and the event.
 //! - `kernel`: typed reads of kernel structures, user sockaddrs and syscall registers.
 //!
@@ -11,7 +11,7 @@
 #![no_main]
 
 use aya_ebpf::Global;
-use port_trace_common::KernelOffsets;
+use port_trace_common::{CgroupScope, KernelOffsets};
 
 /// Fails the build unless program function `$f` is named in `port_trace_common::program`'s
 /// `$list` (field `$field`), the names the loader looks programs up by.
@@ -52,6 +52,14 @@ static TRACER_TGID: Global<u32> = Global::new(0);
 /// Set by the loader from the running kernel's BTF.
 #[unsafe(no_mangle)]
 static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::NONE);
+
+/// Set by the loader: the cgroup subtree the cgroup hook set traces.
+#[unsafe(no_mangle)]
+static SCOPE: Global<CgroupScope> = Global::new(CgroupScope {
+    id: 0,
+    level: 0,
+    _pad: 0,
+});
 
 /// Wake userspace early once this many bytes wait in the ring buffer; otherwise it drains on
 /// a timer. Per-event wake-ups cost 1.6-3 us each and cut connect() throughput 3-4x.

@@ -1,8 +1,6 @@
-//! A thread's port request in progress, from where a hook set first sees it (a cgroup hook, a
-//! syscall entry, a function entry) to where it learns the outcome (syscall or function exit).
-//!
-//! One thread is in at most one syscall at a time, so the state is keyed by thread id. Every
-//! hook set uses the same map; the loader loads one set only.
+//! A port request in progress, from where a hook set first sees it to where it learns the
+//! outcome. The fexit and kprobe sets keep it per thread here (one thread is in at most one
+//! syscall at a time); the cgroup set keeps it in the socket's storage (`sets::cgroup::watch`).
 
 use aya_ebpf::{macros::map, maps::LruHashMap};
 
@@ -15,8 +13,9 @@ pub struct Pending {
     pub sk: u64,
     /// fexit/kprobe: `bpf_ktime_get_ns()` at the function's entry.
     pub ts: u64,
-    /// cgroup TCP connect: the socket's cookie, the key of its `CONNECTING` entry.
-    pub cookie: u64,
+    /// cgroup: `bpf_ktime_get_boot_ns()` when the request was made, the event's time when its
+    /// outcome is learned later (0: the event's time is when it is reported).
+    pub asked_ns: u64,
     /// Local address; for fexit/kprobe the one at entry (reported on failure: the kernel resets
     /// it afterwards).
     pub saddr: [u8; 16],
@@ -30,8 +29,6 @@ pub struct Pending {
     pub has_daddr: u8,
     /// fexit/kprobe: the `PortFn` whose entry made this.
     pub func: u8,
-    /// cgroup TCP connect: the kernel failed to find a port (SYN_SENT -> CLOSE with port 0).
-    pub failed: u8,
 }
 
 impl Pending {
@@ -41,7 +38,7 @@ impl Pending {
         Pending {
             sk: 0,
             ts: 0,
-            cookie: 0,
+            asked_ns: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             dport: 0,
@@ -50,7 +47,6 @@ impl Pending {
             family,
             has_daddr: 0,
             func: 0,
-            failed: 0,
         }
     }
 }

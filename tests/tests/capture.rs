@@ -36,13 +36,23 @@ fn local_port(s: &Socket) -> u16 {
         .unwrap_or(0)
 }
 
+/// The hook set the tracer's banner names (`hook set cgroup (...)`).
+fn hook_set(banner: &str) -> String {
+    banner
+        .split("hook set ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Runs `workload` in a fresh namespace under the tracer and checks the events against the
-/// truths it returns.
+/// truths it returns. The workload is told the hook set, for the paths one set cannot see.
 fn traced(
     test: &str,
     comm: &'static str,
     setup: impl FnOnce(&Netns),
-    workload: impl FnOnce() -> Vec<Truth> + Send + 'static,
+    workload: impl FnOnce(&str) -> Vec<Truth> + Send + 'static,
 ) {
     if !require_root(test) {
         return;
@@ -58,7 +68,8 @@ fn traced(
         "banner names the hook set: {}",
         tracer.banner
     );
-    let (truths, tid) = ns.run(comm, workload).expect("workload");
+    let set = hook_set(&tracer.banner);
+    let (truths, tid) = ns.run(comm, move || workload(&set)).expect("workload");
     let (events, stderr) = tracer.stop().expect("stop port-trace");
     assert!(stderr.contains(" 0 lost"), "no events lost: {stderr}");
     assert!(!truths.is_empty());
@@ -71,7 +82,7 @@ fn tcp_connect_v4_and_v6() {
         "tcp_connect_v4_and_v6",
         "pt-connect",
         |_| {},
-        || {
+        |_| {
             let mut truths = Vec::new();
             let mut keep = Vec::new();
             for v6 in [false, true] {
@@ -102,7 +113,7 @@ fn bind_port_zero_tcp_and_udp() {
         "bind_port_zero_tcp_and_udp",
         "pt-bind",
         |_| {},
-        || {
+        |_| {
             let mut truths = Vec::new();
             let mut keep = Vec::new();
             for v6 in [false, true] {
@@ -130,7 +141,7 @@ fn listen_on_unbound_socket() {
         "listen_on_unbound_socket",
         "pt-listen",
         |_| {},
-        || {
+        |_| {
             let mut truths = Vec::new();
             let mut keep = Vec::new();
             for v6 in [false, true] {
@@ -178,7 +189,7 @@ fn udp_autobind_on_send_and_connect() {
         "udp_autobind_on_send_and_connect",
         "pt-udp",
         |_| {},
-        || {
+        |_| {
             let mut truths = Vec::new();
             let mut keep = Vec::new();
             for v6 in [false, true] {
@@ -222,6 +233,49 @@ fn udp_autobind_on_send_and_connect() {
     );
 }
 
+#[test]
+fn bind_address_no_port_leaves_the_choice_to_connect() {
+    traced(
+        "bind_address_no_port_leaves_the_choice_to_connect",
+        "pt-noport",
+        |_| {},
+        |_| {
+            let mut truths = Vec::new();
+            let mut keep = Vec::new();
+            for v6 in [false, true] {
+                let listener = TcpListener::bind(lo(v6, 5000)).unwrap();
+                let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
+                let no_port: libc::c_int = 1;
+                // SAFETY: a plain setsockopt of an int option on an open socket.
+                let r = unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&s),
+                        libc::IPPROTO_IP,
+                        libc::IP_BIND_ADDRESS_NO_PORT,
+                        std::ptr::from_ref(&no_port).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(r, 0, "IP_BIND_ADDRESS_NO_PORT");
+                // bind() takes the address and no port: neither a choice nor a failure.
+                s.bind(&SockAddr::from(lo(v6, 0))).unwrap();
+                assert_eq!(local_port(&s), 0);
+                s.connect(&SockAddr::from(lo(v6, 5000))).unwrap();
+                truths.push(Truth::ok(
+                    "connect",
+                    "tcp",
+                    fam(v6),
+                    local_port(&s),
+                    Some(lo(v6, 5000)),
+                ));
+                keep.push(s);
+                keep.push(Socket::from(listener));
+            }
+            truths
+        },
+    );
+}
+
 /// A four-port range makes exhaustion quick and certain.
 fn narrow_range(ns: &Netns) {
     ns.set_port_range(40000, 40003)
@@ -234,7 +288,7 @@ fn tcp_connect_exhaustion_reports_eaddrnotavail() {
         "tcp_connect_exhaustion_reports_eaddrnotavail",
         "pt-exhaust",
         narrow_range,
-        || {
+        |_| {
             let mut truths = Vec::new();
             let mut keep = Vec::new();
             for v6 in [false, true] {
@@ -301,12 +355,17 @@ fn bind_and_listen_exhaustion_report_eaddrinuse() {
         "bind_and_listen_exhaustion_report_eaddrinuse",
         "pt-exhaust",
         narrow_range,
-        || {
+        |_| {
             let (mut truths, _keep) = fill_range(Type::STREAM, "tcp");
             for v6 in [false, true] {
+                // Twice on one socket: each attempt is its own failure (the cgroup set learns
+                // of the first at the second, of the second when the socket closes).
                 let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
-                let e = s.bind(&SockAddr::from(lo(v6, 0))).unwrap_err();
-                truths.push(Truth::failed("bind", "tcp", fam(v6), None, &e));
+                for _ in 0..2 {
+                    let e = s.bind(&SockAddr::from(lo(v6, 0))).unwrap_err();
+                    truths.push(Truth::failed("bind", "tcp", fam(v6), None, &e));
+                }
+                drop(s);
                 let s = Socket::new(domain(v6), Type::STREAM, None).unwrap();
                 let e = s.listen(16).unwrap_err();
                 assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
@@ -323,7 +382,7 @@ fn udp_exhaustion_reports_eagain_on_autobind() {
         "udp_exhaustion_reports_eagain_on_autobind",
         "pt-exhaust",
         narrow_range,
-        || {
+        |set| {
             let (mut truths, _keep) = fill_range(Type::DGRAM, "udp");
             for v6 in [false, true] {
                 let dest = lo(v6, 9999);
@@ -331,7 +390,11 @@ fn udp_exhaustion_reports_eagain_on_autobind() {
                 let s = Socket::new(domain(v6), Type::DGRAM, None).unwrap();
                 let e = s.send_to(b"x", &sa).unwrap_err();
                 assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");
-                truths.push(Truth::failed("autobind", "udp", fam(v6), Some(dest), &e));
+                // No hook of the cgroup set runs after a failed autobind on send
+                // (docs/capture.md): there it must not be reported, elsewhere it must.
+                if set != "cgroup" {
+                    truths.push(Truth::failed("autobind", "udp", fam(v6), Some(dest), &e));
+                }
                 let s = Socket::new(domain(v6), Type::DGRAM, None).unwrap();
                 let e = s.connect(&sa).unwrap_err();
                 assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");

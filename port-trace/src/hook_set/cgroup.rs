@@ -1,15 +1,16 @@
 //! The cgroup hook set, for kernels without kprobes or BPF trampolines: cgroup sock and
 //! sock_addr programs and sock_ops on a cgroup v2 directory (its whole subtree is traced), plus
-//! tracepoints. How each path is seen: docs/capture.md.
+//! the `sock:inet_sock_set_state` tracepoint. No syscall tracepoint: enabling one taxes every
+//! system call on the host. How each path is seen: docs/capture.md.
 
-use std::{fs, path::Path};
+use std::{fs, os::unix::fs::MetadataExt, path::Path};
 
 use aya::{
     Ebpf,
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint},
 };
 use port_trace_common::{
-    layout,
+    CgroupScope, layout,
     program::{self, CgroupKind},
     tracepoint,
 };
@@ -76,6 +77,26 @@ fn check_tracepoint_formats(k: &KernelSupport) -> Result<(), AttachError> {
         })?;
     }
     Ok(())
+}
+
+/// The subtree the set will trace, for its tracepoint: `dir`'s cgroup id (its inode number on
+/// cgroup v2) and depth below the mount. The whole host (level 0) when `dir` is the mount
+/// root, absent or unreadable; an unusable `dir` is refused at attach.
+pub fn scope(k: &KernelSupport, dir: Option<&Path>) -> CgroupScope {
+    let (Some(dir), Some(root)) = (dir, k.cgroup2.as_deref()) else {
+        return CgroupScope::default();
+    };
+    let (Ok(dir), Ok(root)) = (dir.canonicalize(), root.canonicalize()) else {
+        return CgroupScope::default();
+    };
+    let (Ok(rel), Ok(meta)) = (dir.strip_prefix(&root), fs::metadata(&dir)) else {
+        return CgroupScope::default();
+    };
+    CgroupScope {
+        id: meta.ino(),
+        level: rel.components().count() as u32,
+        _pad: 0,
+    }
 }
 
 /// Whether an open directory is on a cgroup v2 file system.
@@ -145,17 +166,8 @@ pub(super) fn attach(
 
 pub(super) fn coverage(k: &KernelSupport) -> Vec<PathCoverage> {
     let has = |group| k.layout.as_ref().is_some_and(|l| l.has(group));
-    let tp_missing = |names: &[&str]| -> Option<String> {
-        let missing: Vec<&str> = names
-            .iter()
-            .copied()
-            .filter(|n| k.missing_tracepoints.iter().any(|m| m == n))
-            .collect();
-        (!missing.is_empty()).then(|| format!("missing tracepoint {}", missing.join(", ")))
-    };
-    let layout_missing = |group, what: &str| -> Option<String> {
-        (!has(group)).then(|| format!("kernel BTF lacks the {what} layout"))
-    };
+    let set_state = (k.missing_tracepoints.iter().any(|m| m == "sock/inet_sock_set_state"))
+        .then(|| "missing tracepoint sock/inet_sock_set_state".to_string());
     let row = PathCoverage::new;
     vec![
         row(
@@ -164,9 +176,9 @@ pub(super) fn coverage(k: &KernelSupport) -> Vec<PathCoverage> {
             None,
         ),
         row(
-            "tcp connect failure EADDRNOTAVAIL",
-            "sock/inet_sock_set_state, syscalls/sys_exit_connect",
-            tp_missing(&["sock/inet_sock_set_state", "syscalls/sys_exit_connect"]),
+            "tcp connect failure EADDRNOTAVAIL (inferred)",
+            "sock/inet_sock_set_state",
+            set_state.clone(),
         ),
         row(
             "tcp+udp bind(0) (v4/v6)",
@@ -174,43 +186,40 @@ pub(super) fn coverage(k: &KernelSupport) -> Vec<PathCoverage> {
             None,
         ),
         row(
-            "bind(0) failure EADDRINUSE",
-            "syscalls/sys_exit_bind",
-            tp_missing(&["syscalls/sys_exit_bind"]),
+            "bind(0) failure EADDRINUSE (inferred, at the socket's next bind/send/close)",
+            "cgroup/bind4+6, cgroup/sock_release",
+            None,
         ),
         row(
             "tcp listen() autobind (v4/v6)",
-            "sock/inet_sock_set_state, syscalls/sys_exit_listen",
-            tp_missing(&["sock/inet_sock_set_state", "syscalls/sys_exit_listen"])
-                .or_else(|| layout_missing(layout::SOCK, "struct sock")),
+            "sock/inet_sock_set_state, sock_ops/tcp_listen_cb",
+            set_state.clone(),
         ),
         row(
-            "listen() failure EADDRINUSE",
-            "syscalls/sys_exit_listen",
-            tp_missing(&["sock/inet_sock_set_state", "syscalls/sys_exit_listen"]),
+            "listen() failure EADDRINUSE (inferred)",
+            "sock/inet_sock_set_state",
+            set_state,
         ),
         row(
-            "udp autobind on connect() (v4/v6) and EAGAIN",
-            "cgroup/connect4+6, syscalls/sys_exit_connect",
-            tp_missing(&["syscalls/sys_exit_connect"])
-                .or_else(|| layout_missing(layout::SOCK, "struct sock")),
+            "udp autobind on connect() (v4/v6) and EAGAIN (inferred, at the socket's next \
+             bind/connect/send/close)",
+            "cgroup/connect4+6, cgroup/sock_release",
+            None,
         ),
         row(
-            "udp autobind on sendto/sendmsg/sendmmsg (v4/v6) and EAGAIN",
-            "syscalls/sys_enter_send*, syscalls/sys_exit_send*",
-            tp_missing(&[
-                "syscalls/sys_enter_sendto",
-                "syscalls/sys_enter_sendmsg",
-                "syscalls/sys_exit_sendto",
-                "syscalls/sys_exit_sendmsg",
-            ])
-            .or_else(|| layout_missing(layout::SOCK, "struct sock"))
-            .or_else(|| layout_missing(layout::FD_WALK, "fd -> socket")),
+            "udp autobind on sendto/sendmsg/sendmmsg (v4/v6)",
+            "cgroup/sock_create, cgroup/sendmsg4+6",
+            None,
+        ),
+        row(
+            "udp autobind failure EAGAIN on send",
+            "-",
+            Some("no hook runs after a failed autobind on send; use the fexit or kprobe set".into()),
         ),
         row(
             "network namespace of each event",
             "task->nsproxy->net_ns",
-            layout_missing(layout::NETNS, "nsproxy"),
+            (!has(layout::NETNS)).then(|| "kernel BTF lacks the nsproxy layout".to_string()),
         ),
     ]
 }

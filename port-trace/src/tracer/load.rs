@@ -130,8 +130,10 @@ impl Tracer {
         );
 
         let tgid = std::process::id();
+        let scope = crate::hook_set::cgroup::scope(k, opts.cgroup.as_deref());
         let mut ebpf = EbpfLoader::new()
             .override_global("TRACER_TGID", &tgid, true)
+            .override_global("SCOPE", &scope, true)
             .override_global("OFFSETS", &layout.offsets, true)
             .override_global("WAKEUP_BYTES", &opts.wakeup_bytes, true)
             .map_max_entries("EVENTS", opts.ring_bytes)

@@ -1,0 +1,482 @@
+//! The "cgroup" hook set, for kernels where kprobes and BPF trampolines are unavailable: cgroup
+//! sock/sock_addr and sock_ops programs plus the `sock:inet_sock_set_state` tracepoint. No
+//! syscall tracepoint: enabling one slows every system call of every task on the host. Each
+//! program here runs only on the path it watches. How each path is seen (details and kernel
+//! sources: docs/capture.md):
+//!
+//! - TCP connect: connect4/6 records the request in the socket's storage (`watch`), sock_ops
+//!   TCP_CONNECT_CB reports the port. A failure to find one is `inet_sock_set_state`
+//!   SYN_SENT->CLOSE with local port 0, reported there as EADDRNOTAVAIL.
+//! - bind(0): bind4/6 records, post_bind4/6 reports. A failure is settled the next time the
+//!   socket is seen (bind, sendmsg, close) and reported as EADDRINUSE with the bind's time.
+//! - listen() on an unbound socket: CLOSE->LISTEN with port 0 records who asked (`LISTENING`),
+//!   sock_ops TCP_LISTEN_CB reports the port, LISTEN->CLOSE with port 0 the failure
+//!   (EADDRINUSE, the one error of get_port).
+//! - UDP autobind on send: sock_create marks UDP sockets created while tracing; sendmsg4/6,
+//!   which runs after the autobind, reports the port of a marked socket once. A failed
+//!   autobind on send is not seen (no hook runs after it).
+//! - UDP autobind on connect: connect4/6 records; settled when the socket is next seen or
+//!   closed, with the connect's time.
+
+mod watch;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock, bpf_sock_addr,
+        bpf_sock_ops,
+    },
+    helpers::generated::bpf_get_current_ancestor_cgroup_id,
+    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops, tracepoint},
+    maps::LruHashMap,
+    programs::{SockAddrContext, SockContext, SockOpsContext, TracePointContext},
+};
+use port_trace_common::{
+    Family, HookId, Op, Proto, Stat,
+    program::{CGROUP, TRACEPOINTS},
+    tracepoint::inet_sock_set_state as set_state,
+};
+use watch::{Seen, State, Watch, proto_of};
+
+use crate::{
+    SCOPE,
+    emit::{Owner, count, current, emit, emit_owned, ipv4, ipv6_words, now_boot_ns, v4_mapped},
+    kernel::{EADDRINUSE, EADDRNOTAVAIL, TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT},
+    pending::Pending,
+};
+
+/// Reads a context field. Context fields must be loaded at a constant offset from the context
+/// pointer, so every field is read once, unconditionally, before any branch can make LLVM
+/// merge the addresses.
+macro_rules! ctx_read {
+    ($ptr:expr, $field:ident) => {
+        // SAFETY: `$ptr` is the context the kernel passed to the program, valid for its run;
+        // the verifier checks each field load.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*$ptr).$field)) }
+    };
+}
+
+/// An IPv6 address in a context: four separate 4-byte loads, the only size every kernel allows.
+macro_rules! ctx_read6 {
+    ($ptr:expr, $field:ident) => {
+        // SAFETY: as `ctx_read!`.
+        unsafe {
+            [
+                core::ptr::read_volatile(core::ptr::addr_of!((*$ptr).$field[0])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*$ptr).$field[1])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*$ptr).$field[2])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*$ptr).$field[3])),
+            ]
+        }
+    };
+}
+
+/// Reads a tracepoint record field at an offset from `port_trace_common::tracepoint`.
+macro_rules! tp_read {
+    ($ctx:expr, $off:expr) => {
+        // SAFETY: read_at copies with bpf_probe_read, which fails instead of faulting; the
+        // loader checked the offset against the tracepoint's format file.
+        unsafe { $ctx.read_at($off) }
+    };
+}
+
+/// The socket of a sock_addr context.
+#[inline(always)]
+fn sock_of(sa: *const bpf_sock_addr) -> *mut bpf_sock {
+    // SAFETY: as `ctx_read!`; `sk` is a union member, hence no macro.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*sa).__bindgen_anon_1.sk)) }
+}
+
+/// The protocol, port (network order) and address the user passed to connect()/bind()/
+/// sendmsg().
+#[inline(always)]
+fn user_sockaddr(sa: *const bpf_sock_addr, fam: u8) -> (u32, u32, [u8; 16]) {
+    let protocol = ctx_read!(sa, protocol);
+    let user_port = ctx_read!(sa, user_port);
+    // The 4 hooks may not touch user_ip6 (nor the 6 hooks user_ip4): `fam` is a constant
+    // here, so only one branch is compiled into each program.
+    let addr = if fam == Family::Inet as u8 {
+        ipv4(ctx_read!(sa, user_ip4).to_ne_bytes())
+    } else {
+        ipv6_words(ctx_read6!(sa, user_ip6))
+    };
+    (protocol, user_port, addr)
+}
+
+/// The request a connect()/sendmsg() destination makes.
+#[inline(always)]
+fn toward(op: Op, pr: u8, fam: u8, user_port: u32, daddr: [u8; 16]) -> Pending {
+    let mut p = Pending::new(op as u8, pr, fam);
+    p.has_daddr = 1;
+    p.dport = u16::from_be(user_port as u16);
+    p.daddr = daddr;
+    p.asked_ns = now_boot_ns();
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cgroup programs return 1 (allow); anything else would fail the user's syscall.
+
+#[cgroup_sock(sock_create)]
+pub fn pt_sock_create(ctx: SockContext) -> i32 {
+    let sk = ctx.sock;
+    // Only a UDP socket can get a port with no cgroup hook running before it (autobind on
+    // send), so only UDP sockets are marked.
+    if ctx_read!(sk, protocol) == 17 && current().is_some() {
+        let mut w = Watch {
+            owner: Owner::NOBODY,
+            pending: Pending::new(Op::Autobind as u8, Proto::Udp as u8, 0),
+            state: State::Fresh,
+        };
+        w.pending.family = ctx_read!(sk, family) as u8;
+        watch::set(sk, &w);
+    }
+    1
+}
+program_listed!(pt_sock_create in CGROUP.name);
+
+#[cgroup_sock(sock_release)]
+pub fn pt_sock_release(ctx: SockContext) -> i32 {
+    if let Some(w) = watch::get(ctx.sock) {
+        match watch::local_of_ctx(ctx.sock, w.pending.family) {
+            Some(local) => watch::settle(w, Seen::Closing, HookId::SockRelease, local),
+            // An open request whose outcome cannot be read is counted, not guessed.
+            None if w.state == State::Asked => count(Stat::Unresolved),
+            None => {}
+        }
+    }
+    1
+}
+program_listed!(pt_sock_release in CGROUP.name);
+
+// connect(): connect4/6 run before the kernel picks a port.
+
+#[cgroup_sock_addr(connect4)]
+pub fn pt_connect4(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, Family::Inet as u8, HookId::Connect4);
+    1
+}
+program_listed!(pt_connect4 in CGROUP.name);
+
+#[cgroup_sock_addr(connect6)]
+pub fn pt_connect6(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, Family::Inet6 as u8, HookId::Connect6);
+    1
+}
+program_listed!(pt_connect6 in CGROUP.name);
+
+#[inline(always)]
+fn on_connect(ctx: &SockAddrContext, fam: u8, hook: HookId) {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    let (protocol, user_port, daddr) = user_sockaddr(sa, fam);
+    let sk = sock_of(sa);
+    if sk.is_null() {
+        return;
+    }
+    let src_port = ctx_read!(sk, src_port);
+    if let Some(w) = watch::get(sk) {
+        watch::settle(w, Seen::Connecting, hook, watch::local(sk, w.pending.family));
+    }
+    let Some(c) = current() else { return };
+    let Some(pr) = proto_of(protocol) else { return };
+    // A socket that already has a port keeps it: the kernel picks nothing.
+    if src_port != 0 {
+        watch::forget(sk);
+        return;
+    }
+    let op = if pr == Proto::Tcp as u8 {
+        Op::Connect
+    } else {
+        Op::Autobind
+    };
+    watch::ask(sk, Owner::of(c), toward(op, pr, fam, user_port, daddr));
+}
+
+// bind(): bind4/6 see the requested port, post_bind4/6 the one the kernel gave.
+
+#[cgroup_sock_addr(bind4)]
+pub fn pt_bind4(ctx: SockAddrContext) -> i32 {
+    on_bind(&ctx, Family::Inet as u8, HookId::Bind4);
+    1
+}
+program_listed!(pt_bind4 in CGROUP.name);
+
+#[cgroup_sock_addr(bind6)]
+pub fn pt_bind6(ctx: SockAddrContext) -> i32 {
+    on_bind(&ctx, Family::Inet6 as u8, HookId::Bind6);
+    1
+}
+program_listed!(pt_bind6 in CGROUP.name);
+
+#[inline(always)]
+fn on_bind(ctx: &SockAddrContext, fam: u8, hook: HookId) {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    let (protocol, user_port, saddr) = user_sockaddr(sa, fam);
+    let sk = sock_of(sa);
+    if sk.is_null() {
+        return;
+    }
+    if let Some(w) = watch::get(sk) {
+        watch::settle(w, Seen::Again, hook, watch::local(sk, w.pending.family));
+    }
+    // The user chose the port: nothing to report, now or at a later send.
+    if user_port != 0 {
+        watch::forget(sk);
+        return;
+    }
+    let Some(c) = current() else { return };
+    let Some(pr) = proto_of(protocol) else { return };
+    let mut p = Pending::new(Op::Bind as u8, pr, fam);
+    p.saddr = saddr;
+    p.asked_ns = now_boot_ns();
+    watch::ask(sk, Owner::of(c), p);
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn pt_post_bind4(ctx: SockContext) -> i32 {
+    on_post_bind(&ctx, HookId::PostBind4);
+    1
+}
+program_listed!(pt_post_bind4 in CGROUP.name);
+
+#[cgroup_sock(post_bind6)]
+pub fn pt_post_bind6(ctx: SockContext) -> i32 {
+    on_post_bind(&ctx, HookId::PostBind6);
+    1
+}
+program_listed!(pt_post_bind6 in CGROUP.name);
+
+#[inline(always)]
+fn on_post_bind(ctx: &SockContext, hook: HookId) {
+    let Some(w) = watch::get(ctx.sock) else {
+        return;
+    };
+    if w.state != State::Asked || w.pending.op != Op::Bind as u8 {
+        return;
+    }
+    w.state = State::Done;
+    // post_bind4 may read src_port and src_ip4 only, post_bind6 src_port and src_ip6.
+    let port = ctx_read!(ctx.sock, src_port) as u16;
+    // The time of the report is the time of the choice.
+    w.pending.asked_ns = 0;
+    emit_owned(&w.owner, &w.pending, port, 0, hook, 0);
+}
+
+// UDP sendmsg with a destination: after inet_send_prepare autobound the socket.
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn pt_sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx, Family::Inet as u8, HookId::Sendmsg4);
+    1
+}
+program_listed!(pt_sendmsg4 in CGROUP.name);
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn pt_sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx, Family::Inet6 as u8, HookId::Sendmsg6);
+    1
+}
+program_listed!(pt_sendmsg6 in CGROUP.name);
+
+#[inline(always)]
+fn on_sendmsg(ctx: &SockAddrContext, fam: u8, hook: HookId) {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    let (_, user_port, daddr) = user_sockaddr(sa, fam);
+    let sk = sock_of(sa);
+    if sk.is_null() {
+        return;
+    }
+    // The common case, a socket with no watch, ends here.
+    let Some(w) = watch::get(sk) else {
+        return;
+    };
+    if w.state == State::Fresh
+        && let Some(c) = current()
+    {
+        let sk_fam = w.pending.family;
+        // An IPv6 socket sending to a v4-mapped address runs the 4 hook.
+        let daddr = if sk_fam != fam { v4_mapped([daddr[0], daddr[1], daddr[2], daddr[3]]) } else { daddr };
+        let mut p = toward(Op::Autobind, Proto::Udp as u8, sk_fam, user_port, daddr);
+        let (port, saddr) = watch::local(sk, sk_fam);
+        p.saddr = saddr;
+        p.asked_ns = 0;
+        if port != 0 {
+            emit(c, &p, port, 0, hook, 0);
+        }
+    } else {
+        watch::settle(w, Seen::Again, hook, watch::local(sk, w.pending.family));
+    }
+    watch::forget(sk);
+}
+
+// ---------------------------------------------------------------------------------------------
+// sock_ops: the port chosen by connect() and listen().
+
+/// listen() requests by socket address, from CLOSE->LISTEN to TCP_LISTEN_CB or LISTEN->CLOSE.
+/// The tracepoint cannot reach socket storage and sock_ops cannot ask who the current task is
+/// on older kernels (6.1), so the socket's address joins them.
+#[map]
+static LISTENING: LruHashMap<u64, Watch> = LruHashMap::with_max_entries(4096, 0);
+
+#[sock_ops]
+pub fn pt_sockops(ctx: SockOpsContext) -> u32 {
+    let so: *const bpf_sock_ops = ctx.ops;
+    let op = ctx_read!(so, op);
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        on_connect_cb(so);
+    } else if op == BPF_SOCK_OPS_TCP_LISTEN_CB {
+        on_listen_cb(so);
+    }
+    1
+}
+program_listed!(pt_sockops in CGROUP.name);
+
+/// The socket of a sock_ops context (null for a request or time-wait socket).
+#[inline(always)]
+fn ops_sock(so: *const bpf_sock_ops) -> *mut bpf_sock {
+    // SAFETY: as `ctx_read!`; `sk` is a union member, hence no macro.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*so).__bindgen_anon_2.sk)) }
+}
+
+/// The port inet_hash_connect chose, seen from tcp_connect().
+#[inline(always)]
+fn on_connect_cb(so: *const bpf_sock_ops) {
+    let fam = ctx_read!(so, family) as u8;
+    let local4 = ctx_read!(so, local_ip4);
+    let remote4 = ctx_read!(so, remote_ip4);
+    let local6 = ctx_read6!(so, local_ip6);
+    let remote6 = ctx_read6!(so, remote_ip6);
+    let local_port = ctx_read!(so, local_port);
+    let remote_port = ctx_read!(so, remote_port);
+    let sk = ops_sock(so);
+    if sk.is_null() {
+        return;
+    }
+    let Some(w) = watch::get(sk) else {
+        return;
+    };
+    if w.state != State::Asked || w.pending.op != Op::Connect as u8 {
+        return;
+    }
+    let mut p = w.pending;
+    let owner = w.owner;
+    watch::forget(sk);
+    p.family = fam;
+    if fam == Family::Inet as u8 {
+        p.saddr = ipv4(local4.to_ne_bytes());
+        p.daddr = ipv4(remote4.to_ne_bytes());
+    } else {
+        p.saddr = ipv6_words(local6);
+        p.daddr = ipv6_words(remote6);
+    }
+    // remote_port holds the big-endian port in its upper 16 bits.
+    p.dport = u32::from_be(remote_port) as u16;
+    p.has_daddr = 1;
+    p.asked_ns = 0;
+    emit_owned(&owner, &p, local_port as u16, 0, HookId::SockOpsConnect, 0);
+}
+
+/// The port a listen() on an unbound socket got.
+#[inline(always)]
+fn on_listen_cb(so: *const bpf_sock_ops) {
+    let local_port = ctx_read!(so, local_port);
+    let sk = ops_sock(so);
+    if sk.is_null() {
+        return;
+    }
+    let key = sk as u64;
+    // SAFETY: the entry is copied out at once, while RCU keeps it alive.
+    let Some(w) = (unsafe { LISTENING.get(key) }).copied() else {
+        return;
+    };
+    let _ = LISTENING.remove(key);
+    emit_owned(
+        &w.owner,
+        &w.pending,
+        local_port as u16,
+        0,
+        HookId::SockOpsListen,
+        0,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP state changes with no local port: listen() about to choose one, and a connect() or
+// listen() that found none.
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn pt_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = on_set_state(&ctx);
+    0
+}
+program_listed!(pt_inet_sock_set_state in TRACEPOINTS.name);
+
+/// Whether the current task is in the traced cgroup subtree (the cgroup programs see only
+/// that subtree; the tracepoint sees the whole host).
+#[inline(always)]
+fn in_scope() -> bool {
+    let s = SCOPE.load();
+    // SAFETY: the helper takes a level and reads the current task's cgroup.
+    s.level == 0 || unsafe { bpf_get_current_ancestor_cgroup_id(s.level as i32) } == s.id
+}
+
+#[inline(always)]
+fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
+    let protocol: u16 = tp_read!(ctx, set_state::PROTOCOL)?;
+    let sport: u16 = tp_read!(ctx, set_state::SPORT)?;
+    if protocol != Proto::Tcp as u8 as u16 || sport != 0 {
+        return Ok(());
+    }
+    let oldstate: i32 = tp_read!(ctx, set_state::OLDSTATE)?;
+    let newstate: i32 = tp_read!(ctx, set_state::NEWSTATE)?;
+    let skaddr: u64 = tp_read!(ctx, set_state::SKADDR)?;
+    let closing = newstate == TCP_CLOSE as i32;
+    if oldstate == TCP_LISTEN as i32 && closing {
+        // get_port failed; -EADDRINUSE is all it returns.
+        // SAFETY: as `on_listen_cb`.
+        if let Some(w) = (unsafe { LISTENING.get(skaddr) }).copied() {
+            let _ = LISTENING.remove(skaddr);
+            emit_owned(&w.owner, &w.pending, 0, EADDRINUSE, HookId::SetState, 0);
+        }
+        return Ok(());
+    }
+    let opening = oldstate == TCP_CLOSE as i32 && newstate == TCP_LISTEN as i32;
+    let failed_connect = oldstate == TCP_SYN_SENT as i32 && closing;
+    if !opening && !failed_connect {
+        return Ok(());
+    }
+    let Some(c) = current() else {
+        return Ok(());
+    };
+    if !in_scope() {
+        return Ok(());
+    }
+    let fam: u16 = tp_read!(ctx, set_state::FAMILY)?;
+    let v4 = fam == Family::Inet as u8 as u16;
+    let op = if opening { Op::Listen } else { Op::Connect };
+    let mut p = Pending::new(op as u8, Proto::Tcp as u8, fam as u8);
+    p.saddr = if v4 {
+        ipv4(tp_read!(ctx, set_state::SADDR)?)
+    } else {
+        tp_read!(ctx, set_state::SADDR_V6)?
+    };
+    if opening {
+        let w = Watch {
+            owner: Owner::of(c),
+            pending: p,
+            state: State::Asked,
+        };
+        let _ = LISTENING.insert(skaddr, w, 0);
+    } else {
+        // inet_hash_connect found no port (it returns -EADDRNOTAVAIL); the socket still
+        // holds the destination, which the kernel clears only after this state change.
+        p.has_daddr = 1;
+        p.dport = tp_read!(ctx, set_state::DPORT)?;
+        p.daddr = if v4 {
+            ipv4(tp_read!(ctx, set_state::DADDR)?)
+        } else {
+            tp_read!(ctx, set_state::DADDR_V6)?
+        };
+        emit(c, &p, 0, EADDRNOTAVAIL, HookId::SetState, 0);
+    }
+    Ok(())
+}
