@@ -69,9 +69,8 @@ pub struct TracepointProgram {
 }
 
 /// The cgroup hook set's tracepoint programs (their fields: `tracepoint::FORMATS`).
-pub const TRACEPOINTS: &[TracepointProgram] = &[
-    tp("pt_inet_sock_set_state", "sock", "inet_sock_set_state"),
-];
+pub const TRACEPOINTS: &[TracepointProgram] =
+    &[tp("pt_inet_sock_set_state", "sock", "inet_sock_set_state")];
 
 const fn tp(name: &'static str, category: &'static str, event: &'static str) -> TracepointProgram {
     TracepointProgram {

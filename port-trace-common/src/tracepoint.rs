@@ -44,10 +44,8 @@ const SET_STATE_FIELDS: &[(&str, usize)] = {
     ]
 };
 /// Every tracepoint of the cgroup hook set and the fields its programs read.
-pub const FORMATS: &[Format] = &[
-    Format {
-        category: "sock",
-        event: "inet_sock_set_state",
-        fields: SET_STATE_FIELDS,
-    },
-];
+pub const FORMATS: &[Format] = &[Format {
+    category: "sock",
+    event: "inet_sock_set_state",
+    fields: SET_STATE_FIELDS,
+}];

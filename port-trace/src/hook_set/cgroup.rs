@@ -166,8 +166,11 @@ pub(super) fn attach(
 
 pub(super) fn coverage(k: &KernelSupport) -> Vec<PathCoverage> {
     let has = |group| k.layout.as_ref().is_some_and(|l| l.has(group));
-    let set_state = (k.missing_tracepoints.iter().any(|m| m == "sock/inet_sock_set_state"))
-        .then(|| "missing tracepoint sock/inet_sock_set_state".to_string());
+    let set_state = (k
+        .missing_tracepoints
+        .iter()
+        .any(|m| m == "sock/inet_sock_set_state"))
+    .then(|| "missing tracepoint sock/inet_sock_set_state".to_string());
     let row = PathCoverage::new;
     vec![
         row(
@@ -214,7 +217,9 @@ pub(super) fn coverage(k: &KernelSupport) -> Vec<PathCoverage> {
         row(
             "udp autobind failure EAGAIN on send",
             "-",
-            Some("no hook runs after a failed autobind on send; use the fexit or kprobe set".into()),
+            Some(
+                "no hook runs after a failed autobind on send; use the fexit or kprobe set".into(),
+            ),
         ),
         row(
             "network namespace of each event",

@@ -174,7 +174,12 @@ fn on_connect(ctx: &SockAddrContext, fam: u8, hook: HookId) {
     }
     let src_port = ctx_read!(sk, src_port);
     if let Some(w) = watch::get(sk) {
-        watch::settle(w, Seen::Connecting, hook, watch::local(sk, w.pending.family));
+        watch::settle(
+            w,
+            Seen::Connecting,
+            hook,
+            watch::local(sk, w.pending.family),
+        );
     }
     let Some(c) = current() else { return };
     let Some(pr) = proto_of(protocol) else { return };
@@ -294,7 +299,11 @@ fn on_sendmsg(ctx: &SockAddrContext, fam: u8, hook: HookId) {
     {
         let sk_fam = w.pending.family;
         // An IPv6 socket sending to a v4-mapped address runs the 4 hook.
-        let daddr = if sk_fam != fam { v4_mapped([daddr[0], daddr[1], daddr[2], daddr[3]]) } else { daddr };
+        let daddr = if sk_fam != fam {
+            v4_mapped([daddr[0], daddr[1], daddr[2], daddr[3]])
+        } else {
+            daddr
+        };
         let mut p = toward(Op::Autobind, Proto::Udp as u8, sk_fam, user_port, daddr);
         let (port, saddr) = watch::local(sk, sk_fam);
         p.saddr = saddr;

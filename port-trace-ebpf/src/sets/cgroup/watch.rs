@@ -160,7 +160,14 @@ pub fn settle(w: &mut Watch, seen: Seen, hook: HookId, local: (u16, [u8; 16])) {
     if errno == 0 {
         p.saddr = saddr;
     }
-    emit_owned(&w.owner, &p, if errno == 0 { port } else { 0 }, errno, hook, 0);
+    emit_owned(
+        &w.owner,
+        &p,
+        if errno == 0 { port } else { 0 },
+        errno,
+        hook,
+        0,
+    );
 }
 
 /// A request about to be made on socket `sk` by `owner`.
