@@ -207,7 +207,7 @@ pub(super) fn coverage(k: &KernelSupport) -> Vec<PathCoverage> {
             "udp autobind on connect() (v4/v6) and EAGAIN (inferred, at the socket's next \
              bind/connect/send/close)",
             "cgroup/connect4+6, cgroup/sock_release",
-            None,
+            (!has(layout::SOCK)).then(|| "kernel BTF lacks the struct sock layout".to_string()),
         ),
         row(
             "udp autobind on sendto/sendmsg/sendmmsg (v4/v6)",
@@ -246,6 +246,7 @@ mod tests {
 \tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
 \tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
 \tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
 ";
         let set_state = tracepoint::FORMATS[0].fields;
         assert_eq!(check_format(fmt, set_state), Ok(()));
