@@ -203,14 +203,6 @@ const _: () = assert!(core::mem::align_of::<PortEvent>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
-    pub task_files: u32,
-    pub files_fdt: u32,
-    pub fdt_max_fds: u32,
-    pub fdt_fd: u32,
-    pub file_inode: u32,
-    pub file_private_data: u32,
-    pub inode_mode: u32,
-    pub socket_sk: u32,
     pub sk_num: u32,
     pub sk_family: u32,
     pub sk_protocol: u32,
@@ -234,14 +226,6 @@ pub struct KernelOffsets {
 impl KernelOffsets {
     /// No offset known (the value the programs are compiled with).
     pub const NONE: KernelOffsets = KernelOffsets {
-        task_files: 0,
-        files_fdt: 0,
-        fdt_max_fds: 0,
-        fdt_fd: 0,
-        file_inode: 0,
-        file_private_data: 0,
-        inode_mode: 0,
-        socket_sk: 0,
         sk_num: 0,
         sk_family: 0,
         sk_protocol: 0,
@@ -275,9 +259,8 @@ pub struct CgroupScope {
 
 /// Groups of `KernelOffsets` that are usable together.
 pub mod layout {
-    /// fd -> file -> socket -> sock walk (UDP autobind on send*).
-    pub const FD_WALK: u32 = 1;
-    /// sock port and local address (UDP autobind on connect and send*).
+    /// sock port and local address (UDP autobind, the cgroup set's late outcomes). Bit 1 was
+    /// the fd -> socket walk of earlier versions.
     pub const SOCK: u32 = 2;
     /// task -> nsproxy -> net -> ns.inum.
     pub const NETNS: u32 = 4;

@@ -254,7 +254,7 @@ mod tests {
             btf: yes(),
             layout: Some(Layout {
                 offsets: KernelOffsets {
-                    valid: layout::FD_WALK | layout::SOCK | layout::NETNS,
+                    valid: layout::SOCK | layout::NETNS,
                     ..Default::default()
                 },
                 problems: vec![],

@@ -131,19 +131,6 @@ pub fn resolve(btf: &Btf) -> Layout {
     }
 
     grp!(
-        layout::FD_WALK,
-        [
-            (task_files, "task_struct", &["files"]),
-            (files_fdt, "files_struct", &["fdt"]),
-            (fdt_max_fds, "fdtable", &["max_fds"]),
-            (fdt_fd, "fdtable", &["fd"]),
-            (file_inode, "file", &["f_inode"]),
-            (file_private_data, "file", &["private_data"]),
-            (inode_mode, "inode", &["i_mode"]),
-            (socket_sk, "socket", &["sk"]),
-        ]
-    );
-    grp!(
         layout::SOCK,
         [
             (sk_num, "sock", &["__sk_common", "skc_num"]),
@@ -196,7 +183,7 @@ mod tests {
         let btf = load(path).unwrap();
         let l = resolve(&btf);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
-        assert!(l.has(layout::FD_WALK | layout::SOCK | layout::NETNS | layout::SOCK_PEER));
+        assert!(l.has(layout::SOCK | layout::NETNS | layout::SOCK_PEER));
         // skc_family is the first 2-byte field after the addresses and hash in sock_common.
         assert!(l.offsets.sk_family > 0 && l.offsets.sk_family < 64);
         assert_ne!(l.offsets.sk_num, l.offsets.sk_family);
