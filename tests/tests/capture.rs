@@ -404,3 +404,68 @@ fn udp_exhaustion_reports_eagain_on_autobind() {
         },
     );
 }
+
+/// The cgroup v2 mount point, from /proc/self/mounts.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| dir.into())
+    })
+}
+
+/// With `--cgroup DIR` the cgroup set's tracepoint, which sees every task, keeps only tasks
+/// below DIR, as its cgroup programs do: a failed connect() from outside DIR is not reported,
+/// the same failure from a process inside DIR is.
+#[test]
+fn a_cgroup_subtree_is_traced_alone() {
+    if !require_root("a_cgroup_subtree_is_traced_alone") {
+        return;
+    }
+    let forced = std::env::var("PORT_TRACE_HOOKS").unwrap_or_default();
+    if !forced.is_empty() && forced != "cgroup" {
+        return; // --cgroup scopes the cgroup set only.
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let root = cgroup2_root().expect("a cgroup v2 mount");
+    let dir = root.join(format!("pt-scope-{}", std::process::id()));
+    std::fs::create_dir(&dir).expect("create a cgroup");
+    let ns = Netns::new().expect("create network namespace");
+    ns.set_port_range(40000, 40000).expect("one-port range");
+    let ns_arg = ns.inode.to_string();
+    let tracer =
+        TraceProcess::start(&["--netns", &ns_arg, "--cgroup", dir.to_str().unwrap()]).unwrap();
+    let dest = lo(false, 5000);
+    let (inside_pid, inside_failed) = ns
+        .within(|| {
+            let listener = TcpListener::bind(dest).unwrap();
+            // Outside DIR: the one port, then a connect that finds none.
+            let first = std::net::TcpStream::connect(dest).unwrap();
+            let e = std::net::TcpStream::connect(dest).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+            // Inside DIR: bash joins it, then connects through /dev/tcp.
+            let script = format!(
+                "echo $$ > {}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/5000",
+                dir.display()
+            );
+            let child = std::process::Command::new("bash")
+                .args(["-c", &script])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run bash");
+            let pid = child.id();
+            let out = child.wait_with_output().unwrap();
+            drop((first, listener));
+            (pid, !out.status.success())
+        })
+        .unwrap();
+    let (events, stderr) = tracer.stop().unwrap();
+    std::fs::remove_dir(&dir).expect("remove the cgroup");
+    assert!(inside_failed, "the connect inside the cgroup found a port");
+    assert_eq!(events.len(), 1, "only the failure inside {dir:?}: {events:?} {stderr}");
+    let e = &events[0];
+    assert_eq!(e["op"], "connect");
+    assert_eq!(e["result"], "EADDRNOTAVAIL");
+    assert_eq!(e["pid"], inside_pid);
+}
