@@ -142,9 +142,9 @@ id_enum! {
         KretprobeInetHashConnect = 15 => "kretprobe/inet_hash_connect",
         KretprobeUdpLibGetPort = 18 => "kretprobe/udp_lib_get_port",
         // The "cgroup" hook set, continued.
-        SetState = 27 => "tracepoint/inet_sock_set_state",
         SockOpsConnect = 1 => "sock_ops/tcp_connect_cb",
         SockOpsListen = 26 => "sock_ops/tcp_listen_cb",
+        SetState = 27 => "tracepoint/inet_sock_set_state",
         // Syscall exit tracepoints of earlier versions' cgroup set: no longer attached, still
         // read from their recordings.
         SysExitBind = 6 => "tracepoint/sys_exit_bind",
