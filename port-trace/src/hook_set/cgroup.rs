@@ -189,7 +189,7 @@ pub(super) fn coverage(k: &KernelSupport) -> Vec<PathCoverage> {
             None,
         ),
         row(
-            "bind(0) failure EADDRINUSE (inferred, at the socket's next bind/send/close)",
+            "bind(0) failure EADDRINUSE (inferred, at next use)",
             "cgroup/bind4+6, cgroup/sock_release",
             None,
         ),
@@ -204,8 +204,7 @@ pub(super) fn coverage(k: &KernelSupport) -> Vec<PathCoverage> {
             set_state,
         ),
         row(
-            "udp autobind on connect() (v4/v6) and EAGAIN (inferred, at the socket's next \
-             bind/connect/send/close)",
+            "udp autobind on connect(), EAGAIN inferred (at next use)",
             "cgroup/connect4+6, cgroup/sock_release",
             (!has(layout::SOCK)).then(|| "kernel BTF lacks the struct sock layout".to_string()),
         ),
