@@ -405,6 +405,44 @@ fn udp_exhaustion_reports_eagain_on_autobind() {
     );
 }
 
+/// In a forked child: joins the cgroup whose `cgroup.procs` is `procs`, connects to
+/// 127.0.0.1:5000 and exits 0 if that failed with EADDRNOTAVAIL.
+///
+/// # Safety
+/// Only for a freshly forked child: it never returns.
+unsafe fn connect_in_cgroup(procs: &std::ffi::CStr) -> ! {
+    // SAFETY: plain syscalls on memory this function owns; _exit ends the child.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+        let mut digits = [0u8; 12];
+        let mut pid = libc::getpid() as u32;
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (pid % 10) as u8;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        let joined = fd >= 0
+            && libc::write(fd, digits[i..].as_ptr().cast(), digits.len() - i)
+                == (digits.len() - i) as isize;
+        let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = 5000u16.to_be();
+        sa.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+        let r = libc::connect(
+            s,
+            std::ptr::from_ref(&sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let failed = r < 0 && *libc::__errno_location() == libc::EADDRNOTAVAIL;
+        libc::_exit(if joined && failed { 0 } else { 1 })
+    }
+}
+
 /// The cgroup v2 mount point, from /proc/self/mounts.
 fn cgroup2_root() -> Option<std::path::PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
@@ -444,26 +482,33 @@ fn a_cgroup_subtree_is_traced_alone() {
             let first = std::net::TcpStream::connect(dest).unwrap();
             let e = std::net::TcpStream::connect(dest).unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
-            // Inside DIR: bash joins it, then connects through /dev/tcp.
-            let script = format!(
-                "echo $$ > {}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/5000",
-                dir.display()
-            );
-            let child = std::process::Command::new("bash")
-                .args(["-c", &script])
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("run bash");
-            let pid = child.id();
-            let out = child.wait_with_output().unwrap();
+            // Inside DIR: a child joins it, then connects (raw syscalls only: the child of a
+            // threaded process).
+            let procs = std::ffi::CString::new(format!("{}/cgroup.procs", dir.display())).unwrap();
+            // SAFETY: the child calls only async-signal-safe functions and exits with _exit.
+            let pid = match unsafe { nix::unistd::fork() }.expect("fork") {
+                nix::unistd::ForkResult::Child => unsafe { connect_in_cgroup(&procs) },
+                nix::unistd::ForkResult::Parent { child } => child,
+            };
+            let status = nix::sys::wait::waitpid(pid, None).unwrap();
+            let pid = pid.as_raw() as u32;
+            let failed_as_expected = status
+                == nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid as i32), 0);
             drop((first, listener));
-            (pid, !out.status.success())
+            (pid, failed_as_expected)
         })
         .unwrap();
     let (events, stderr) = tracer.stop().unwrap();
     std::fs::remove_dir(&dir).expect("remove the cgroup");
-    assert!(inside_failed, "the connect inside the cgroup found a port");
-    assert_eq!(events.len(), 1, "only the failure inside {dir:?}: {events:?} {stderr}");
+    assert!(
+        inside_failed,
+        "the child inside the cgroup joined it and got EADDRNOTAVAIL"
+    );
+    assert_eq!(
+        events.len(),
+        1,
+        "only the failure inside {dir:?}: {events:?} {stderr}"
+    );
     let e = &events[0];
     assert_eq!(e["op"], "connect");
     assert_eq!(e["result"], "EADDRNOTAVAIL");

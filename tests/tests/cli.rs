@@ -62,7 +62,10 @@ fn check_reports_hook_set_and_coverage() {
     // says so; every other path is seen.
     let unseen: Vec<&str> = text.lines().filter(|l| l.contains("NOT SEEN")).collect();
     assert_eq!(unseen.len(), 1, "{text}");
-    assert!(unseen[0].contains("udp autobind failure EAGAIN on send"), "{text}");
+    assert!(
+        unseen[0].contains("udp autobind failure EAGAIN on send"),
+        "{text}"
+    );
     assert!(text.contains("1 path(s) above are not seen"), "{text}");
 }
 

@@ -386,5 +386,4 @@ mod tests {
         assert!(unseen.contains(&"network namespace of each event"));
         assert!(!unseen.contains(&"tcp connect (v4/v6)"));
     }
-
 }
