@@ -487,6 +487,7 @@ fn a_cgroup_subtree_is_traced_alone() {
             let procs = std::ffi::CString::new(format!("{}/cgroup.procs", dir.display())).unwrap();
             // SAFETY: the child calls only async-signal-safe functions and exits with _exit.
             let pid = match unsafe { nix::unistd::fork() }.expect("fork") {
+                // SAFETY: this is the freshly forked child.
                 nix::unistd::ForkResult::Child => unsafe { connect_in_cgroup(&procs) },
                 nix::unistd::ForkResult::Parent { child } => child,
             };
