@@ -105,41 +105,133 @@ pub struct StepStats {
     pub even_steps: usize,
 }
 
+/// Step statistics and the online predictor of one sequence of offsets, fed one offset at a
+/// time: what [`step_stats`] and [`predictor`] compute from a slice. Memory grows with the
+/// number of *distinct* steps (at most the range size), not with the number of offsets.
+#[derive(Debug, Clone, Default)]
+pub struct Steps {
+    last: Option<u32>,
+    offsets: usize,
+    even_ports: usize,
+    small: usize,
+    near: usize,
+    skips: usize,
+    forward: usize,
+    even_steps: usize,
+    /// How often each forward step occurred: the median, the mode and the predictor's
+    /// candidates.
+    counts: BTreeMap<u32, usize>,
+    /// Per candidate step, the past steps within [`PREDICT_WINDOW`] of it.
+    scores: HashMap<u32, usize>,
+    best: Option<(u32, usize)>,
+    hits: usize,
+    predictions: usize,
+}
+
+impl Steps {
+    /// Adds the next offset (in time order).
+    pub fn push(&mut self, offset: u32, ring: &Ring) {
+        self.offsets += 1;
+        if (offset + u32::from(ring.low)) % 2 == 0 {
+            self.even_ports += 1;
+        }
+        let Some(prev) = self.last.replace(offset) else {
+            return;
+        };
+        if let Some((m, _)) = self.best {
+            self.predictions += 1;
+            let guess = (prev + m) % ring.size;
+            if ring.distance(guess, offset) <= PREDICT_WINDOW {
+                self.hits += 1;
+            }
+        }
+        let step = ring.step(prev, offset);
+        let near_max = ring.near_max();
+        self.small += usize::from(step > 0 && step <= SMALL_STEP);
+        self.near += usize::from(step > 0 && step <= near_max);
+        self.skips += usize::from(step > SMALL_STEP && step <= near_max);
+        self.forward += usize::from(step > 0 && 2 * step < ring.size);
+        self.even_steps += usize::from(step % 2 == 0);
+        self.score(step, ring);
+    }
+
+    /// The predictor's bookkeeping for one new step (see [`predictor`]).
+    fn score(&mut self, step: u32, ring: &Ring) {
+        let window = ring_window(step, PREDICT_WINDOW, ring.size);
+        *self.counts.entry(step).or_default() += 1;
+        let mut changed: Vec<u32> = Vec::new();
+        if let std::collections::hash_map::Entry::Vacant(e) = self.scores.entry(step) {
+            // New candidate: count every past step (this one included) near it.
+            e.insert(
+                window
+                    .iter()
+                    .map(|&(lo, hi)| self.counts.range(lo..=hi).map(|(_, n)| n).sum::<usize>())
+                    .sum(),
+            );
+            changed.push(step);
+        }
+        // Existing candidates near this step gain one.
+        for &(lo, hi) in &window {
+            for (&c, _) in self.counts.range(lo..=hi) {
+                if c != step || !changed.contains(&step) {
+                    *self
+                        .scores
+                        .get_mut(&c)
+                        .expect("every counted step is a candidate") += 1;
+                    changed.push(c);
+                }
+            }
+        }
+        for c in changed {
+            let sc = self.scores[&c];
+            if self.best.is_none_or(|(_, b)| sc > b) {
+                self.best = Some((c, sc));
+            }
+        }
+    }
+
+    /// The statistics of the offsets so far.
+    pub fn stats(&self) -> StepStats {
+        let steps = self.offsets.saturating_sub(1);
+        // Lower median: the step at sorted position (steps - 1) / 2.
+        let mut below = (steps.saturating_sub(1) / 2) as isize;
+        let median = self.counts.iter().find_map(|(&s, &n)| {
+            below -= n as isize;
+            (below < 0).then_some(s)
+        });
+        // Most common; ties go to the smallest step.
+        let mut mode: Option<(u32, usize)> = None;
+        for (&s, &n) in &self.counts {
+            if mode.is_none_or(|(_, m)| n > m) {
+                mode = Some((s, n));
+            }
+        }
+        StepStats {
+            steps,
+            median,
+            mode: mode.map(|(s, _)| s),
+            small: self.small,
+            near: self.near,
+            skips: self.skips,
+            forward: self.forward,
+            even_ports: self.even_ports,
+            even_steps: self.even_steps,
+        }
+    }
+
+    /// The predictor's `(hits, predictions)` so far.
+    pub fn predictor(&self) -> (usize, usize) {
+        (self.hits, self.predictions)
+    }
+}
+
 /// Computes [`StepStats`] for offsets in time order.
 pub fn step_stats(offsets: &[u32], ring: &Ring) -> StepStats {
-    let steps: Vec<u32> = offsets.windows(2).map(|w| ring.step(w[0], w[1])).collect();
-    let near_max = ring.near_max();
-    let mut sorted = steps.clone();
-    sorted.sort_unstable();
-    let median = (!sorted.is_empty()).then(|| sorted[(sorted.len() - 1) / 2]);
-    let mut counts: HashMap<u32, usize> = HashMap::new();
-    for &s in &steps {
-        *counts.entry(s).or_default() += 1;
+    let mut s = Steps::default();
+    for &o in offsets {
+        s.push(o, ring);
     }
-    let mode = counts
-        .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-        .map(|(&s, _)| s);
-    StepStats {
-        steps: steps.len(),
-        median,
-        mode,
-        small: steps.iter().filter(|&&s| s > 0 && s <= SMALL_STEP).count(),
-        near: steps.iter().filter(|&&s| s > 0 && s <= near_max).count(),
-        forward: steps
-            .iter()
-            .filter(|&&s| s > 0 && 2 * s < ring.size)
-            .count(),
-        skips: steps
-            .iter()
-            .filter(|&&s| s > SMALL_STEP && s <= near_max)
-            .count(),
-        even_ports: offsets
-            .iter()
-            .filter(|&&o| (o + u32::from(ring.low)) % 2 == 0)
-            .count(),
-        even_steps: steps.iter().filter(|&&s| s % 2 == 0).count(),
-    }
+    s.stats()
 }
 
 /// Inclusive, non-wrapping ranges of offsets within `w` of `c` on a ring of
@@ -174,51 +266,11 @@ fn ring_window(c: u32, w: u32, size: u32) -> Vec<(u32, u32)> {
 /// covers all of them, where the exact mode would be an arbitrary one of the
 /// eight values.
 pub fn predictor(offsets: &[u32], ring: &Ring) -> (usize, usize) {
-    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
-    let mut scores: HashMap<u32, usize> = HashMap::new();
-    let mut best: Option<(u32, usize)> = None;
-    let (mut hits, mut predictions) = (0, 0);
-    for w in offsets.windows(2) {
-        if let Some((m, _)) = best {
-            predictions += 1;
-            let guess = (w[0] + m) % ring.size;
-            if ring.distance(guess, w[1]) <= PREDICT_WINDOW {
-                hits += 1;
-            }
-        }
-        let step = ring.step(w[0], w[1]);
-        let window = ring_window(step, PREDICT_WINDOW, ring.size);
-        *counts.entry(step).or_default() += 1;
-        let mut changed: Vec<u32> = Vec::new();
-        if let std::collections::hash_map::Entry::Vacant(e) = scores.entry(step) {
-            // New candidate: count every past step (this one included) near it.
-            e.insert(
-                window
-                    .iter()
-                    .map(|&(lo, hi)| counts.range(lo..=hi).map(|(_, n)| n).sum::<usize>())
-                    .sum(),
-            );
-            changed.push(step);
-        }
-        // Existing candidates near this step gain one.
-        for &(lo, hi) in &window {
-            for (&c, _) in counts.range(lo..=hi) {
-                if c != step || !changed.contains(&step) {
-                    *scores
-                        .get_mut(&c)
-                        .expect("every counted step is a candidate") += 1;
-                    changed.push(c);
-                }
-            }
-        }
-        for c in changed {
-            let sc = scores[&c];
-            if best.is_none_or(|(_, b)| sc > b) {
-                best = Some((c, sc));
-            }
-        }
+    let mut s = Steps::default();
+    for &o in offsets {
+        s.push(o, ring);
     }
-    (hits, predictions)
+    s.predictor()
 }
 
 /// `P(X >= k)` for `X ~ Binomial(n, p)`: the one-sided p-value of seeing at
@@ -256,19 +308,35 @@ pub const MIN_EXPECTED_PER_BIN: usize = 5;
 /// 5 samples); `None` when that gives fewer than 2 bins (fewer than 10
 /// samples), i.e. when the test cannot be run.
 pub fn chi_square_uniform(offsets: &[u32], ring: &Ring) -> Option<ChiSquare> {
-    let n = offsets.len();
-    let bins = MAX_BINS
+    let bins = bins_for(offsets.len(), ring);
+    if bins < 2 {
+        return None;
+    }
+    let mut observed = vec![0usize; bins];
+    for &o in offsets {
+        observed[bin_of(o, bins, ring)] += 1;
+    }
+    chi_square_counts(&observed, offsets.len(), ring)
+}
+
+/// The number of bins the uniformity test uses for `n` samples.
+fn bins_for(n: usize, ring: &Ring) -> usize {
+    MAX_BINS
         .min(n / MIN_EXPECTED_PER_BIN)
-        .min(ring.size as usize);
+        .min(ring.size as usize)
+}
+
+fn bin_of(o: u32, bins: usize, ring: &Ring) -> usize {
+    (u64::from(o) * bins as u64 / u64::from(ring.size)) as usize
+}
+
+/// The chi-square test from the counts of `n` samples in equal-width bins.
+fn chi_square_counts(observed: &[usize], n: usize, ring: &Ring) -> Option<ChiSquare> {
+    let bins = observed.len();
     if bins < 2 {
         return None;
     }
     let size = u64::from(ring.size);
-    let bin_of = |o: u32| (u64::from(o) * bins as u64 / size) as usize;
-    let mut observed = vec![0usize; bins];
-    for &o in offsets {
-        observed[bin_of(o)] += 1;
-    }
     // Width of bin b: offsets o with floor(o * bins / size) == b.
     let start = |b: u64| (b * size).div_ceil(bins as u64);
     let mut statistic = 0.0;
@@ -286,6 +354,48 @@ pub fn chi_square_uniform(offsets: &[u32], ring: &Ring) -> Option<ChiSquare> {
         df,
         p_value,
     })
+}
+
+/// The uniformity test's input, fed one offset at a time: the offsets themselves until there
+/// are enough for the final number of bins (`min(64, size)`, 5 samples each: 320 on most
+/// ranges), then only the bin counts. Gives what [`chi_square_uniform`] gives on all of them.
+#[derive(Debug, Clone, Default)]
+pub struct Uniformity {
+    n: usize,
+    offsets: Vec<u32>,
+    /// Empty until the number of bins is final.
+    bins: Vec<usize>,
+}
+
+impl Uniformity {
+    pub fn push(&mut self, offset: u32, ring: &Ring) {
+        self.n += 1;
+        let last = MAX_BINS.min(ring.size as usize);
+        if last < 2 {
+            // A one-port range: the test never runs.
+            return;
+        }
+        if self.bins.is_empty() {
+            self.offsets.push(offset);
+            if bins_for(self.n, ring) == last {
+                self.bins = vec![0; last];
+                for o in std::mem::take(&mut self.offsets) {
+                    self.bins[bin_of(o, last, ring)] += 1;
+                }
+            }
+        } else {
+            let bins = self.bins.len();
+            self.bins[bin_of(offset, bins, ring)] += 1;
+        }
+    }
+
+    pub fn test(&self, ring: &Ring) -> Option<ChiSquare> {
+        if self.bins.is_empty() {
+            chi_square_uniform(&self.offsets, ring)
+        } else {
+            chi_square_counts(&self.bins, self.n, ring)
+        }
+    }
 }
 
 /// Ranks with ties given their average rank (1-based).
