@@ -37,6 +37,10 @@ use pattern::{Sequence, StreamTrack, global_verdict};
 
 use crate::event::{Event, Family, Op, Proto};
 
+/// Per-stream state: keys come from recordings, so the hasher is seeded per process; foldhash
+/// because hashing a key per event is a measurable share of `analyze`.
+pub type StreamMap<V> = HashMap<StreamKey, V, foldhash::fast::RandomState>;
+
 /// Usable port range, inclusive: `(low, high)` as in
 /// `net.ipv4.ip_local_port_range`.
 pub type PortRange = (u16, u16);
@@ -148,7 +152,9 @@ pub fn classify_local(ports: &[u16], range: PortRange) -> StreamAnalysis {
     local_verdict(classify(ports, range))
 }
 
-fn local_verdict(mut a: StreamAnalysis) -> StreamAnalysis {
+/// A stream without destination's verdict from its own classification: a counter there is its
+/// one counter, scope `global`.
+pub fn local_verdict(mut a: StreamAnalysis) -> StreamAnalysis {
     if a.pattern == Pattern::Sequential {
         a.counter_scope = Some(CounterScope::Global);
     }
@@ -191,7 +197,7 @@ pub fn analyze(samples: &[Sample], range: PortRange) -> Report {
 #[derive(Debug, Clone)]
 pub struct Analyzer {
     range: PortRange,
-    streams: HashMap<StreamKey, StreamTrack>,
+    streams: StreamMap<StreamTrack>,
     /// The global sequence of the samples with a destination...
     with_destination: Sequence,
     /// ...and of those without, which stands in when no sample has a destination.
@@ -203,7 +209,7 @@ impl Analyzer {
     pub fn new(range: PortRange) -> Self {
         Analyzer {
             range,
-            streams: HashMap::new(),
+            streams: StreamMap::default(),
             with_destination: Sequence::new(range),
             without_destination: Sequence::new(range),
             any_destination: false,
@@ -246,6 +252,21 @@ impl Analyzer {
         self.streams.get(key).map_or(0, |t| t.classifier().ports())
     }
 
+    /// The streams pushed so far, in no order.
+    pub fn keys(&self) -> impl Iterator<Item = &StreamKey> {
+        self.streams.keys()
+    }
+
+    /// One stream's verdict given `global` (from [`Self::global`]).
+    pub fn stream(&self, key: &StreamKey, global: &GlobalAnalysis) -> Option<StreamAnalysis> {
+        let a = self.streams.get(key)?.classifier().finish();
+        Some(if key.has_destination() {
+            refine(a, global)
+        } else {
+            local_verdict(a)
+        })
+    }
+
     /// Streams so far, in key order.
     fn ordered(&self) -> Vec<(&StreamKey, &StreamTrack)> {
         let mut v: Vec<_> = self.streams.iter().collect();
@@ -271,14 +292,10 @@ impl Analyzer {
     /// Every stream's verdict given `global` (from [`Self::global`]), one at a time in key
     /// order, so that a caller keeping only a digest never holds them all.
     pub fn each_stream(&self, global: &GlobalAnalysis, mut f: impl FnMut(&StreamKey, StreamAnalysis)) {
-        for (key, t) in self.ordered() {
-            let a = t.classifier().finish();
-            let a = if key.has_destination() {
-                refine(a, global)
-            } else {
-                local_verdict(a)
-            };
-            f(key, a);
+        for (key, _) in self.ordered() {
+            if let Some(a) = self.stream(key, global) {
+                f(key, a);
+            }
         }
     }
 

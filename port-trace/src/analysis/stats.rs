@@ -7,7 +7,7 @@
 //! `0..size`.
 
 use statrs::distribution::{Binomial, ChiSquared, ContinuousCDF, DiscreteCDF, StudentsT};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Steps with `0 < step <= SMALL_STEP` are "small" (Linux >= 5.18 connect()
 /// steps by 2..=16 within one destination and one 10 s window).
@@ -118,11 +118,9 @@ pub struct Steps {
     skips: usize,
     forward: usize,
     even_steps: usize,
-    /// How often each forward step occurred: the median, the mode and the predictor's
-    /// candidates.
-    counts: BTreeMap<u32, usize>,
-    /// Per candidate step, the past steps within [`PREDICT_WINDOW`] of it.
-    scores: HashMap<u32, usize>,
+    /// Per forward step seen: how often it occurred (the median, the mode) and its score as
+    /// the predictor's candidate (past steps within [`PREDICT_WINDOW`] of it).
+    steps: StepTable,
     best: Option<(u32, usize)>,
     hits: usize,
     predictions: usize,
@@ -155,38 +153,33 @@ impl Steps {
         self.score(step, ring);
     }
 
-    /// The predictor's bookkeeping for one new step (see [`predictor`]).
+    /// The predictor's bookkeeping for one new step (see [`predictor`]): a new candidate
+    /// counts every past step near it (itself included), existing candidates near the step
+    /// gain one; the best is the first to reach the highest score.
     fn score(&mut self, step: u32, ring: &Ring) {
         let window = ring_window(step, PREDICT_WINDOW, ring.size);
-        *self.counts.entry(step).or_default() += 1;
-        let mut changed: Vec<u32> = Vec::new();
-        if let std::collections::hash_map::Entry::Vacant(e) = self.scores.entry(step) {
-            // New candidate: count every past step (this one included) near it.
-            e.insert(
-                window
-                    .iter()
-                    .map(|&(lo, hi)| self.counts.range(lo..=hi).map(|(_, n)| n).sum::<usize>())
-                    .sum(),
-            );
-            changed.push(step);
+        let ranges = &window.0[..window.1];
+        let new = self.steps.count_one(step, ring);
+        if new {
+            let score = ranges
+                .iter()
+                .map(|&(lo, hi)| self.steps.sum_counts(lo, hi))
+                .sum();
+            self.steps.set_score(step, score);
+            if self.best.is_none_or(|(_, b)| score > b) {
+                self.best = Some((step, score));
+            }
         }
-        // Existing candidates near this step gain one.
-        for &(lo, hi) in &window {
-            for (&c, _) in self.counts.range(lo..=hi) {
-                if c != step || !changed.contains(&step) {
-                    *self
-                        .scores
-                        .get_mut(&c)
-                        .expect("every counted step is a candidate") += 1;
-                    changed.push(c);
+        let best = &mut self.best;
+        for &(lo, hi) in ranges {
+            self.steps.each_mut(lo, hi, |s, c| {
+                if s != step || !new {
+                    c.score += 1;
+                    if best.is_none_or(|(_, b)| c.score > b) {
+                        *best = Some((s, c.score));
+                    }
                 }
-            }
-        }
-        for c in changed {
-            let sc = self.scores[&c];
-            if self.best.is_none_or(|(_, b)| sc > b) {
-                self.best = Some((c, sc));
-            }
+            });
         }
     }
 
@@ -195,15 +188,15 @@ impl Steps {
         let steps = self.offsets.saturating_sub(1);
         // Lower median: the step at sorted position (steps - 1) / 2.
         let mut below = (steps.saturating_sub(1) / 2) as isize;
-        let median = self.counts.iter().find_map(|(&s, &n)| {
-            below -= n as isize;
+        let median = self.steps.iter().find_map(|(s, c)| {
+            below -= c.count as isize;
             (below < 0).then_some(s)
         });
         // Most common; ties go to the smallest step.
         let mut mode: Option<(u32, usize)> = None;
-        for (&s, &n) in &self.counts {
-            if mode.is_none_or(|(_, m)| n > m) {
-                mode = Some((s, n));
+        for (s, c) in self.steps.iter() {
+            if mode.is_none_or(|(_, m)| c.count > m) {
+                mode = Some((s, c.count));
             }
         }
         StepStats {
@@ -225,6 +218,103 @@ impl Steps {
     }
 }
 
+#[derive(Debug, Clone, Copy, Default)]
+struct Candidate {
+    count: usize,
+    score: usize,
+}
+
+/// The steps seen, sparse while few and dense (one slot per possible step) once more than half
+/// the range: a random stream ends up with every step, and the slots are then both smaller and
+/// faster than a tree.
+#[derive(Debug, Clone)]
+enum StepTable {
+    Sparse(BTreeMap<u32, Candidate>),
+    /// Indexed by step; a step not seen has count 0.
+    Dense(Vec<Candidate>),
+}
+
+impl Default for StepTable {
+    fn default() -> Self {
+        StepTable::Sparse(BTreeMap::new())
+    }
+}
+
+impl StepTable {
+    /// Counts one more `step`; true when it is new.
+    fn count_one(&mut self, step: u32, ring: &Ring) -> bool {
+        match self {
+            StepTable::Sparse(m) => {
+                let c = m.entry(step).or_default();
+                c.count += 1;
+                let new = c.count == 1;
+                if m.len() > ring.size as usize / 2 {
+                    let mut dense = vec![Candidate::default(); ring.size as usize];
+                    for (&s, &c) in m.iter() {
+                        dense[s as usize] = c;
+                    }
+                    *self = StepTable::Dense(dense);
+                }
+                new
+            }
+            StepTable::Dense(v) => {
+                let c = &mut v[step as usize];
+                c.count += 1;
+                c.count == 1
+            }
+        }
+    }
+
+    fn set_score(&mut self, step: u32, score: usize) {
+        match self {
+            StepTable::Sparse(m) => {
+                if let Some(c) = m.get_mut(&step) {
+                    c.score = score;
+                }
+            }
+            StepTable::Dense(v) => v[step as usize].score = score,
+        }
+    }
+
+    /// Steps counted in `lo..=hi`.
+    fn sum_counts(&self, lo: u32, hi: u32) -> usize {
+        match self {
+            StepTable::Sparse(m) => m.range(lo..=hi).map(|(_, c)| c.count).sum(),
+            StepTable::Dense(v) => v[lo as usize..=hi as usize].iter().map(|c| c.count).sum(),
+        }
+    }
+
+    /// Every step seen in `lo..=hi`, in order.
+    fn each_mut(&mut self, lo: u32, hi: u32, mut f: impl FnMut(u32, &mut Candidate)) {
+        match self {
+            StepTable::Sparse(m) => {
+                for (&s, c) in m.range_mut(lo..=hi) {
+                    f(s, c);
+                }
+            }
+            StepTable::Dense(v) => {
+                for (s, c) in (lo..=hi).zip(&mut v[lo as usize..=hi as usize]) {
+                    if c.count > 0 {
+                        f(s, c);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every step seen, in order.
+    fn iter(&self) -> Box<dyn Iterator<Item = (u32, &Candidate)> + '_> {
+        match self {
+            StepTable::Sparse(m) => Box::new(m.iter().map(|(&s, c)| (s, c))),
+            StepTable::Dense(v) => Box::new(
+                (0u32..)
+                    .zip(v.iter())
+                    .filter(|(_, c)| c.count > 0),
+            ),
+        }
+    }
+}
+
 /// Computes [`StepStats`] for offsets in time order.
 pub fn step_stats(offsets: &[u32], ring: &Ring) -> StepStats {
     let mut s = Steps::default();
@@ -235,17 +325,17 @@ pub fn step_stats(offsets: &[u32], ring: &Ring) -> StepStats {
 }
 
 /// Inclusive, non-wrapping ranges of offsets within `w` of `c` on a ring of
-/// `size` positions.
-fn ring_window(c: u32, w: u32, size: u32) -> Vec<(u32, u32)> {
+/// `size` positions: one or two, and how many.
+fn ring_window(c: u32, w: u32, size: u32) -> ([(u32, u32); 2], usize) {
     if 2 * w + 1 >= size {
-        return vec![(0, size - 1)];
+        return ([(0, size - 1), (0, 0)], 1);
     }
     let lo = (c + size - w) % size;
     let hi = (c + w) % size;
     if lo <= hi {
-        vec![(lo, hi)]
+        ([(lo, hi), (0, 0)], 1)
     } else {
-        vec![(lo, size - 1), (0, hi)]
+        ([(lo, size - 1), (0, hi)], 2)
     }
 }
 

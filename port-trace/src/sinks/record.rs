@@ -1,16 +1,33 @@
 //! Recordings: the JSON lines of `trace --format json`, optionally followed by one
 //! `{"meta": "netns", ...}` line per namespace with its range and socket table at the end of the
 //! recording (written by `record`), so `analyze` can work offline.
+//!
+//! Read one line at a time with a bounded buffer: an event line may be at most [`MAX_LINE`]
+//! bytes, a namespace line (it starts with `{"meta":` and carries a whole socket table) at most
+//! [`MAX_META_LINE`]. Anything longer, a NUL byte or text that is not UTF-8 is not a recording,
+//! and the error names the line.
 
 use std::{
+    collections::HashMap,
     fs,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
+    os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::{event::Event, netns::NetnsState};
+use crate::{
+    event::{Event, Op, Outcome},
+    netns::{NetnsState, UsableRange},
+};
+
+/// Longest event line read (a real one is about 300 bytes).
+pub const MAX_LINE: usize = 64 * 1024;
+/// Longest namespace line read: its socket table, about 160 bytes a socket (1.6 million).
+pub const MAX_META_LINE: usize = 256 * 1024 * 1024;
+/// How a namespace line starts, as `record` writes it.
+const META_PREFIX: &[u8] = b"{\"meta\":";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
@@ -27,6 +44,21 @@ pub enum RecordingError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{}: line {line} is longer than {limit} bytes; not a port-trace recording", path.display())]
+    LineTooLong {
+        path: PathBuf,
+        line: usize,
+        limit: usize,
+    },
+    #[error("{}: line {line} holds binary data (a NUL byte); not a port-trace recording", path.display())]
+    Binary { path: PathBuf, line: usize },
+    #[error("{}: line {line} is not UTF-8 text; not a port-trace recording", path.display())]
+    NotText { path: PathBuf, line: usize },
+    #[error(
+        "{} is a pipe or socket: analyze reads a recording twice (its namespace lines come last), so save it to a file or give --range",
+        path.display()
+    )]
+    NotRereadable { path: PathBuf },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,36 +84,357 @@ fn is_meta(line: &str) -> Result<bool, serde_json::Error> {
     struct Kind {
         meta: Option<serde::de::IgnoredAny>,
     }
+    if !may_be_meta(line.as_bytes()) {
+        return Ok(false);
+    }
     Ok(serde_json::from_str::<Kind>(line)?.meta.is_some())
 }
 
-pub fn read(path: &Path) -> Result<Recording, RecordingError> {
-    let io = |source| RecordingError::Io {
+/// Only a line that spells `"meta"` or escapes a character can have a top-level `meta` key:
+/// the others need no parse to tell.
+fn may_be_meta(line: &[u8]) -> bool {
+    memchr::memmem::find(line, b"\"meta\"").is_some() || memchr::memchr(b'\\', line).is_some()
+}
+
+/// One line of a recording.
+#[derive(Debug)]
+pub enum Line {
+    Event(Event),
+    Netns(Box<NetnsState>),
+}
+
+/// The lines of a recording, one at a time, through one reused buffer.
+pub struct Lines<R> {
+    reader: R,
+    path: PathBuf,
+    buf: Vec<u8>,
+    line: usize,
+}
+
+/// `bytes` of line `line` as text, or why they are not a recording's.
+fn text<'a>(path: &Path, bytes: &'a [u8], line: usize) -> Result<&'a str, RecordingError> {
+    if bytes.contains(&0) {
+        return Err(RecordingError::Binary {
+            path: path.to_path_buf(),
+            line,
+        });
+    }
+    std::str::from_utf8(bytes).map_err(|_| RecordingError::NotText {
+        path: path.to_path_buf(),
+        line,
+    })
+}
+
+/// Opens a recording for [`Lines`].
+pub fn open(path: &Path) -> Result<Lines<BufReader<fs::File>>, RecordingError> {
+    let file = fs::File::open(path).map_err(|source| RecordingError::Io {
         path: path.to_path_buf(),
         source,
+    })?;
+    Ok(Lines::new(
+        BufReader::with_capacity(256 * 1024, file),
+        path,
+    ))
+}
+
+impl<R: BufRead> Lines<R> {
+    pub fn new(reader: R, path: &Path) -> Self {
+        Lines {
+            reader,
+            path: path.to_path_buf(),
+            buf: Vec::new(),
+            line: 0,
+        }
+    }
+
+    /// The number of the line read last (1-based).
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
+    fn io(&self, source: std::io::Error) -> RecordingError {
+        RecordingError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Reads up to `limit` more bytes of the current line into the buffer; true when the line
+    /// ended (newline or end of file) within them.
+    fn read_more(&mut self, limit: usize) -> Result<bool, RecordingError> {
+        let before = self.buf.len();
+        let n = (&mut self.reader)
+            .take(limit as u64 + 1)
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|e| self.io(e))?;
+        Ok(self.buf.ends_with(b"\n") || n <= limit || self.buf.len() == before)
+    }
+
+    /// Reads the next line; where it lies in the buffer, trimmed (blank lines are empty), or
+    /// None at the end.
+    fn next_line(&mut self) -> Result<Option<std::ops::Range<usize>>, RecordingError> {
+        self.buf.clear();
+        if !self.read_more(MAX_LINE)? {
+            let limit = if self.buf.starts_with(META_PREFIX) {
+                MAX_META_LINE
+            } else {
+                MAX_LINE
+            };
+            let ended = limit > MAX_LINE && self.read_more(limit - self.buf.len())?;
+            if !ended {
+                return Err(RecordingError::LineTooLong {
+                    path: self.path.clone(),
+                    line: self.line + 1,
+                    limit,
+                });
+            }
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        self.line += 1;
+        let start = self.buf.len() - self.buf.trim_ascii_start().len();
+        let end = start + self.buf[start..].trim_ascii_end().len();
+        Ok(Some(start..end))
+    }
+
+}
+
+/// Parses line `line` (trimmed `bytes`, not blank) of the recording at `path`.
+fn parse_line(path: &Path, bytes: &[u8], line: usize) -> Result<Line, RecordingError> {
+    let text = text(path, bytes, line)?;
+    // Most lines are events: try that first. A line with a top-level `meta` key never has
+    // every field of an event.
+    let parsed = match serde_json::from_str::<Event>(text) {
+        Ok(e) => Ok(Line::Event(e)),
+        Err(err) => match is_meta(text) {
+            Ok(true) => serde_json::from_str(text).map(|Meta::Netns(ns)| Line::Netns(Box::new(ns))),
+            _ => Err(err),
+        },
     };
-    let file = fs::File::open(path).map_err(io)?;
-    let mut rec = Recording::default();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io)?;
-        let line = line.trim();
-        if line.is_empty() {
+    parsed.map_err(|source| RecordingError::Parse {
+        path: path.to_path_buf(),
+        line,
+        source,
+    })
+}
+
+impl<R: BufRead> Iterator for Lines<R> {
+    type Item = Result<Line, RecordingError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            return match self.next_line() {
+                Ok(Some(r)) if r.is_empty() => continue,
+                Ok(Some(r)) => Some(parse_line(&self.path, &self.buf[r], self.line)),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            };
+        }
+    }
+}
+
+/// Lines per chunk handed to a parsing thread.
+const CHUNK_LINES: usize = 2048;
+
+/// Raw lines for a parsing thread: where they start, their bytes, and the reading error that
+/// ended them, if any.
+struct Chunk {
+    first_line: usize,
+    /// Each line (trimmed) followed by a newline.
+    bytes: Vec<u8>,
+    lines: usize,
+    error: Option<RecordingError>,
+}
+
+/// The lines of a recording, parsed on threads of their own: JSON is most of `analyze`'s
+/// work. One thread reads lines (and checks their length), `workers` threads parse chunks of
+/// [`CHUNK_LINES`] lines in turn, and the lines come out in order. About two chunks per
+/// worker wait at most; the threads stop after the first error or when this is dropped.
+pub struct Parsed {
+    from_workers: Vec<std::sync::mpsc::Receiver<Vec<Result<Line, RecordingError>>>>,
+    next: usize,
+    batch: std::vec::IntoIter<Result<Line, RecordingError>>,
+    failed: bool,
+}
+
+impl Parsed {
+    pub fn spawn<R: BufRead + Send + 'static>(mut lines: Lines<R>, workers: usize) -> Self {
+        use std::sync::mpsc::sync_channel;
+        let workers = workers.max(1);
+        let (mut to_workers, mut from_workers) = (Vec::new(), Vec::new());
+        for _ in 0..workers {
+            let (tx_raw, rx_raw) = sync_channel::<Chunk>(1);
+            let (tx, rx) = sync_channel(1);
+            let path = lines.path.clone();
+            std::thread::spawn(move || {
+                for chunk in rx_raw {
+                    if tx.send(parse_chunk(&path, chunk)).is_err() {
+                        return;
+                    }
+                }
+            });
+            to_workers.push(tx_raw);
+            from_workers.push(rx);
+        }
+        std::thread::spawn(move || {
+            for i in 0.. {
+                let chunk = read_chunk(&mut lines);
+                let last = chunk.error.is_some() || chunk.lines == 0;
+                if to_workers[i % workers].send(chunk).is_err() || last {
+                    return;
+                }
+            }
+        });
+        Parsed {
+            from_workers,
+            next: 0,
+            batch: Vec::new().into_iter(),
+            failed: false,
+        }
+    }
+}
+
+/// Up to [`CHUNK_LINES`] lines; fewer at the end or at a reading error.
+fn read_chunk<R: BufRead>(lines: &mut Lines<R>) -> Chunk {
+    let mut chunk = Chunk {
+        first_line: lines.line + 1,
+        bytes: Vec::with_capacity(CHUNK_LINES * 320),
+        lines: 0,
+        error: None,
+    };
+    while chunk.lines < CHUNK_LINES {
+        match lines.next_line() {
+            Ok(Some(r)) => {
+                chunk.bytes.extend_from_slice(&lines.buf[r]);
+                chunk.bytes.push(b'\n');
+                chunk.lines += 1;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                chunk.error = Some(e);
+                break;
+            }
+        }
+    }
+    chunk
+}
+
+fn parse_chunk(path: &Path, chunk: Chunk) -> Vec<Result<Line, RecordingError>> {
+    let mut out = Vec::with_capacity(chunk.lines + 1);
+    // Each line ends with a newline: the last split is the empty rest.
+    for (i, bytes) in chunk.bytes.split(|&b| b == b'\n').take(chunk.lines).enumerate() {
+        if bytes.is_empty() {
             continue;
         }
-        let parse_err = |source| RecordingError::Parse {
-            path: path.to_path_buf(),
-            line: i + 1,
-            source,
-        };
-        if is_meta(line).map_err(parse_err)? {
-            let Meta::Netns(ns) = serde_json::from_str(line).map_err(parse_err)?;
-            rec.namespaces.push(ns);
-        } else {
-            rec.events
-                .push(serde_json::from_str(line).map_err(parse_err)?);
+        let parsed = parse_line(path, bytes, chunk.first_line + i);
+        let failed = parsed.is_err();
+        out.push(parsed);
+        if failed {
+            return out;
+        }
+    }
+    out.extend(chunk.error.map(Err));
+    out
+}
+
+impl Iterator for Parsed {
+    type Item = Result<Line, RecordingError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(line) = self.batch.next() {
+                self.failed |= line.is_err();
+                return Some(line);
+            }
+            if self.failed {
+                return None;
+            }
+            let n = self.from_workers.len();
+            let batch = self.from_workers[self.next % n].recv().ok()?;
+            self.next += 1;
+            self.batch = batch.into_iter();
+        }
+    }
+}
+
+/// Reads a whole recording into memory (for `plot`, which draws every event).
+pub fn read(path: &Path) -> Result<Recording, RecordingError> {
+    let mut rec = Recording::default();
+    for line in open(path)? {
+        match line? {
+            Line::Event(e) => rec.events.push(e),
+            Line::Netns(ns) => rec.namespaces.push(*ns),
         }
     }
     Ok(rec)
+}
+
+/// What `analyze` needs before it can classify the first event, read in a first pass: each
+/// namespace's range (its line comes last) and the namespace of the first successful connect()
+/// (whose range every connect() stream is classified on).
+#[derive(Debug, Default, PartialEq)]
+pub struct Scan {
+    pub ranges: HashMap<u32, UsableRange>,
+    pub first_connect_netns: Option<u32>,
+}
+
+/// The first pass over a recording (see [`Scan`]): events are parsed only until the first
+/// successful connect(), namespace lines without their socket tables. Refuses a pipe or a
+/// socket, which cannot be read twice.
+pub fn scan(path: &Path) -> Result<Scan, RecordingError> {
+    let kind = fs::metadata(path)
+        .map_err(|source| RecordingError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .file_type();
+    if kind.is_fifo() || kind.is_socket() {
+        return Err(RecordingError::NotRereadable {
+            path: path.to_path_buf(),
+        });
+    }
+    #[derive(Deserialize)]
+    struct RangeOnly {
+        netns: u32,
+        range: Option<UsableRange>,
+    }
+    #[derive(Deserialize)]
+    struct Connect {
+        op: Op,
+        netns: u32,
+        result: Outcome,
+    }
+    let mut lines = open(path)?;
+    let mut out = Scan::default();
+    // Lines that do not parse are skipped here: the second pass names them, in order.
+    while let Some(r) = lines.next_line()? {
+        let bytes = &lines.buf[r];
+        if bytes.is_empty()
+            || (out.first_connect_netns.is_some() && !may_be_meta(bytes))
+        {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            continue;
+        };
+        if is_meta(text).unwrap_or(false) {
+            if let Ok(RangeOnly {
+                netns,
+                range: Some(r),
+            }) = serde_json::from_str(text)
+            {
+                out.ranges.insert(netns, r);
+            }
+        } else if out.first_connect_netns.is_none()
+            && let Ok(e) = serde_json::from_str::<Connect>(text)
+            && e.op == Op::Connect
+            && e.result == Outcome::Ok
+        {
+            out.first_connect_netns = Some(e.netns);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
