@@ -184,7 +184,9 @@ fn time_v(args: &[&str]) -> (f64, f64, String) {
     };
     let wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss):")
         .split(':')
-        .fold(0.0, |acc, part| acc * 60.0 + part.parse::<f64>().unwrap_or(0.0));
+        .fold(0.0, |acc, part| {
+            acc * 60.0 + part.parse::<f64>().unwrap_or(0.0)
+        });
     let rss_kib: f64 = field("Maximum resident set size (kbytes):")
         .parse()
         .unwrap_or(0.0);

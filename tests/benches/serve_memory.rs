@@ -55,8 +55,11 @@ fn main() {
         .expect("room for every TIME_WAIT socket");
     ns.run("pt-many", || {
         let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        l.bind(&SockAddr::from(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7000))))
-            .unwrap();
+        l.bind(&SockAddr::from(SocketAddr::from((
+            Ipv4Addr::UNSPECIFIED,
+            7000,
+        ))))
+        .unwrap();
         l.listen(4096).unwrap();
         let l = TcpListener::from(l);
         let acceptor = std::thread::spawn(move || {

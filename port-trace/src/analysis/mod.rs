@@ -291,7 +291,11 @@ impl Analyzer {
 
     /// Every stream's verdict given `global` (from [`Self::global`]), one at a time in key
     /// order, so that a caller keeping only a digest never holds them all.
-    pub fn each_stream(&self, global: &GlobalAnalysis, mut f: impl FnMut(&StreamKey, StreamAnalysis)) {
+    pub fn each_stream(
+        &self,
+        global: &GlobalAnalysis,
+        mut f: impl FnMut(&StreamKey, StreamAnalysis),
+    ) {
         for (key, _) in self.ordered() {
             if let Some(a) = self.stream(key, global) {
                 f(key, a);

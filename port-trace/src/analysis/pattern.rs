@@ -366,6 +366,14 @@ impl Classifier {
         Some(o)
     }
 
+    /// Entries held for the steps and the uniformity test.
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        self.more
+            .as_ref()
+            .map_or(0, |t| t.steps.footprint() + t.uniformity.footprint())
+    }
+
     /// In-range ports so far.
     pub fn samples(&self) -> usize {
         self.samples
@@ -672,6 +680,12 @@ impl StreamTrack {
 
     pub fn classifier(&self) -> &Classifier {
         &self.classifier
+    }
+
+    /// Entries held: the classifier's and the pairs.
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        self.classifier.footprint() + self.pairs.len()
     }
 }
 
@@ -1050,6 +1064,32 @@ mod tests {
         assert_eq!(a.samples, 0);
         assert_eq!(a.out_of_range, 9);
         assert_eq!(a.pattern, Pattern::InsufficientData);
+    }
+
+    /// Issue 10: a stream's state does not grow with its ports. A per-destination counter
+    /// (steps 2..=16) holds the same after ten thousand ports as after a million; a random
+    /// stream at most one entry per possible step.
+    #[test]
+    fn state_per_stream_is_bounded() {
+        let ring = Ring::new(DEFAULT);
+        let mut counter = StreamTrack::new(DEFAULT);
+        let mut random = Classifier::new(DEFAULT);
+        let (mut offset, mut x) = (0u32, 1u64);
+        let mut seen = Vec::new();
+        for i in 0..1_000_000u32 {
+            offset = (offset + 2 + 2 * (i % 8)) % ring.size;
+            counter.push(ring.low + offset as u16, Some(i as usize));
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            random.push(ring.low + ((x >> 33) % u64::from(ring.size)) as u16);
+            if i == 9_999 || i == 999_999 {
+                seen.push(counter.footprint());
+            }
+        }
+        assert_eq!(seen[0], seen[1], "{seen:?}");
+        assert!(seen[1] <= 8 + 64 + MAX_PAIRS_PER_STREAM, "{seen:?}");
+        assert!(random.footprint() <= ring.size as usize + 64);
+        assert_eq!(counter.classifier().finish().pattern, Pattern::Sequential);
+        assert_eq!(random.finish().pattern, Pattern::Random);
     }
 
     #[test]

@@ -212,6 +212,15 @@ impl Steps {
         }
     }
 
+    /// Entries held: one per distinct step (at most the range size).
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        match &self.steps {
+            StepTable::Sparse(m) => m.len(),
+            StepTable::Dense(v) => v.len(),
+        }
+    }
+
     /// The predictor's `(hits, predictions)` so far.
     pub fn predictor(&self) -> (usize, usize) {
         (self.hits, self.predictions)
@@ -306,11 +315,7 @@ impl StepTable {
     fn iter(&self) -> Box<dyn Iterator<Item = (u32, &Candidate)> + '_> {
         match self {
             StepTable::Sparse(m) => Box::new(m.iter().map(|(&s, c)| (s, c))),
-            StepTable::Dense(v) => Box::new(
-                (0u32..)
-                    .zip(v.iter())
-                    .filter(|(_, c)| c.count > 0),
-            ),
+            StepTable::Dense(v) => Box::new((0u32..).zip(v.iter()).filter(|(_, c)| c.count > 0)),
         }
     }
 }
@@ -477,6 +482,12 @@ impl Uniformity {
             let bins = self.bins.len();
             self.bins[bin_of(offset, bins, ring)] += 1;
         }
+    }
+
+    /// Offsets or bins held: at most `5 * 64`.
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        self.offsets.len() + self.bins.len()
     }
 
     pub fn test(&self, ring: &Ring) -> Option<ChiSquare> {

@@ -365,6 +365,67 @@ fn sort_most_pressing_first(streams: &mut [StreamSummary]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Outcome, test_event};
+    use std::net::Ipv4Addr;
+
+    /// Issue 10: one stream's events, however many, are one entry; self-connects are listed up
+    /// to a bound and counted beyond it.
+    #[test]
+    fn many_events_of_one_stream_are_one_entry() {
+        let range = UsableRange::new(32768, 60999, vec![]);
+        let mut s = Summarizer::new(HashMap::new(), range, None);
+        for i in 0..5000u64 {
+            let port = 40000 + (i % 1000) as u16;
+            let dest = Some((Ipv4Addr::LOCALHOST, port));
+            s.push(&test_event(
+                Op::Connect,
+                Proto::Tcp,
+                port,
+                dest,
+                Outcome::Ok,
+                i,
+            ));
+        }
+        assert_eq!(s.streams.len(), 1000);
+        let mut s = Summarizer::new(HashMap::new(), s.verdicts.range(7).clone(), None);
+        for i in 0..5000u64 {
+            let dest = Some((Ipv4Addr::LOCALHOST, 5000));
+            s.push(&test_event(
+                Op::Connect,
+                Proto::Tcp,
+                40000,
+                dest,
+                Outcome::Ok,
+                i,
+            ));
+        }
+        assert_eq!(s.streams.len(), 1);
+        assert_eq!(s.self_connects.len(), 0);
+        let summary = s.finish(Vec::new());
+        assert_eq!(summary.streams[0].samples, 5000);
+        assert_eq!(summary.hazards.self_connects_not_listed, 0);
+    }
+
+    #[test]
+    fn self_connects_are_listed_up_to_a_bound() {
+        let range = UsableRange::new(32768, 60999, vec![]);
+        let mut s = Summarizer::new(HashMap::new(), range, None);
+        for i in 0..(MAX_SELF_CONNECTS as u64 + 5) {
+            let dest = Some((Ipv4Addr::LOCALHOST, 40000));
+            s.push(&test_event(
+                Op::Connect,
+                Proto::Tcp,
+                40000,
+                dest,
+                Outcome::Ok,
+                i,
+            ));
+        }
+        let summary = s.finish(Vec::new());
+        assert_eq!(summary.hazards.self_connects.len(), MAX_SELF_CONNECTS);
+        assert_eq!(summary.hazards.self_connects_not_listed, 5);
+        assert!(super::super::render_table(&summary).contains("5 more self-connects"));
+    }
 
     #[test]
     fn command_counts_stay_bounded_and_exact_when_few() {

@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{
     analysis::{
-        Analyzer, Classifier, GlobalAnalysis, StreamAnalysis, StreamKey, StreamMap,
-        classify_local, local_verdict,
+        Analyzer, Classifier, GlobalAnalysis, StreamAnalysis, StreamKey, StreamMap, classify_local,
+        local_verdict,
     },
     event::Op,
     netns::UsableRange,

@@ -131,10 +131,7 @@ pub fn open(path: &Path) -> Result<Lines<BufReader<fs::File>>, RecordingError> {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(Lines::new(
-        BufReader::with_capacity(256 * 1024, file),
-        path,
-    ))
+    Ok(Lines::new(BufReader::with_capacity(256 * 1024, file), path))
 }
 
 impl<R: BufRead> Lines<R> {
@@ -197,7 +194,6 @@ impl<R: BufRead> Lines<R> {
         let end = start + self.buf[start..].trim_ascii_end().len();
         Ok(Some(start..end))
     }
-
 }
 
 /// Parses line `line` (trimmed `bytes`, not blank) of the recording at `path`.
@@ -323,7 +319,12 @@ fn read_chunk<R: BufRead>(lines: &mut Lines<R>) -> Chunk {
 fn parse_chunk(path: &Path, chunk: Chunk) -> Vec<Result<Line, RecordingError>> {
     let mut out = Vec::with_capacity(chunk.lines + 1);
     // Each line ends with a newline: the last split is the empty rest.
-    for (i, bytes) in chunk.bytes.split(|&b| b == b'\n').take(chunk.lines).enumerate() {
+    for (i, bytes) in chunk
+        .bytes
+        .split(|&b| b == b'\n')
+        .take(chunk.lines)
+        .enumerate()
+    {
         if bytes.is_empty() {
             continue;
         }
@@ -410,9 +411,7 @@ pub fn scan(path: &Path) -> Result<Scan, RecordingError> {
     // Lines that do not parse are skipped here: the second pass names them, in order.
     while let Some(r) = lines.next_line()? {
         let bytes = &lines.buf[r];
-        if bytes.is_empty()
-            || (out.first_connect_netns.is_some() && !may_be_meta(bytes))
-        {
+        if bytes.is_empty() || (out.first_connect_netns.is_some() && !may_be_meta(bytes)) {
             continue;
         }
         let Ok(text) = std::str::from_utf8(bytes) else {
@@ -483,6 +482,163 @@ mod tests {
         let err = crate::errors::chain(&read(&p).unwrap_err());
         fs::remove_file(&p).unwrap();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    fn write(name: &str, bytes: &[u8]) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("pt-rec-{name}-{}", std::process::id()));
+        fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    const EV: &str = r#"{"ts_ns":1,"op":"bind","proto":"udp","family":"ipv4","port":40000,"saddr":"0.0.0.0","daddr":null,"dport":null,"result":"ok","pid":1,"tid":1,"comm":"x","uid":0,"cgroup_id":1,"netns":9,"hook":"cgroup/post_bind4"}"#;
+
+    /// Every way of reading a recording: in one thread, on parsing threads, and the first pass.
+    fn every_reader(p: &Path) -> Vec<String> {
+        let one = read(p).map(|_| ()).map_err(|e| crate::errors::chain(&e));
+        let parsed: Result<Vec<Line>, _> = Parsed::spawn(open(p).unwrap(), 3).collect();
+        let parsed = parsed.map(|_| ()).map_err(|e| crate::errors::chain(&e));
+        let scan = scan(p).map(|_| ()).map_err(|e| crate::errors::chain(&e));
+        [one, parsed, scan]
+            .into_iter()
+            .map(|r| r.err().unwrap_or_default())
+            .collect()
+    }
+
+    /// Issue 10: `analyze /dev/zero` grew past 4 GB. A line past the limit is refused with its
+    /// number, by every reader, before it is read whole.
+    #[test]
+    fn a_line_too_long_is_refused_with_its_number() {
+        let mut bytes = format!("{EV}\n").into_bytes();
+        bytes.extend(std::iter::repeat_n(b'x', MAX_LINE + 1));
+        bytes.push(b'\n');
+        let p = write("long", &bytes);
+        let errs = every_reader(&p);
+        fs::remove_file(&p).unwrap();
+        for err in errs {
+            assert!(
+                err.ends_with("line 2 is longer than 65536 bytes; not a port-trace recording"),
+                "{err}"
+            );
+        }
+        // Exactly the limit is fine (and then not JSON).
+        let mut bytes = vec![b' '; MAX_LINE - EV.len()];
+        bytes.extend(EV.as_bytes());
+        let p = write("limit", &bytes);
+        let rec = read(&p);
+        fs::remove_file(&p).unwrap();
+        assert_eq!(rec.unwrap().events.len(), 1);
+    }
+
+    #[test]
+    fn dev_zero_is_refused_at_once() {
+        for err in every_reader(Path::new("/dev/zero")) {
+            assert_eq!(
+                err,
+                "/dev/zero: line 1 is longer than 65536 bytes; not a port-trace recording"
+            );
+        }
+    }
+
+    #[test]
+    fn binary_and_non_text_lines_are_named() {
+        let p = write("nul", format!("{EV}\n\0\0\0\n").as_bytes());
+        let err = crate::errors::chain(&read(&p).unwrap_err());
+        fs::remove_file(&p).unwrap();
+        assert!(
+            err.ends_with("line 2 holds binary data (a NUL byte); not a port-trace recording"),
+            "{err}"
+        );
+        let p = write("latin1", b"{\"comm\": \"caf\xe9\"}\n");
+        let err = crate::errors::chain(&read(&p).unwrap_err());
+        fs::remove_file(&p).unwrap();
+        assert!(
+            err.ends_with("line 1 is not UTF-8 text; not a port-trace recording"),
+            "{err}"
+        );
+    }
+
+    /// A namespace line carries its whole socket table: it may be far longer than an event.
+    #[test]
+    fn a_long_namespace_line_reads() {
+        let sockets: Vec<crate::netns::SocketRecord> = (0..2000)
+            .map(|i| crate::netns::SocketRecord {
+                proto: crate::event::Proto::Tcp,
+                family: crate::netns::sockets::Family::V4,
+                state: crate::netns::sockets::SockState::TimeWait,
+                local_addr: "127.0.0.1".parse().unwrap(),
+                local_port: 40000 + i,
+                remote_addr: "127.0.0.2".parse().unwrap(),
+                remote_port: 5000,
+                time_wait_ms: Some(1000),
+            })
+            .collect();
+        let ns = NetnsState {
+            netns: 9,
+            range: Some(UsableRange::new(40000, 49999, vec![])),
+            sockets: Some(sockets),
+            ..Default::default()
+        };
+        let line = meta_line(&ns);
+        assert!(line.len() > MAX_LINE);
+        let p = write("bigmeta", format!("{EV}\n{line}\n").as_bytes());
+        let rec = read(&p);
+        let sc = scan(&p);
+        fs::remove_file(&p).unwrap();
+        assert_eq!(rec.unwrap().namespaces, vec![ns]);
+        assert_eq!(sc.unwrap().ranges[&9].usable, 10000);
+    }
+
+    /// The parsing threads hand lines back in order, and stop at the first bad one.
+    #[test]
+    fn parsed_lines_keep_their_order() {
+        let mut text = String::new();
+        for i in 0..10_000 {
+            text += &EV.replace("\"ts_ns\":1", &format!("\"ts_ns\":{i}"));
+            text += "\n";
+            if i == 7000 {
+                text += "\n";
+            }
+        }
+        text += "{\"ts_ns\": 1}\n";
+        text += EV;
+        let p = write("order", text.as_bytes());
+        let lines: Vec<_> = Parsed::spawn(open(&p).unwrap(), 4).collect();
+        fs::remove_file(&p).unwrap();
+        assert_eq!(lines.len(), 10_001);
+        for (i, l) in lines[..10_000].iter().enumerate() {
+            match l {
+                Ok(Line::Event(e)) => assert_eq!(e.ts_ns, i as u64),
+                other => panic!("{other:?}"),
+            }
+        }
+        let err = crate::errors::chain(lines[10_000].as_ref().unwrap_err());
+        assert!(err.contains("line 10002:"), "{err}");
+    }
+
+    #[test]
+    fn the_first_pass_finds_ranges_and_the_first_connect() {
+        let connect = EV
+            .replace("\"op\":\"bind\"", "\"op\":\"connect\"")
+            .replace("\"netns\":9", "\"netns\":8");
+        let ns = NetnsState {
+            netns: 8,
+            range: Some(UsableRange::new(40000, 40999, vec![])),
+            ..Default::default()
+        };
+        let p = write(
+            "scan",
+            format!("{EV}\n{connect}\n{}\n", meta_line(&ns)).as_bytes(),
+        );
+        let sc = scan(&p);
+        fs::remove_file(&p).unwrap();
+        let sc = sc.unwrap();
+        assert_eq!(sc.first_connect_netns, Some(8));
+        assert_eq!(sc.ranges[&8], UsableRange::new(40000, 40999, vec![]));
+        let fifo = std::env::temp_dir().join(format!("pt-rec-fifo-{}", std::process::id()));
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = crate::errors::chain(&scan(&fifo).unwrap_err());
+        fs::remove_file(&fifo).unwrap();
+        assert!(err.contains("is a pipe or socket"), "{err}");
     }
 
     /// Issue row 4: a process named `meta` does not make its events unreadable.
