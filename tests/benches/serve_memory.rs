@@ -44,8 +44,8 @@ fn main() {
         .unwrap_or(100_000);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     let listen = addr.to_string();
-    let daemon = TraceProcess::spawn(&["serve", "--listen", &listen, "--refresh-interval", "1s"])
-        .expect("start port-trace serve");
+    let daemon =
+        TraceProcess::spawn(&["serve", "--listen", &listen]).expect("start port-trace serve");
     let pid = daemon.pid();
     std::thread::sleep(Duration::from_secs(2));
     let (idle, _) = memory(pid);
@@ -98,20 +98,38 @@ fn main() {
         .unwrap_or(0.0);
         connects >= f64::from(dests) && in_use > 0.0
     });
-    // A few more refreshes over the full window and the full socket table.
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(500));
-        peak_rss = peak_rss.max(memory(pid).0);
+    // Two more refreshes (5 s apart, the default) over the full window and socket table:
+    // the lowest sample is what the daemon holds between refreshes, the highest what a refresh
+    // adds while it runs.
+    let mut low = f64::MAX;
+    for _ in 0..60 {
+        std::thread::sleep(Duration::from_millis(200));
+        let (now, _) = memory(pid);
+        peak_rss = peak_rss.max(now);
+        low = low.min(now);
     }
     let (rss, hwm) = memory(pid);
+    if let Some((200, s)) = get(addr, "/metrics") {
+        in_use = value(
+            &s,
+            &format!("port_trace_ports_in_use{{netns=\"{n}\",proto=\"tcp\",state=\"time_wait\"}}"),
+        )
+        .unwrap_or(0.0);
+    }
     println!(
         "serve after {dests} destinations ({:.1} s of connects; every event seen: {seen_all}; \
-         {in_use} ports in TIME_WAIT at the last refresh):",
+         {in_use} sockets in TIME_WAIT at the last refresh):",
         workload.as_secs_f64()
     );
     println!(
-        "  idle {idle:.1} MiB; now {rss:.1} MiB; highest sampled {peak_rss:.1} MiB; VmHWM {hwm:.1} MiB"
+        "  VmRSS: idle {idle:.1} MiB; after, between refreshes {low:.1} MiB, now {rss:.1} MiB, \
+         highest sampled {peak_rss:.1} MiB; VmHWM {hwm:.1} MiB"
     );
+    // PT_BENCH_HOLD=SECONDS keeps the daemon up for a closer look (its pid is printed).
+    if let Some(secs) = std::env::var("PT_BENCH_HOLD").ok().and_then(|v| v.parse().ok()) {
+        println!("  daemon pid {pid}, held {secs} s");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     drop(ns);
     let _ = daemon.stop_with(nix::sys::signal::Signal::SIGTERM);
 }
