@@ -126,7 +126,10 @@ fn main() {
          highest sampled {peak_rss:.1} MiB; VmHWM {hwm:.1} MiB"
     );
     // PT_BENCH_HOLD=SECONDS keeps the daemon up for a closer look (its pid is printed).
-    if let Some(secs) = std::env::var("PT_BENCH_HOLD").ok().and_then(|v| v.parse().ok()) {
+    if let Some(secs) = std::env::var("PT_BENCH_HOLD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         println!("  daemon pid {pid}, held {secs} s");
         std::thread::sleep(Duration::from_secs(secs));
     }

@@ -191,13 +191,50 @@ pub fn analyze(samples: &[Sample], range: PortRange) -> Report {
     Analyzer::sorted(samples, range).finish()
 }
 
+/// A stream's state: most streams of a busy host (one per destination) see one port only,
+/// kept as that port until a second one comes.
+#[derive(Debug, Clone)]
+enum Track {
+    One { port: u16, position: Option<usize> },
+    More(Box<StreamTrack>),
+}
+
+impl Track {
+    fn push(&mut self, port: u16, position: Option<usize>, range: PortRange) {
+        match self {
+            Track::More(t) => t.push(port, position),
+            Track::One {
+                port: first,
+                position: at,
+            } => {
+                let mut t = Box::new(StreamTrack::new(range));
+                t.push(*first, *at);
+                t.push(port, position);
+                *self = Track::More(t);
+            }
+        }
+    }
+
+    /// The stream's full state (made on the spot for one port: no allocation).
+    fn track(&self, range: PortRange) -> std::borrow::Cow<'_, StreamTrack> {
+        match self {
+            Track::More(t) => std::borrow::Cow::Borrowed(&**t),
+            Track::One { port, position } => {
+                let mut t = StreamTrack::new(range);
+                t.push(*port, *position);
+                std::borrow::Cow::Owned(t)
+            }
+        }
+    }
+}
+
 /// [`analyze`], fed one sample at a time in time order (ties: in arrival order). It keeps
 /// state per stream, not per sample: a [`Classifier`] each (bounded by the number of distinct
 /// steps) and at most [`pattern::MAX_PAIRS_PER_STREAM`] (gap, step) pairs each.
 #[derive(Debug, Clone)]
 pub struct Analyzer {
     range: PortRange,
-    streams: StreamMap<StreamTrack>,
+    streams: StreamMap<Track>,
     /// The global sequence of the samples with a destination...
     with_destination: Sequence,
     /// ...and of those without, which stands in when no sample has a destination.
@@ -238,18 +275,19 @@ impl Analyzer {
         };
         let position = seq.push(key, port);
         match self.streams.get_mut(key) {
-            Some(t) => t.push(port, position),
+            Some(t) => t.push(port, position, self.range),
             None => {
-                let mut t = StreamTrack::new(self.range);
-                t.push(port, position);
-                self.streams.insert(key.clone(), t);
+                self.streams
+                    .insert(key.clone(), Track::One { port, position });
             }
         }
     }
 
     /// Ports pushed for `key` so far.
     pub fn ports(&self, key: &StreamKey) -> usize {
-        self.streams.get(key).map_or(0, |t| t.classifier().ports())
+        self.streams
+            .get(key)
+            .map_or(0, |t| t.track(self.range).classifier().ports())
     }
 
     /// The streams pushed so far, in no order.
@@ -259,7 +297,12 @@ impl Analyzer {
 
     /// One stream's verdict given `global` (from [`Self::global`]).
     pub fn stream(&self, key: &StreamKey, global: &GlobalAnalysis) -> Option<StreamAnalysis> {
-        let a = self.streams.get(key)?.classifier().finish();
+        let a = self
+            .streams
+            .get(key)?
+            .track(self.range)
+            .classifier()
+            .finish();
         Some(if key.has_destination() {
             refine(a, global)
         } else {
@@ -268,7 +311,7 @@ impl Analyzer {
     }
 
     /// Streams so far, in key order.
-    fn ordered(&self) -> Vec<(&StreamKey, &StreamTrack)> {
+    fn ordered(&self) -> Vec<(&StreamKey, &Track)> {
         let mut v: Vec<_> = self.streams.iter().collect();
         v.sort_unstable_by(|a, b| a.0.cmp(b.0));
         v
@@ -280,7 +323,7 @@ impl Analyzer {
         let kept = ordered
             .iter()
             .filter(|(k, _)| !self.any_destination || k.has_destination())
-            .map(|(_, t)| *t);
+            .map(|(_, t)| t.track(self.range));
         let seq = if self.any_destination {
             &self.with_destination
         } else {

@@ -690,9 +690,9 @@ impl StreamTrack {
 }
 
 /// The global verdict from a fed [`Sequence`] and the tracks of its streams, in key order.
-pub fn global_verdict<'a>(
+pub fn global_verdict<T: std::borrow::Borrow<StreamTrack>>(
     seq: &Sequence,
-    tracks: impl IntoIterator<Item = &'a StreamTrack>,
+    tracks: impl IntoIterator<Item = T>,
 ) -> GlobalAnalysis {
     let ring = seq.whole.ring;
     let sequence = seq.whole.finish();
@@ -793,7 +793,9 @@ impl Verdict {
 
 /// Classifies each stream that has in-range samples alone; keeps the (gap, step) pairs of the
 /// sequential-like ones for the scope test.
-fn stream_verdicts<'a>(tracks: impl IntoIterator<Item = &'a StreamTrack>) -> StreamCounts {
+fn stream_verdicts<T: std::borrow::Borrow<StreamTrack>>(
+    tracks: impl IntoIterator<Item = T>,
+) -> StreamCounts {
     let mut counts = StreamCounts {
         destinations: 0,
         sequential: 0,
@@ -805,6 +807,7 @@ fn stream_verdicts<'a>(tracks: impl IntoIterator<Item = &'a StreamTrack>) -> Str
         steps: Vec::new(),
     };
     for t in tracks {
+        let t = t.borrow();
         let n = t.classifier.samples();
         if n == 0 {
             continue;

@@ -130,7 +130,7 @@ impl Steps {
     /// Adds the next offset (in time order).
     pub fn push(&mut self, offset: u32, ring: &Ring) {
         self.offsets += 1;
-        if (offset + u32::from(ring.low)) % 2 == 0 {
+        if (offset + u32::from(ring.low)).is_multiple_of(2) {
             self.even_ports += 1;
         }
         let Some(prev) = self.last.replace(offset) else {
@@ -149,7 +149,7 @@ impl Steps {
         self.near += usize::from(step > 0 && step <= near_max);
         self.skips += usize::from(step > SMALL_STEP && step <= near_max);
         self.forward += usize::from(step > 0 && 2 * step < ring.size);
-        self.even_steps += usize::from(step % 2 == 0);
+        self.even_steps += usize::from(step.is_multiple_of(2));
         self.score(step, ring);
     }
 

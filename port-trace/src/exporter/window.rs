@@ -96,7 +96,8 @@ impl Window {
         self.tail.push(s);
         self.len += 1;
         if self.tail.len() >= CHUNK {
-            self.chunks.push_back(Arc::from(std::mem::take(&mut self.tail)));
+            self.chunks
+                .push_back(Arc::from(std::mem::take(&mut self.tail)));
         }
         self.trim();
     }
@@ -149,7 +150,14 @@ mod tests {
     use crate::event::{Op, Outcome, Proto, test_event};
 
     fn seen(ts: u64) -> Seen {
-        Seen::of(&test_event(Op::Bind, Proto::Udp, 40000, None, Outcome::Ok, ts))
+        Seen::of(&test_event(
+            Op::Bind,
+            Proto::Udp,
+            40000,
+            None,
+            Outcome::Ok,
+            ts,
+        ))
     }
 
     #[test]
