@@ -1,5 +1,6 @@
 //! What `port-trace analyze` costs on a large recording: wall time, events per second and peak
-//! RSS on a generated recording (2,000,000 events by default, `PT_BENCH_EVENTS` to change), and
+//! RSS on a generated recording (2,000,000 events to 1,000 destinations by default,
+//! `PT_BENCH_EVENTS` and `PT_BENCH_DESTS` to change), and
 //! how fast `analyze /dev/zero` gives up. Prints figures; asserts nothing. Needs no root.
 //!
 //! `PORT_TRACE_BIN=target/release/port-trace cargo bench -p port-trace-tests --bench analyze`
@@ -21,7 +22,7 @@ use port_trace::{
 use port_trace_tests::port_trace_bin;
 
 const DEFAULT_EVENTS: u64 = 2_000_000;
-const DESTINATIONS: u32 = 1_000;
+const DEFAULT_DESTINATIONS: u32 = 1_000;
 const NETNS: u32 = 4_026_532_177;
 const LOW: u16 = 32768;
 const HIGH: u16 = 60999;
@@ -49,17 +50,17 @@ fn port_in_range(offset: u64) -> u16 {
 /// A Linux-like day: per-destination connect() counters (+2..16, re-salted every 10 s),
 /// random bind() and UDP autobind, a few EADDRNOTAVAIL, events 10 µs apart with the odd pair
 /// swapped (two CPUs racing for the ring buffer); then the namespace line with its sockets.
-fn write_recording(path: &Path, events: u64) -> std::io::Result<()> {
+fn write_recording(path: &Path, events: u64, destinations: u32) -> std::io::Result<()> {
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut counters: Vec<u64> = (0..DESTINATIONS).map(|_| rng.next()).collect();
+    let mut counters: Vec<u64> = (0..destinations).map(|_| rng.next()).collect();
     let start: u64 = 1_760_000_000_000_000_000;
     let mut held = Vec::new();
     let mut pending: Option<Event> = None;
     for i in 0..events {
         let ts_ns = start + i * 10_000;
         let roll = rng.below(100);
-        let dest = rng.below(u64::from(DESTINATIONS)) as usize;
+        let dest = rng.below(u64::from(destinations)) as usize;
         let daddr = Ipv4Addr::from(0x0a00_0000 + dest as u32);
         let (op, proto, hook, port, daddr, dport, result) = match roll {
             0..=87 => {
@@ -168,8 +169,17 @@ fn write_recording(path: &Path, events: u64) -> std::io::Result<()> {
     out.flush()
 }
 
-/// `/usr/bin/time -v` figures of one run: (wall seconds, max RSS in MiB, exit status line).
-fn time_v(args: &[&str]) -> (f64, f64, String) {
+/// `/usr/bin/time -v` figures of one run.
+struct Run {
+    wall_s: f64,
+    /// User and system time: the work done, whatever else the machine is running.
+    cpu_s: f64,
+    max_rss_mib: f64,
+    /// The first line on stderr (the program's own, or time's exit status).
+    first: String,
+}
+
+fn time_v(args: &[&str]) -> Run {
     let out = Command::new("/usr/bin/time")
         .arg("-v")
         .args(args)
@@ -187,11 +197,13 @@ fn time_v(args: &[&str]) -> (f64, f64, String) {
         .fold(0.0, |acc, part| {
             acc * 60.0 + part.parse::<f64>().unwrap_or(0.0)
         });
-    let rss_kib: f64 = field("Maximum resident set size (kbytes):")
-        .parse()
-        .unwrap_or(0.0);
-    let first = err.lines().next().unwrap_or("").to_string();
-    (wall, rss_kib / 1024.0, first)
+    let number = |name: &str| field(name).parse::<f64>().unwrap_or(0.0);
+    Run {
+        wall_s: wall,
+        cpu_s: number("User time (seconds):") + number("System time (seconds):"),
+        max_rss_mib: number("Maximum resident set size (kbytes):") / 1024.0,
+        first: err.lines().next().unwrap_or("").to_string(),
+    }
 }
 
 fn main() {
@@ -199,31 +211,45 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_EVENTS);
+    let destinations = std::env::var("PT_BENCH_DESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_DESTINATIONS);
     let bin = port_trace_bin();
     let bin = bin.to_str().expect("a UTF-8 binary path");
-    let path = std::env::temp_dir().join(format!("pt-bench-analyze-{events}.jsonl"));
+    let path = std::env::temp_dir().join(format!("pt-bench-analyze-{events}-{destinations}.jsonl"));
     if !path.exists() {
         let tmp = path.with_extension("part");
-        write_recording(&tmp, events).expect("write the recording");
+        write_recording(&tmp, events, destinations).expect("write the recording");
         std::fs::rename(&tmp, &path).expect("rename the recording");
     }
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let file = path.to_str().expect("a UTF-8 temp path");
     println!(
-        "analyze of {events} events ({:.0} MB, {DESTINATIONS} destinations), {bin}",
+        "analyze of {events} events ({:.0} MB, {destinations} destinations), {bin}",
         size as f64 / 1e6
     );
-    let (wall, rss, _) = time_v(&[bin, "analyze", file, "--format", "json"]);
-    println!(
-        "  json:  {wall:>6.2} s  {:>10.0} events/s  max RSS {rss:>7.1} MiB",
-        events as f64 / wall
-    );
-    let (wall, rss, _) = time_v(&[bin, "analyze", file]);
-    println!(
-        "  table: {wall:>6.2} s  {:>10.0} events/s  max RSS {rss:>7.1} MiB",
-        events as f64 / wall
-    );
+    for (name, args) in [
+        ("json", &[bin, "analyze", file, "--format", "json"][..]),
+        ("table", &[bin, "analyze", file][..]),
+        (
+            "--range",
+            &[bin, "analyze", file, "--range", "32768-60999"][..],
+        ),
+    ] {
+        let r = time_v(args);
+        println!(
+            "  {name:<8} {:>6.2} s wall ({:>9.0} events/s), {:>6.2} s CPU, max RSS {:>7.1} MiB",
+            r.wall_s,
+            events as f64 / r.wall_s,
+            r.cpu_s,
+            r.max_rss_mib
+        );
+    }
     // Stopped after 15 s: without a line-length limit it only stops when memory runs out.
-    let (wall, rss, first) = time_v(&["timeout", "-k", "5", "15", bin, "analyze", "/dev/zero"]);
-    println!("  /dev/zero: {wall:.2} s, max RSS {rss:.1} MiB: {first}");
+    let r = time_v(&["timeout", "-k", "5", "15", bin, "analyze", "/dev/zero"]);
+    println!(
+        "  /dev/zero: {:.2} s, max RSS {:.1} MiB: {}",
+        r.wall_s, r.max_rss_mib, r.first
+    );
 }

@@ -76,7 +76,7 @@ pub struct Summarizer {
     verdicts: Verdicts,
     streams: StreamMap<Tally>,
     /// Successful TCP allocations of any kind per namespace: the bind space's rate.
-    tcp_allocs: HashMap<u32, Recent>,
+    tcp_allocs: HashMap<u32, Recent, foldhash::fast::RandomState>,
     last_event: u64,
     events: u64,
     /// Ports the kernel chose for TCP bind(0)/listen(): not hazards when listened on.
@@ -96,7 +96,7 @@ impl Summarizer {
         Summarizer {
             verdicts: Verdicts::new(ranges, default_range, connect_netns),
             streams: StreamMap::default(),
-            tcp_allocs: HashMap::new(),
+            tcp_allocs: HashMap::default(),
             last_event: 0,
             events: 0,
             chosen: HashSet::new(),
@@ -226,7 +226,7 @@ struct Spaces<'a> {
     ns: &'a HashMap<u32, &'a NetnsState>,
     last_event: u64,
     dest_allocs: HashMap<u32, HashMap<(IpAddr, u16), &'a Recent>>,
-    tcp_allocs: &'a HashMap<u32, Recent>,
+    tcp_allocs: &'a HashMap<u32, Recent, foldhash::fast::RandomState>,
     by_netns: HashMap<u32, HashMap<(IpAddr, u16), DestForecast>>,
 }
 

@@ -381,41 +381,105 @@ pub struct Scan {
 }
 
 /// The first pass over a recording (see [`Scan`]): events are parsed only until the first
-/// successful connect(), namespace lines without their socket tables. Refuses a pipe or a
-/// socket, which cannot be read twice.
+/// successful connect(), namespace lines without their socket tables, and the other lines are
+/// only measured (the line limits hold here too). Refuses a pipe or a socket, which cannot be
+/// read twice.
 pub fn scan(path: &Path) -> Result<Scan, RecordingError> {
-    let kind = fs::metadata(path)
-        .map_err(|source| RecordingError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .file_type();
+    let io = |source| RecordingError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let kind = fs::metadata(path).map_err(io)?.file_type();
     if kind.is_fifo() || kind.is_socket() {
         return Err(RecordingError::NotRereadable {
             path: path.to_path_buf(),
         });
     }
-    #[derive(Deserialize)]
-    struct RangeOnly {
-        netns: u32,
-        range: Option<UsableRange>,
-    }
-    #[derive(Deserialize)]
-    struct Connect {
-        op: Op,
-        netns: u32,
-        result: Outcome,
-    }
-    let mut lines = open(path)?;
+    let mut reader = BufReader::with_capacity(1 << 20, fs::File::open(path).map_err(io)?);
+    let too_long = |line: usize, len: usize, start: &[u8]| {
+        let limit = if start.starts_with(META_PREFIX) {
+            MAX_META_LINE
+        } else {
+            MAX_LINE
+        };
+        (len > limit).then(|| RecordingError::LineTooLong {
+            path: path.to_path_buf(),
+            line,
+            limit,
+        })
+    };
+    let meta = memchr::memmem::Finder::new(b"\"meta\"");
     let mut out = Scan::default();
-    // Lines that do not parse are skipped here: the second pass names them, in order.
-    while let Some(r) = lines.next_line()? {
-        let bytes = &lines.buf[r];
-        if bytes.is_empty() || (out.first_connect_netns.is_some() && !may_be_meta(bytes)) {
-            continue;
+    // A line begun in an earlier block.
+    let mut partial: Vec<u8> = Vec::new();
+    let mut line = 0;
+    loop {
+        let block = reader.fill_buf().map_err(io)?;
+        let n = block.len();
+        if n == 0 {
+            break;
         }
-        let Ok(text) = std::str::from_utf8(bytes) else {
-            continue;
+        // Where a line of this block may have a top-level `meta` key (see `may_be_meta`):
+        // searched once over the block, not line by line.
+        let mut marks: Vec<usize> = meta
+            .find_iter(block)
+            .chain(memchr::memchr_iter(b'\\', block))
+            .collect();
+        marks.sort_unstable();
+        let (mut start, mut mark) = (0, 0);
+        for nl in memchr::memchr_iter(b'\n', block) {
+            line += 1;
+            let piece = &block[start..nl];
+            if partial.is_empty() {
+                if let Some(e) = too_long(line, piece.len(), piece) {
+                    return Err(e);
+                }
+                while mark < marks.len() && marks[mark] < start {
+                    mark += 1;
+                }
+                if (mark < marks.len() && marks[mark] < nl) || out.first_connect_netns.is_none() {
+                    out.look(piece.trim_ascii());
+                }
+            } else {
+                partial.extend_from_slice(piece);
+                if let Some(e) = too_long(line, partial.len(), &partial) {
+                    return Err(e);
+                }
+                out.look(partial.trim_ascii());
+                partial.clear();
+            }
+            start = nl + 1;
+        }
+        partial.extend_from_slice(&block[start..]);
+        if let Some(e) = too_long(line + 1, partial.len(), &partial) {
+            return Err(e);
+        }
+        reader.consume(n);
+    }
+    out.look(partial.trim_ascii());
+    Ok(out)
+}
+
+impl Scan {
+    /// Takes what the first pass needs from one line. Lines that do not parse are skipped:
+    /// the second pass names them, in order.
+    fn look(&mut self, line: &[u8]) {
+        #[derive(Deserialize)]
+        struct RangeOnly {
+            netns: u32,
+            range: Option<UsableRange>,
+        }
+        #[derive(Deserialize)]
+        struct Connect {
+            op: Op,
+            netns: u32,
+            result: Outcome,
+        }
+        if line.is_empty() || (self.first_connect_netns.is_some() && !may_be_meta(line)) {
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            return;
         };
         if is_meta(text).unwrap_or(false) {
             if let Ok(RangeOnly {
@@ -423,17 +487,16 @@ pub fn scan(path: &Path) -> Result<Scan, RecordingError> {
                 range: Some(r),
             }) = serde_json::from_str(text)
             {
-                out.ranges.insert(netns, r);
+                self.ranges.insert(netns, r);
             }
-        } else if out.first_connect_netns.is_none()
+        } else if self.first_connect_netns.is_none()
             && let Ok(e) = serde_json::from_str::<Connect>(text)
             && e.op == Op::Connect
             && e.result == Outcome::Ok
         {
-            out.first_connect_netns = Some(e.netns);
+            self.first_connect_netns = Some(e.netns);
         }
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -560,7 +623,8 @@ mod tests {
     /// A namespace line carries its whole socket table: it may be far longer than an event.
     #[test]
     fn a_long_namespace_line_reads() {
-        let sockets: Vec<crate::netns::SocketRecord> = (0..2000)
+        // Longer than the first pass's 1 MiB blocks too.
+        let sockets: Vec<crate::netns::SocketRecord> = (0..8000)
             .map(|i| crate::netns::SocketRecord {
                 proto: crate::event::Proto::Tcp,
                 family: crate::netns::sockets::Family::V4,
@@ -579,7 +643,7 @@ mod tests {
             ..Default::default()
         };
         let line = meta_line(&ns);
-        assert!(line.len() > MAX_LINE);
+        assert!(line.len() > 1 << 20);
         let p = write("bigmeta", format!("{EV}\n{line}\n").as_bytes());
         let rec = read(&p);
         let sc = scan(&p);
