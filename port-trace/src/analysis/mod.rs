@@ -310,6 +310,18 @@ impl Analyzer {
         })
     }
 
+    /// [`Self::stream`], and the number of its ports, dropping the stream's state: a caller
+    /// going through every stream frees them as it goes.
+    pub fn take(
+        &mut self,
+        key: &StreamKey,
+        global: &GlobalAnalysis,
+    ) -> Option<(usize, StreamAnalysis)> {
+        let found = self.stream(key, global).map(|a| (self.ports(key), a));
+        self.streams.remove(key);
+        found
+    }
+
     /// Streams so far, in key order.
     fn ordered(&self) -> Vec<(&StreamKey, &Track)> {
         let mut v: Vec<_> = self.streams.iter().collect();

@@ -91,7 +91,7 @@
 
 use super::stats::{
     ChiSquare, Ring, SMALL_STEP, StepStats, Steps, Uniformity, binomial_upper_tail,
-    correlation_p_value, spearman, spearman_upper_bound,
+    correlation_p_value, spearman_pairs, spearman_upper_bound,
 };
 use super::{PortRange, StreamKey};
 use serde::{Deserialize, Serialize};
@@ -705,7 +705,7 @@ pub fn global_verdict<T: std::borrow::Borrow<StreamTrack>>(
         near_p,
     };
     let streams = stream_verdicts(tracks);
-    let counter = counter_test(&streams.gaps, &streams.steps);
+    let counter = counter_test(&streams.pairs);
     let shape = Shape {
         samples: seq.whole.samples(),
         destinations: streams.destinations,
@@ -757,8 +757,7 @@ struct StreamCounts {
     sequential_samples: usize,
     random_samples: usize,
     /// (gap, step) pairs of the sequential-like streams, in key order.
-    gaps: Vec<f64>,
-    steps: Vec<f64>,
+    pairs: Vec<(u32, u32)>,
 }
 
 /// Result of the shared-counter test (gap/step correlation).
@@ -803,8 +802,7 @@ fn stream_verdicts<T: std::borrow::Borrow<StreamTrack>>(
         undecided: 0,
         sequential_samples: 0,
         random_samples: 0,
-        gaps: Vec::new(),
-        steps: Vec::new(),
+        pairs: Vec::new(),
     };
     for t in tracks {
         let t = t.borrow();
@@ -817,10 +815,7 @@ fn stream_verdicts<T: std::borrow::Borrow<StreamTrack>>(
             Pattern::Sequential => {
                 counts.sequential += 1;
                 counts.sequential_samples += n;
-                for &(g, s) in &t.pairs {
-                    counts.gaps.push(f64::from(g));
-                    counts.steps.push(f64::from(s));
-                }
+                counts.pairs.extend_from_slice(&t.pairs);
             }
             Pattern::Random => {
                 counts.random += 1;
@@ -834,13 +829,13 @@ fn stream_verdicts<T: std::borrow::Borrow<StreamTrack>>(
 }
 
 /// Correlates gap with step (a shared counter's steps grow with the gap); constant steps: 0.
-fn counter_test(gaps: &[f64], steps: &[f64]) -> CounterTest {
-    let pairs = gaps.len();
-    let gaps_vary = gaps.iter().any(|&g| g != gaps[0]);
-    let steps_vary = steps.iter().any(|&s| s != steps[0]);
-    let rho = if pairs >= 3 && gaps_vary {
+fn counter_test(pairs: &[(u32, u32)]) -> CounterTest {
+    let n = pairs.len();
+    let gaps_vary = pairs.iter().any(|p| p.0 != pairs[0].0);
+    let steps_vary = pairs.iter().any(|p| p.1 != pairs[0].1);
+    let rho = if n >= 3 && gaps_vary {
         if steps_vary {
-            spearman(gaps, steps)
+            spearman_pairs(pairs)
         } else {
             Some(0.0)
         }
@@ -848,10 +843,10 @@ fn counter_test(gaps: &[f64], steps: &[f64]) -> CounterTest {
         None
     };
     CounterTest {
-        pairs,
+        pairs: n,
         rho,
-        p: rho.map(|r| correlation_p_value(r, pairs)),
-        rho_upper: rho.map(|r| spearman_upper_bound(r, pairs)),
+        p: rho.map(|r| correlation_p_value(r, n)),
+        rho_upper: rho.map(|r| spearman_upper_bound(r, n)),
     }
 }
 

@@ -2,7 +2,7 @@
 //! streamed (a first pass reads its namespace lines, unless --range makes them unnecessary):
 //! memory grows with the number of streams, not with the number of events.
 
-use std::{collections::HashMap, path::PathBuf, process::ExitCode};
+use std::{collections::HashMap, io::Write, path::PathBuf, process::ExitCode};
 
 use clap::Args;
 
@@ -86,7 +86,13 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let summary = summarizer.finish(namespaces);
     match args.format {
         Format::Table => print!("{}", report::render_table(&summary)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        // Written as it is made: with 100,000 streams the text is larger than the summary.
+        Format::Json => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            serde_json::to_writer_pretty(&mut out, &summary)?;
+            writeln!(out)?;
+            out.flush()?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

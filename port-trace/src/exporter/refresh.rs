@@ -238,7 +238,7 @@ fn patterns(window: &Snapshot, namespaces: &[NetnsState]) -> Vec<PatternRow> {
         verdicts.push(&s.key, s.port, s.ok);
     }
     let mut groups: BTreeMap<(u32, Proto, Op), Group> = BTreeMap::new();
-    verdicts.finish(|key, samples, a| {
+    verdicts.finish(|key, samples, a, _| {
         groups
             .entry((key.netns, key.proto, key.op))
             .or_default()

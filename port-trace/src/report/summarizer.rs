@@ -6,12 +6,13 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use super::{Hazards, SelfConnect, StreamSummary, Summary, Verdicts};
 use crate::{
     analysis::{StreamAnalysis, StreamKey, StreamMap},
-    event::{Event, Op, Proto},
+    event::{Event, Op, Outcome, Proto},
     netns::NetnsState,
     pressure::{
         self, Allocations, CLOSE_WINDOW_NS, DestForecast, Forecast, RATE_WINDOW_NS, Recent,
@@ -28,35 +29,55 @@ pub const MAX_COMMS: usize = 64;
 /// Self-connects listed in the hazards; the rest are counted.
 pub const MAX_SELF_CONNECTS: usize = 1000;
 
-/// Counts per command name, at most [`MAX_COMMS`] of them.
+/// Command names shared by the streams: a busy host has a few dozen names and a hundred
+/// thousand streams. At most [`MAX_NAMES`] are shared; further names are each stream's own.
 #[derive(Debug, Default)]
-struct Commands(HashMap<String, u64, foldhash::fast::RandomState>);
+struct Names(HashSet<Arc<str>, foldhash::fast::RandomState>);
+
+/// Distinct command names shared.
+const MAX_NAMES: usize = 65_536;
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        if self.0.len() < MAX_NAMES {
+            self.0.insert(n.clone());
+        }
+        n
+    }
+}
+
+/// Counts per command name, at most [`MAX_COMMS`] of them (a short list: a stream has few).
+#[derive(Debug, Default)]
+struct Commands(Vec<(Arc<str>, u64)>);
 
 impl Commands {
-    fn add(&mut self, comm: &str) {
-        if let Some(n) = self.0.get_mut(comm) {
+    fn add(&mut self, comm: &str, names: &mut Names) {
+        if let Some((_, n)) = self.0.iter_mut().find(|(c, _)| &**c == comm) {
             *n += 1;
             return;
         }
         let mut n = 1;
         if self.0.len() >= MAX_COMMS {
             // Space-Saving: the newcomer inherits the smallest count, an upper bound of its own.
-            let least = self
-                .0
-                .iter()
-                .min_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-                .map(|(c, n)| (c.clone(), *n));
-            if let Some((c, m)) = least {
-                self.0.remove(&c);
-                n += m;
+            let least = (0..self.0.len()).min_by(|&a, &b| {
+                let (a, b) = (&self.0[a], &self.0[b]);
+                a.1.cmp(&b.1).then(b.0.cmp(&a.0))
+            });
+            if let Some(i) = least {
+                n += self.0.swap_remove(i).1;
             }
         }
-        self.0.insert(comm.to_string(), n);
+        self.0.push((names.get(comm), n));
     }
 
     /// The busiest, most first (ties by name), at most [`TOP_COMMS`].
     fn top(&self) -> Vec<(String, u64)> {
-        let mut top: Vec<(String, u64)> = self.0.iter().map(|(c, n)| (c.clone(), *n)).collect();
+        let mut top: Vec<(String, u64)> =
+            self.0.iter().map(|(c, n)| (c.to_string(), *n)).collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         top.truncate(TOP_COMMS);
         top
@@ -66,7 +87,8 @@ impl Commands {
 /// What one stream's row needs besides its verdict.
 #[derive(Debug, Default)]
 struct Tally {
-    failures: BTreeMap<String, u64>,
+    /// By outcome, named only in the row: a name per stream would cost more than the count.
+    failures: BTreeMap<Outcome, u64>,
     comms: Commands,
     /// Successful allocations over the last minute, for the rate.
     recent: Option<Recent>,
@@ -74,7 +96,9 @@ struct Tally {
 
 pub struct Summarizer {
     verdicts: Verdicts,
-    streams: StreamMap<Tally>,
+    /// Boxed: the table then holds a pointer per slot, and has many empty slots.
+    streams: StreamMap<Box<Tally>>,
+    names: Names,
     /// Successful TCP allocations of any kind per namespace: the bind space's rate.
     tcp_allocs: HashMap<u32, Recent, foldhash::fast::RandomState>,
     last_event: u64,
@@ -96,6 +120,7 @@ impl Summarizer {
         Summarizer {
             verdicts: Verdicts::new(ranges, default_range, connect_netns),
             streams: StreamMap::default(),
+            names: Names::default(),
             tcp_allocs: HashMap::default(),
             last_event: 0,
             events: 0,
@@ -119,15 +144,9 @@ impl Summarizer {
                 .get_or_insert_with(|| Recent::new(e.ts_ns))
                 .add(e.ts_ns);
         } else {
-            let name = e.result.name();
-            match t.failures.get_mut(name.as_ref()) {
-                Some(n) => *n += 1,
-                None => {
-                    t.failures.insert(name.into_owned(), 1);
-                }
-            }
+            *t.failures.entry(e.result).or_default() += 1;
         }
-        t.comms.add(&e.comm);
+        t.comms.add(&e.comm, &mut self.names);
         if ok && e.proto == Proto::Tcp {
             self.tcp_allocs
                 .entry(e.netns)
@@ -162,60 +181,80 @@ impl Summarizer {
         self.out_of_order = n;
     }
 
-    /// The summary, with each namespace's socket table (read when the events ended).
+    /// The summary, with each namespace's socket table (read when the events ended). Each
+    /// stream's state is dropped once its row is made.
     pub fn finish(self, namespaces: Vec<NetnsState>) -> Summary {
+        let Summarizer {
+            verdicts,
+            mut streams,
+            tcp_allocs,
+            last_event,
+            chosen,
+            self_connects,
+            self_connects_not_listed,
+            out_of_order,
+            ..
+        } = self;
         let ns: HashMap<u32, &NetnsState> = namespaces.iter().map(|n| (n.netns, n)).collect();
-        let mut dest_allocs: HashMap<u32, HashMap<(IpAddr, u16), &Recent>> = HashMap::new();
-        for (k, t) in &self.streams {
+        let mut dest_allocs: HashMap<u32, HashMap<(IpAddr, u16), Allocations>> = HashMap::new();
+        for (k, t) in &streams {
             if let (Op::Connect, Proto::Tcp, Some(daddr), Some(dport), Some(r)) =
                 (k.op, k.proto, k.daddr, k.dport, &t.recent)
             {
                 dest_allocs
                     .entry(k.netns)
                     .or_default()
-                    .insert((daddr, dport), r);
+                    .insert((daddr, dport), allocations(r, last_event));
             }
         }
         let mut spaces = Spaces {
             ns: &ns,
-            last_event: self.last_event,
+            last_event,
             dest_allocs,
-            tcp_allocs: &self.tcp_allocs,
+            tcp_allocs: &tcp_allocs,
             by_netns: HashMap::new(),
         };
-        let mut streams = Vec::with_capacity(self.streams.len());
-        let global = self.verdicts.finish(|key, samples, verdict| {
-            let range = self.verdicts.range(key.netns);
-            let tally = self.streams.get(key);
-            streams.push(summarize_stream(
+        let mut rows = Vec::with_capacity(streams.len());
+        let global = verdicts.finish(|key, samples, verdict, range| {
+            let tally = streams.remove(key);
+            rows.push(summarize_stream(
                 key,
                 samples,
                 verdict,
-                tally,
+                tally.as_deref(),
                 range,
                 &mut spaces,
             ));
         });
-        sort_most_pressing_first(&mut streams);
+        sort_most_pressing_first(&mut rows);
         let mut hazards = Hazards {
-            self_connects: self.self_connects,
-            self_connects_not_listed: self.self_connects_not_listed,
+            self_connects,
+            self_connects_not_listed,
             ..Default::default()
         };
         for n in &namespaces {
             if let (Some(r), Some(s)) = (&n.range, &n.sockets) {
-                for l in listener_hazards(n.netns, r, s, &self.chosen) {
+                for l in listener_hazards(n.netns, r, s, &chosen) {
                     hazards.listeners_in_range.push((n.netns, l));
                 }
             }
         }
         Summary {
-            streams,
+            streams: rows,
             global,
             hazards,
             namespaces,
-            out_of_order: self.out_of_order,
+            out_of_order,
         }
+    }
+}
+
+/// Recent allocations up to the end of the recording (its last event): the socket table is
+/// read after tracing stopped, and the seconds in between saw no events.
+fn allocations(r: &Recent, last_event: u64) -> Allocations {
+    Allocations {
+        rate_per_s: r.rate(last_event, RATE_WINDOW_NS),
+        last_minute: r.count(last_event, CLOSE_WINDOW_NS),
     }
 }
 
@@ -225,20 +264,15 @@ impl Summarizer {
 struct Spaces<'a> {
     ns: &'a HashMap<u32, &'a NetnsState>,
     last_event: u64,
-    dest_allocs: HashMap<u32, HashMap<(IpAddr, u16), &'a Recent>>,
+    dest_allocs: HashMap<u32, HashMap<(IpAddr, u16), Allocations>>,
     tcp_allocs: &'a HashMap<u32, Recent, foldhash::fast::RandomState>,
     by_netns: HashMap<u32, HashMap<(IpAddr, u16), DestForecast>>,
 }
 
 impl<'a> Spaces<'a> {
-    /// Recent allocations up to the end of the recording (its last event): the socket table
-    /// is read after tracing stopped, and the seconds in between saw no events.
     fn allocations(&self, recent: Option<&Recent>) -> Allocations {
         recent
-            .map(|r| Allocations {
-                rate_per_s: r.rate(self.last_event, RATE_WINDOW_NS),
-                last_minute: r.count(self.last_event, CLOSE_WINDOW_NS),
-            })
+            .map(|r| allocations(r, self.last_event))
             .unwrap_or_default()
     }
 
@@ -255,15 +289,7 @@ impl<'a> Spaces<'a> {
     ) -> Option<DestForecast> {
         let sockets = self.sockets(netns)?;
         if !self.by_netns.contains_key(&netns) {
-            let allocs: HashMap<(IpAddr, u16), Allocations> = self
-                .dest_allocs
-                .get(&netns)
-                .map(|m| {
-                    m.iter()
-                        .map(|(d, r)| (*d, self.allocations(Some(r))))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let allocs = self.dest_allocs.remove(&netns).unwrap_or_default();
             let tcp = self.ns.get(&netns).and_then(|n| n.tcp).unwrap_or_default();
             let all = connect_forecasts(range, sockets, &tcp, &allocs);
             self.by_netns.insert(
@@ -342,12 +368,21 @@ fn summarize_stream(
         pressure,
         in_use,
         usable,
-        failures: tally.map(|t| t.failures.clone()).unwrap_or_default(),
+        failures: tally.map(failure_names).unwrap_or_default(),
         rate_per_s,
         forecast,
         top_comms: tally.map(|t| t.comms.top()).unwrap_or_default(),
         reason: a.reason,
     }
+}
+
+/// Failures by errno name.
+fn failure_names(t: &Tally) -> BTreeMap<String, u64> {
+    let mut named = BTreeMap::new();
+    for (outcome, n) in &t.failures {
+        *named.entry(outcome.name().into_owned()).or_default() += n;
+    }
+    named
 }
 
 /// Highest pressure first, then most failures, then most samples.
@@ -429,10 +464,10 @@ mod tests {
 
     #[test]
     fn command_counts_stay_bounded_and_exact_when_few() {
-        let mut c = Commands::default();
+        let (mut c, mut names) = (Commands::default(), Names::default());
         for (name, n) in [("curl", 5), ("nginx", 3), ("envoy", 3)] {
             for _ in 0..n {
-                c.add(name);
+                c.add(name, &mut names);
             }
         }
         assert_eq!(
@@ -441,8 +476,8 @@ mod tests {
         );
         // A flood of names: the count stays bounded and the busy name stays on top.
         for i in 0..10_000 {
-            c.add(&format!("p{i}"));
-            c.add("curl");
+            c.add(&format!("p{i}"), &mut names);
+            c.add("curl", &mut names);
         }
         assert!(c.0.len() <= MAX_COMMS);
         assert_eq!(c.top()[0], ("curl".into(), 10_005));

@@ -73,25 +73,31 @@ impl Verdicts {
         }
     }
 
-    /// Calls `f` with every stream's key, successful allocations and verdict, in key order and
-    /// one at a time; returns the verdict on the connect() sequence across destinations.
-    pub fn finish(&self, mut f: impl FnMut(&StreamKey, usize, StreamAnalysis)) -> GlobalAnalysis {
+    /// Calls `f` with every stream's key, successful allocations, verdict and range, in key
+    /// order and one at a time, dropping each stream's state as it goes; returns the verdict
+    /// on the connect() sequence across destinations.
+    pub fn finish(
+        mut self,
+        mut f: impl FnMut(&StreamKey, usize, StreamAnalysis, &UsableRange),
+    ) -> GlobalAnalysis {
         let global = self.connects.global();
-        let mut keys: Vec<&StreamKey> = self
+        let mut keys: Vec<StreamKey> = self
             .connects
             .keys()
             .chain(self.local.keys())
             .chain(self.failing.iter().filter(|k| self.connects.ports(k) == 0))
+            .cloned()
             .collect();
         keys.sort_unstable();
+        self.failing = HashSet::new();
         for key in keys {
-            if let Some(c) = self.local.get(key) {
-                f(key, c.ports(), local_verdict(c.finish()));
-            } else if let Some(a) = self.connects.stream(key, &global) {
-                f(key, self.connects.ports(key), a);
+            let range = self.ranges.get(&key.netns).unwrap_or(&self.default_range);
+            if let Some(c) = self.local.remove(&key) {
+                f(&key, c.ports(), local_verdict(c.finish()), range);
+            } else if let Some((ports, a)) = self.connects.take(&key, &global) {
+                f(&key, ports, a, range);
             } else {
-                let r = self.range(key.netns);
-                f(key, 0, classify_local(&[], (r.low, r.high)));
+                f(&key, 0, classify_local(&[], (range.low, range.high)), range);
             }
         }
         global
