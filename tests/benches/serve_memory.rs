@@ -1,9 +1,9 @@
 //! What `port-trace serve` holds in memory after 100,000 distinct destinations (`PT_BENCH_DESTS`
-//! to change): TCP connects from a fresh namespace to 127.x.y.z:7000, each closed by the client
-//! first so its port stays in TIME_WAIT toward that destination (60 s): the socket table lists
-//! the destinations too, within the sandbox's descriptor limit. Prints the daemon's resident
-//! memory (VmRSS now, the highest sampled, VmHWM peak) after a few refreshes over every event;
-//! asserts nothing. Needs root.
+//! to change): TCP connects from a fresh namespace to 127.x.y.z:7000, each closed at once by both
+//! sides, so 100,000 sockets stay in TIME_WAIT for a minute (within the sandbox's descriptor
+//! limit): those on the client's side (about half, whichever side closed first) hold its port
+//! toward that destination. Prints the daemon's resident memory (between refreshes, the highest
+//! sampled, VmHWM) over two refreshes after every event was seen; asserts nothing. Needs root.
 //!
 //! `PORT_TRACE_BIN=target/release/port-trace cargo bench -p port-trace-tests --bench serve_memory`
 
@@ -118,7 +118,7 @@ fn main() {
     }
     println!(
         "serve after {dests} destinations ({:.1} s of connects; every event seen: {seen_all}; \
-         {in_use} sockets in TIME_WAIT at the last refresh):",
+         {in_use} client ports in TIME_WAIT at the last refresh):",
         workload.as_secs_f64()
     );
     println!(

@@ -76,8 +76,7 @@ impl Commands {
 
     /// The busiest, most first (ties by name), at most [`TOP_COMMS`].
     fn top(&self) -> Vec<(String, u64)> {
-        let mut top: Vec<(String, u64)> =
-            self.0.iter().map(|(c, n)| (c.to_string(), *n)).collect();
+        let mut top: Vec<(String, u64)> = self.0.iter().map(|(c, n)| (c.to_string(), *n)).collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         top.truncate(TOP_COMMS);
         top
