@@ -4,6 +4,7 @@
 
 use std::{collections::HashMap, io::Write, path::PathBuf, process::ExitCode};
 
+use anyhow::Context;
 use clap::Args;
 
 use crate::{
@@ -84,15 +85,19 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{} holds no events", args.file.display());
     }
     let summary = summarizer.finish(namespaces);
-    match args.format {
-        Format::Table => print!("{}", report::render_table(&summary)),
-        // Written as it is made: with 100,000 streams the text is larger than the summary.
-        Format::Json => {
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            serde_json::to_writer_pretty(&mut out, &summary)?;
-            writeln!(out)?;
-            out.flush()?;
-        }
+    // Written as it is made: with 100,000 streams the JSON text is larger than the summary.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = match args.format {
+        Format::Table => out.write_all(report::render_table(&summary).as_bytes()),
+        Format::Json => serde_json::to_writer_pretty(&mut out, &summary)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+    }
+    .and_then(|()| out.flush());
+    match written {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.context("cannot write the summary")?,
     }
     Ok(ExitCode::SUCCESS)
 }
