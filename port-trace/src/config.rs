@@ -98,7 +98,7 @@ pub mod limits {
     pub const DRAIN: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
     /// `top_destinations`: five series each.
     pub const TOP_DESTINATIONS: (usize, usize) = (1, 1000);
-    /// `window_events`: events kept for pattern analysis (~200 bytes each).
+    /// `window_events`: events kept for pattern analysis (~64 bytes each, docs/metrics.md).
     pub const WINDOW_EVENTS: (usize, usize) = (1, 1_000_000);
 }
 

@@ -209,6 +209,11 @@ impl TraceProcess {
         }
     }
 
+    /// The child's process id (for reading its /proc entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn in_netns(ns: &Netns) -> Result<Self> {
         Self::start(&["--netns", &ns.inode.to_string()])
     }

@@ -219,3 +219,58 @@ fn serve_names_the_port_it_bound() {
     assert_eq!(status, 200);
     daemon.stop_with(nix::sys::signal::Signal::SIGTERM).unwrap();
 }
+
+/// Runs port-trace with `args`, killed if it has not exited within `limit`: (exit code,
+/// stderr), or None when it had to be killed. The limit only keeps a hang from hanging CI.
+fn run_within(args: &[&str], limit: std::time::Duration) -> Option<(Option<i32>, String)> {
+    use std::io::Read;
+    let mut child = Command::new(port_trace_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return Some((status.code(), err));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Issue 10: `analyze /dev/zero` grew past 4 GB. It now stops at the first line with one
+/// sentence and a non-zero exit, and so does a binary file.
+#[test]
+fn analyze_refuses_endless_and_binary_input() {
+    let limit = std::time::Duration::from_secs(60);
+    let (code, err) =
+        run_within(&["analyze", "/dev/zero"], limit).expect("analyze /dev/zero finishes");
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        err.trim(),
+        "port-trace: /dev/zero: line 1 is longer than 65536 bytes; not a port-trace recording"
+    );
+    let bin = std::env::temp_dir().join(format!("pt-cli-binary-{}", std::process::id()));
+    std::fs::write(&bin, b"\x7fELF\x02\x01\x01\0\0\0\0\n\0\x03\n").unwrap();
+    let path = bin.to_str().unwrap();
+    let done = run_within(&["analyze", path], limit);
+    std::fs::remove_file(&bin).unwrap();
+    let (code, err) = done.expect("analyze of a binary file finishes");
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("line 1 holds binary data (a NUL byte); not a port-trace recording"),
+        "{err}"
+    );
+}

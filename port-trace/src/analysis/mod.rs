@@ -25,15 +25,21 @@ pub mod simulate;
 mod tests;
 
 pub use pattern::{
-    CounterScope, GlobalAnalysis, Parity, Pattern, StreamAnalysis, StreamTests, classify,
-    classify_global,
+    Classifier, CounterScope, GlobalAnalysis, Parity, Pattern, StreamAnalysis, StreamTests,
+    classify,
 };
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
+use pattern::{Sequence, StreamTrack, global_verdict};
+
 use crate::event::{Event, Family, Op, Proto};
+
+/// Per-stream state: keys come from recordings, so the hasher is seeded per process; foldhash
+/// because hashing a key per event is a measurable share of `analyze`.
+pub type StreamMap<V> = HashMap<StreamKey, V, foldhash::fast::RandomState>;
 
 /// Usable port range, inclusive: `(low, high)` as in
 /// `net.ipv4.ip_local_port_range`.
@@ -143,11 +149,22 @@ pub struct Report {
 /// Classifies a stream without destination (bind/listen/autobind): a counter found there is
 /// the stream's one counter, scope `global`.
 pub fn classify_local(ports: &[u16], range: PortRange) -> StreamAnalysis {
-    let mut a = classify(ports, range);
+    local_verdict(classify(ports, range))
+}
+
+/// A stream without destination's verdict from its own classification: a counter there is its
+/// one counter, scope `global`.
+pub fn local_verdict(mut a: StreamAnalysis) -> StreamAnalysis {
     if a.pattern == Pattern::Sequential {
         a.counter_scope = Some(CounterScope::Global);
     }
     a
+}
+
+/// Classifies the sequence across destinations (see [`pattern`]'s module docs): every sample
+/// with a destination, or every sample when none has one, stably sorted by time.
+pub fn classify_global(samples: &[Sample], range: PortRange) -> GlobalAnalysis {
+    Analyzer::sorted(samples, range).global()
 }
 
 /// Classifies every stream and the global sequence.
@@ -171,31 +188,191 @@ pub fn classify_local(ports: &[u16], range: PortRange) -> StreamAnalysis {
 ///   `insufficient-data`;
 /// * undecided streams stay `insufficient-data`.
 pub fn analyze(samples: &[Sample], range: PortRange) -> Report {
-    let mut by_key: BTreeMap<&StreamKey, Vec<&Sample>> = BTreeMap::new();
-    for s in samples {
-        by_key.entry(&s.key).or_default().push(s);
+    Analyzer::sorted(samples, range).finish()
+}
+
+/// A stream's state: most streams of a busy host (one per destination) see one port only,
+/// kept as that port until a second one comes.
+#[derive(Debug, Clone)]
+enum Track {
+    One { port: u16, position: Option<usize> },
+    More(Box<StreamTrack>),
+}
+
+impl Track {
+    fn push(&mut self, port: u16, position: Option<usize>, range: PortRange) {
+        match self {
+            Track::More(t) => t.push(port, position),
+            Track::One {
+                port: first,
+                position: at,
+            } => {
+                let mut t = Box::new(StreamTrack::new(range));
+                t.push(*first, *at);
+                t.push(port, position);
+                *self = Track::More(t);
+            }
+        }
     }
-    let global = classify_global(samples, range);
-    let streams = by_key
-        .into_iter()
-        .map(|(key, mut v)| {
-            v.sort_by_key(|s| s.ts_ns);
-            let ports: Vec<u16> = v.iter().map(|s| s.port).collect();
-            let analysis = if key.has_destination() {
-                refine(classify(&ports, range), &global)
-            } else {
-                classify_local(&ports, range)
-            };
-            StreamReport {
+
+    /// The stream's full state (made on the spot for one port: no allocation).
+    fn track(&self, range: PortRange) -> std::borrow::Cow<'_, StreamTrack> {
+        match self {
+            Track::More(t) => std::borrow::Cow::Borrowed(&**t),
+            Track::One { port, position } => {
+                let mut t = StreamTrack::new(range);
+                t.push(*port, *position);
+                std::borrow::Cow::Owned(t)
+            }
+        }
+    }
+}
+
+/// [`analyze`], fed one sample at a time in time order (ties: in arrival order). It keeps
+/// state per stream, not per sample: a [`Classifier`] each (bounded by the number of distinct
+/// steps) and at most [`pattern::MAX_PAIRS_PER_STREAM`] (gap, step) pairs each.
+#[derive(Debug, Clone)]
+pub struct Analyzer {
+    range: PortRange,
+    streams: StreamMap<Track>,
+    /// The global sequence of the samples with a destination...
+    with_destination: Sequence,
+    /// ...and of those without, which stands in when no sample has a destination.
+    without_destination: Sequence,
+    any_destination: bool,
+}
+
+impl Analyzer {
+    pub fn new(range: PortRange) -> Self {
+        Analyzer {
+            range,
+            streams: StreamMap::default(),
+            with_destination: Sequence::new(range),
+            without_destination: Sequence::new(range),
+            any_destination: false,
+        }
+    }
+
+    /// Fed with `samples` in time order (a stable sort: ties keep their order).
+    fn sorted(samples: &[Sample], range: PortRange) -> Self {
+        let mut order: Vec<&Sample> = samples.iter().collect();
+        order.sort_by_key(|s| s.ts_ns);
+        let mut a = Analyzer::new(range);
+        for s in order {
+            a.push(&s.key, s.port);
+        }
+        a
+    }
+
+    /// Adds the next port the kernel picked for stream `key`.
+    pub fn push(&mut self, key: &StreamKey, port: u16) {
+        let has_destination = key.has_destination();
+        self.any_destination |= has_destination;
+        let seq = if has_destination {
+            &mut self.with_destination
+        } else {
+            &mut self.without_destination
+        };
+        let position = seq.push(key, port);
+        match self.streams.get_mut(key) {
+            Some(t) => t.push(port, position, self.range),
+            None => {
+                self.streams
+                    .insert(key.clone(), Track::One { port, position });
+            }
+        }
+    }
+
+    /// Ports pushed for `key` so far.
+    pub fn ports(&self, key: &StreamKey) -> usize {
+        self.streams
+            .get(key)
+            .map_or(0, |t| t.track(self.range).classifier().ports())
+    }
+
+    /// The streams pushed so far, in no order.
+    pub fn keys(&self) -> impl Iterator<Item = &StreamKey> {
+        self.streams.keys()
+    }
+
+    /// One stream's verdict given `global` (from [`Self::global`]).
+    pub fn stream(&self, key: &StreamKey, global: &GlobalAnalysis) -> Option<StreamAnalysis> {
+        let a = self
+            .streams
+            .get(key)?
+            .track(self.range)
+            .classifier()
+            .finish();
+        Some(if key.has_destination() {
+            refine(a, global)
+        } else {
+            local_verdict(a)
+        })
+    }
+
+    /// [`Self::stream`], and the number of its ports, dropping the stream's state: a caller
+    /// going through every stream frees them as it goes.
+    pub fn take(
+        &mut self,
+        key: &StreamKey,
+        global: &GlobalAnalysis,
+    ) -> Option<(usize, StreamAnalysis)> {
+        let found = self.stream(key, global).map(|a| (self.ports(key), a));
+        self.streams.remove(key);
+        found
+    }
+
+    /// Streams so far, in key order.
+    fn ordered(&self) -> Vec<(&StreamKey, &Track)> {
+        let mut v: Vec<_> = self.streams.iter().collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    /// The verdict on the global sequence so far.
+    pub fn global(&self) -> GlobalAnalysis {
+        let ordered = self.ordered();
+        let kept = ordered
+            .iter()
+            .filter(|(k, _)| !self.any_destination || k.has_destination())
+            .map(|(_, t)| t.track(self.range));
+        let seq = if self.any_destination {
+            &self.with_destination
+        } else {
+            &self.without_destination
+        };
+        global_verdict(seq, kept)
+    }
+
+    /// Every stream's verdict given `global` (from [`Self::global`]), one at a time in key
+    /// order, so that a caller keeping only a digest never holds them all.
+    pub fn each_stream(
+        &self,
+        global: &GlobalAnalysis,
+        mut f: impl FnMut(&StreamKey, StreamAnalysis),
+    ) {
+        for (key, _) in self.ordered() {
+            if let Some(a) = self.stream(key, global) {
+                f(key, a);
+            }
+        }
+    }
+
+    /// Everything [`analyze`] reports.
+    pub fn finish(&self) -> Report {
+        let global = self.global();
+        let mut streams = Vec::with_capacity(self.streams.len());
+        self.each_stream(&global, |key, analysis| {
+            streams.push(StreamReport {
                 key: key.clone(),
                 analysis,
-            }
-        })
-        .collect();
-    Report {
-        range,
-        streams,
-        global,
+            })
+        });
+        Report {
+            range: self.range,
+            streams,
+            global,
+        }
     }
 }
 

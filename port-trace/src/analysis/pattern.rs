@@ -90,12 +90,11 @@
 //! with scope `undetermined`.
 
 use super::stats::{
-    Ring, SMALL_STEP, StepStats, binomial_upper_tail, chi_square_uniform, correlation_p_value,
-    predictor, spearman, spearman_upper_bound, step_stats,
+    ChiSquare, Ring, SMALL_STEP, StepStats, Steps, Uniformity, binomial_upper_tail,
+    correlation_p_value, spearman_pairs, spearman_upper_bound,
 };
-use super::{PortRange, Sample, StreamKey};
+use super::{PortRange, StreamKey};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// Fewer in-range samples than this give `insufficient-data`.
@@ -118,6 +117,9 @@ pub const COUNTER_MIN_SHARE_FORWARD: f64 = 0.75;
 /// Share of the classified samples the sequential streams must hold when
 /// streams disagree.
 pub const MIXED_MIN_MAJORITY: f64 = 0.75;
+/// Most (gap, step) pairs one stream gives the shared-counter test: its first 1,024. Bounds
+/// the test's memory per stream; a shared counter shows in far fewer.
+pub const MAX_PAIRS_PER_STREAM: usize = 1024;
 /// Correlation between gap and step that marks a shared counter.
 pub const SHARED_MIN_RHO: f64 = 0.5;
 /// One-sided p-value the shared-counter correlation must beat.
@@ -301,38 +303,138 @@ fn near_test(near: usize, steps: usize, ring: &Ring, min_share: f64) -> (bool, O
 
 /// Classifies one stream of ports given in time order.
 pub fn classify(ports: &[u16], range: PortRange) -> StreamAnalysis {
-    let ring = Ring::new(range);
-    let offsets: Vec<u32> = ports.iter().filter_map(|&p| ring.offset(p)).collect();
-    let n = offsets.len();
-    let st = step_stats(&offsets, &ring);
-    let (hits, predictions) = predictor(&offsets, &ring);
-    let (seq_like, tests) = stream_tests(&offsets, &st, (hits, predictions), &ring);
-    let (pattern, reason) = stream_verdict(n, seq_like, &tests, &st, &ring);
-    StreamAnalysis {
-        pattern,
-        counter_scope: (pattern == Pattern::Sequential).then_some(CounterScope::Undetermined),
-        local_pattern: pattern,
-        samples: n,
-        out_of_range: ports.len() - n,
-        predictability: share(hits, predictions),
-        median_step: st.median,
-        mode_step: st.mode,
-        share_small_steps: share(st.small, st.steps),
-        share_near_steps: share(st.near, st.steps),
-        parity: Parity {
-            even_ports: share(st.even_ports, n),
-            even_steps: share(st.even_steps, st.steps),
-        },
-        skips: st.skips,
-        near_max: ring.near_max(),
-        tests,
-        reason,
+    let mut c = Classifier::new(range);
+    for &p in ports {
+        c.push(p);
+    }
+    c.finish()
+}
+
+/// [`classify`] fed one port at a time, in time order. Memory grows with the number of
+/// distinct steps (at most the range size), not with the number of ports.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    ring: Ring,
+    samples: usize,
+    out_of_range: usize,
+    first: Option<u32>,
+    /// From the second in-range port on: most streams of a busy host see one port only.
+    more: Option<Box<Tally>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    steps: Steps,
+    uniformity: Uniformity,
+}
+
+impl Tally {
+    fn push(&mut self, offset: u32, ring: &Ring) {
+        self.steps.push(offset, ring);
+        self.uniformity.push(offset, ring);
+    }
+}
+
+impl Classifier {
+    pub fn new(range: PortRange) -> Self {
+        Classifier {
+            ring: Ring::new(range),
+            samples: 0,
+            out_of_range: 0,
+            first: None,
+            more: None,
+        }
+    }
+
+    /// Adds the next port; returns its offset in the range, `None` when it lies outside.
+    pub fn push(&mut self, port: u16) -> Option<u32> {
+        let Some(o) = self.ring.offset(port) else {
+            self.out_of_range += 1;
+            return None;
+        };
+        self.samples += 1;
+        match (&mut self.more, self.first) {
+            (Some(t), _) => t.push(o, &self.ring),
+            (None, None) => self.first = Some(o),
+            (None, Some(f)) => {
+                let mut t = Box::<Tally>::default();
+                t.push(f, &self.ring);
+                t.push(o, &self.ring);
+                self.more = Some(t);
+            }
+        }
+        Some(o)
+    }
+
+    /// Entries held for the steps and the uniformity test.
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        self.more
+            .as_ref()
+            .map_or(0, |t| t.steps.footprint() + t.uniformity.footprint())
+    }
+
+    /// In-range ports so far.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// Every port so far, in range or not.
+    pub fn ports(&self) -> usize {
+        self.samples + self.out_of_range
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// The verdict on the ports so far.
+    pub fn finish(&self) -> StreamAnalysis {
+        let ring = &self.ring;
+        let one;
+        let tally = match (&self.more, self.first) {
+            (Some(t), _) => &**t,
+            (None, first) => {
+                let mut t = Tally::default();
+                if let Some(f) = first {
+                    t.push(f, ring);
+                }
+                one = t;
+                &one
+            }
+        };
+        let n = self.samples;
+        let st = tally.steps.stats();
+        let (hits, predictions) = tally.steps.predictor();
+        let chi = tally.uniformity.test(ring);
+        let (seq_like, tests) = stream_tests(chi, &st, (hits, predictions), ring);
+        let (pattern, reason) = stream_verdict(n, seq_like, &tests, &st, ring);
+        StreamAnalysis {
+            pattern,
+            counter_scope: (pattern == Pattern::Sequential).then_some(CounterScope::Undetermined),
+            local_pattern: pattern,
+            samples: n,
+            out_of_range: self.out_of_range,
+            predictability: share(hits, predictions),
+            median_step: st.median,
+            mode_step: st.mode,
+            share_small_steps: share(st.small, st.steps),
+            share_near_steps: share(st.near, st.steps),
+            parity: Parity {
+                even_ports: share(st.even_ports, n),
+                even_steps: share(st.even_steps, st.steps),
+            },
+            skips: st.skips,
+            near_max: ring.near_max(),
+            tests,
+            reason,
+        }
     }
 }
 
 /// Runs the four structure tests; returns (sequential-like by the near test, p-values).
 fn stream_tests(
-    offsets: &[u32],
+    chi: Option<ChiSquare>,
     st: &StepStats,
     (hits, predictions): (usize, usize),
     ring: &Ring,
@@ -340,7 +442,6 @@ fn stream_tests(
     let (seq_like, near_p) = near_test(st.near, st.steps, ring, SEQ_MIN_SHARE_NEAR);
     let predictor_p =
         (predictions > 0).then(|| binomial_upper_tail(hits, predictions, ring.predictor_chance()));
-    let chi = chi_square_uniform(offsets, ring);
     let forward_p = (st.steps > 0).then(|| binomial_upper_tail(st.forward, st.steps, 0.5));
     let tests = StreamTests {
         near_steps_p: near_p,
@@ -503,20 +604,118 @@ pub struct GlobalAnalysis {
     pub reason: String,
 }
 
-/// Classifies the sequence across destinations; see the module docs.
-/// `samples` may be in any order; they are sorted by `ts_ns` (stable).
-pub fn classify_global(samples: &[Sample], range: PortRange) -> GlobalAnalysis {
-    let global = GlobalSequence::new(samples, range);
-    let sequence = global.classify_whole(range);
-    let cross = global.cross_steps();
-    let streams = global.stream_verdicts(range);
-    let counter = global.counter_test(&streams.sequential_positions);
-    let verdict = decide_global(&global, sequence.local_pattern, &cross, &streams, &counter);
+/// The time-ordered sequence across streams (see the module docs), fed one sample at a time:
+/// the whole sequence classified as one stream, and the steps between different streams.
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    whole: Classifier,
+    last: Option<(StreamKey, u32)>,
+    cross: usize,
+    cross_near: usize,
+}
+
+impl Sequence {
+    pub fn new(range: PortRange) -> Self {
+        Sequence {
+            whole: Classifier::new(range),
+            last: None,
+            cross: 0,
+            cross_near: 0,
+        }
+    }
+
+    /// Adds the next sample; returns its position among the in-range samples (the gaps of the
+    /// shared-counter test count these), `None` when its port lies outside the range.
+    pub fn push(&mut self, key: &StreamKey, port: u16) -> Option<usize> {
+        let position = self.whole.samples();
+        let o = self.whole.push(port)?;
+        let ring = self.whole.ring;
+        if let Some((k, prev)) = &self.last
+            && k != key
+        {
+            let s = ring.step(*prev, o);
+            self.cross += 1;
+            self.cross_near += usize::from(s > 0 && s <= ring.near_max());
+        }
+        self.last = Some((key.clone(), o));
+        Some(position)
+    }
+}
+
+/// One stream's part in the global verdict: its own classifier, and the (gap, step) pairs of
+/// its consecutive in-range samples (at most [`MAX_PAIRS_PER_STREAM`]).
+#[derive(Debug, Clone)]
+pub struct StreamTrack {
+    classifier: Classifier,
+    last: Option<(usize, u32)>,
+    pairs: Vec<(u32, u32)>,
+}
+
+impl StreamTrack {
+    pub fn new(range: PortRange) -> Self {
+        StreamTrack {
+            classifier: Classifier::new(range),
+            last: None,
+            pairs: Vec::new(),
+        }
+    }
+
+    /// Adds the stream's next port, at `position` in its [`Sequence`] (`None` when it is not
+    /// part of one, or out of range).
+    pub fn push(&mut self, port: u16, position: Option<usize>) {
+        let offset = self.classifier.push(port);
+        let (Some(o), Some(pos)) = (offset, position) else {
+            return;
+        };
+        let ring = self.classifier.ring;
+        if let Some((p0, o0)) = self.last.replace((pos, o)) {
+            let s = ring.step(o0, o);
+            if s > 0 && s <= counter_max_step(&ring) && self.pairs.len() < MAX_PAIRS_PER_STREAM {
+                // A gap beyond u32 says as much as u32::MAX.
+                self.pairs
+                    .push((u32::try_from(pos - p0).unwrap_or(u32::MAX), s));
+            }
+        }
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    /// Entries held: the classifier's and the pairs.
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        self.classifier.footprint() + self.pairs.len()
+    }
+}
+
+/// The global verdict from a fed [`Sequence`] and the tracks of its streams, in key order.
+pub fn global_verdict<T: std::borrow::Borrow<StreamTrack>>(
+    seq: &Sequence,
+    tracks: impl IntoIterator<Item = T>,
+) -> GlobalAnalysis {
+    let ring = seq.whole.ring;
+    let sequence = seq.whole.finish();
+    let (cross_sequential, near_p) =
+        near_test(seq.cross_near, seq.cross, &ring, SINGLE_MIN_SHARE_NEAR);
+    let cross = CrossSteps {
+        count: seq.cross,
+        near: seq.cross_near,
+        sequential: cross_sequential,
+        near_p,
+    };
+    let streams = stream_verdicts(tracks);
+    let counter = counter_test(&streams.pairs);
+    let shape = Shape {
+        samples: seq.whole.samples(),
+        destinations: streams.destinations,
+    };
+    let verdict = decide_global(&shape, sequence.local_pattern, &cross, &streams, &counter);
     GlobalAnalysis {
         pattern: verdict.pattern,
         counter_scope: verdict.counter_scope,
-        samples: global.samples.len(),
-        destinations: global.by_key.len(),
+        samples: shape.samples,
+        destinations: shape.destinations,
         sequence,
         cross_steps: cross.count,
         cross_share_near: share(cross.near, cross.count),
@@ -534,14 +733,10 @@ pub fn classify_global(samples: &[Sample], range: PortRange) -> GlobalAnalysis {
     }
 }
 
-/// The global sequence in time order, and where each stream's samples sit in it.
-struct GlobalSequence<'a> {
-    ring: Ring,
-    samples: Vec<&'a Sample>,
-    /// Global positions of each stream's samples.
-    by_key: BTreeMap<&'a StreamKey, Vec<usize>>,
-    /// Samples dropped for being outside the usable range.
-    out_of_range: usize,
+/// How many in-range samples the global sequence has, over how many streams.
+struct Shape {
+    samples: usize,
+    destinations: usize,
 }
 
 /// Steps between consecutive samples of different streams.
@@ -554,14 +749,15 @@ struct CrossSteps {
 }
 
 /// Own verdicts of the streams (see [`classify`]), and the samples behind them.
-struct StreamCounts<'g> {
+struct StreamCounts {
+    destinations: usize,
     sequential: usize,
     random: usize,
     undecided: usize,
     sequential_samples: usize,
     random_samples: usize,
-    /// Global positions of each sequential-like stream's samples.
-    sequential_positions: Vec<&'g [usize]>,
+    /// (gap, step) pairs of the sequential-like streams, in key order.
+    pairs: Vec<(u32, u32)>,
 }
 
 /// Result of the shared-counter test (gap/step correlation).
@@ -594,146 +790,79 @@ impl Verdict {
     }
 }
 
-impl<'a> GlobalSequence<'a> {
-    /// Keeps in-range connects (all samples if none has a destination), stably sorted by time.
-    fn new(samples: &'a [Sample], range: PortRange) -> Self {
-        let ring = Ring::new(range);
-        let any_dest = samples.iter().any(|s| s.key.has_destination());
-        let kept: Vec<&Sample> = samples
-            .iter()
-            .filter(|s| !any_dest || s.key.has_destination())
-            .collect();
-        let mut seq: Vec<&Sample> = kept
-            .iter()
-            .copied()
-            .filter(|s| ring.offset(s.port).is_some())
-            .collect();
-        seq.sort_by_key(|s| s.ts_ns);
-        let mut by_key: BTreeMap<&StreamKey, Vec<usize>> = BTreeMap::new();
-        for (i, s) in seq.iter().enumerate() {
-            by_key.entry(&s.key).or_default().push(i);
+/// Classifies each stream that has in-range samples alone; keeps the (gap, step) pairs of the
+/// sequential-like ones for the scope test.
+fn stream_verdicts<T: std::borrow::Borrow<StreamTrack>>(
+    tracks: impl IntoIterator<Item = T>,
+) -> StreamCounts {
+    let mut counts = StreamCounts {
+        destinations: 0,
+        sequential: 0,
+        random: 0,
+        undecided: 0,
+        sequential_samples: 0,
+        random_samples: 0,
+        pairs: Vec::new(),
+    };
+    for t in tracks {
+        let t = t.borrow();
+        let n = t.classifier.samples();
+        if n == 0 {
+            continue;
         }
-        GlobalSequence {
-            ring,
-            out_of_range: kept.len() - seq.len(),
-            samples: seq,
-            by_key,
-        }
-    }
-
-    /// Offset in the ring of the sample at global position `i`.
-    fn offset(&self, i: usize) -> u32 {
-        self.ring.offset(self.samples[i].port).unwrap_or(0)
-    }
-
-    /// Classifies the whole sequence as one stream, counting the out-of-range samples dropped.
-    fn classify_whole(&self, range: PortRange) -> StreamAnalysis {
-        let ports: Vec<u16> = self.samples.iter().map(|s| s.port).collect();
-        let mut sequence = classify(&ports, range);
-        sequence.out_of_range = self.out_of_range;
-        sequence
-    }
-
-    /// Tests cross-stream steps for one counter without per-destination offset (nearly all near).
-    fn cross_steps(&self) -> CrossSteps {
-        let cross: Vec<u32> = (1..self.samples.len())
-            .filter(|&i| self.samples[i].key != self.samples[i - 1].key)
-            .map(|i| self.ring.step(self.offset(i - 1), self.offset(i)))
-            .collect();
-        let near = cross
-            .iter()
-            .filter(|&&s| s > 0 && s <= self.ring.near_max())
-            .count();
-        let (sequential, near_p) = near_test(near, cross.len(), &self.ring, SINGLE_MIN_SHARE_NEAR);
-        CrossSteps {
-            count: cross.len(),
-            near,
-            sequential,
-            near_p,
-        }
-    }
-
-    /// Classifies each stream alone; keeps sequential-like ones for the scope test.
-    fn stream_verdicts(&self, range: PortRange) -> StreamCounts<'_> {
-        let mut counts = StreamCounts {
-            sequential: 0,
-            random: 0,
-            undecided: 0,
-            sequential_samples: 0,
-            random_samples: 0,
-            sequential_positions: Vec::new(),
-        };
-        for positions in self.by_key.values() {
-            let p: Vec<u16> = positions.iter().map(|&i| self.samples[i].port).collect();
-            match classify(&p, range).local_pattern {
-                Pattern::Sequential => {
-                    counts.sequential += 1;
-                    counts.sequential_samples += positions.len();
-                    counts.sequential_positions.push(positions);
-                }
-                Pattern::Random => {
-                    counts.random += 1;
-                    counts.random_samples += positions.len();
-                }
-                _ if positions.len() >= MIN_SAMPLES => counts.undecided += 1,
-                _ => {}
+        counts.destinations += 1;
+        match t.classifier.finish().local_pattern {
+            Pattern::Sequential => {
+                counts.sequential += 1;
+                counts.sequential_samples += n;
+                counts.pairs.extend_from_slice(&t.pairs);
             }
-        }
-        counts
-    }
-
-    /// (gap, step) pairs of forward steps up to [`counter_max_step`], which keeps re-salts rare.
-    fn counter_pairs(&self, streams: &[&[usize]]) -> (Vec<f64>, Vec<f64>) {
-        let (mut gaps, mut steps) = (Vec::new(), Vec::new());
-        for positions in streams {
-            for w in positions.windows(2) {
-                let s = self.ring.step(self.offset(w[0]), self.offset(w[1]));
-                if s > 0 && s <= counter_max_step(&self.ring) {
-                    gaps.push((w[1] - w[0]) as f64);
-                    steps.push(f64::from(s));
-                }
+            Pattern::Random => {
+                counts.random += 1;
+                counts.random_samples += n;
             }
+            _ if n >= MIN_SAMPLES => counts.undecided += 1,
+            _ => {}
         }
-        (gaps, steps)
     }
+    counts
+}
 
-    /// Correlates gap with step (a shared counter's steps grow with the gap); constant steps: 0.
-    fn counter_test(&self, streams: &[&[usize]]) -> CounterTest {
-        let (gaps, steps) = self.counter_pairs(streams);
-        let pairs = gaps.len();
-        let gaps_vary = gaps.iter().any(|&g| g != gaps[0]);
-        let steps_vary = steps.iter().any(|&s| s != steps[0]);
-        let rho = if pairs >= 3 && gaps_vary {
-            if steps_vary {
-                spearman(&gaps, &steps)
-            } else {
-                Some(0.0)
-            }
+/// Correlates gap with step (a shared counter's steps grow with the gap); constant steps: 0.
+fn counter_test(pairs: &[(u32, u32)]) -> CounterTest {
+    let n = pairs.len();
+    let gaps_vary = pairs.iter().any(|p| p.0 != pairs[0].0);
+    let steps_vary = pairs.iter().any(|p| p.1 != pairs[0].1);
+    let rho = if n >= 3 && gaps_vary {
+        if steps_vary {
+            spearman_pairs(pairs)
         } else {
-            None
-        };
-        CounterTest {
-            pairs,
-            rho,
-            p: rho.map(|r| correlation_p_value(r, pairs)),
-            rho_upper: rho.map(|r| spearman_upper_bound(r, pairs)),
+            Some(0.0)
         }
+    } else {
+        None
+    };
+    CounterTest {
+        pairs: n,
+        rho,
+        p: rho.map(|r| correlation_p_value(r, n)),
+        rho_upper: rho.map(|r| spearman_upper_bound(r, n)),
     }
 }
 
 /// The module docs' steps in order: single counter, stream mix, counter scope.
 fn decide_global(
-    global: &GlobalSequence,
+    shape: &Shape,
     sequence: Pattern,
     cross: &CrossSteps,
     streams: &StreamCounts,
     counter: &CounterTest,
 ) -> Verdict {
-    let destinations = global.by_key.len();
-    if global.samples.len() < 3 {
+    let destinations = shape.destinations;
+    if shape.samples < 3 {
         return Verdict::new(
             Pattern::InsufficientData,
-            format!("{} samples, need at least 3", global.samples.len()),
+            format!("{} samples, need at least 3", shape.samples),
         );
     }
     if destinations >= 2 && cross.count >= MIN_CROSS_STEPS && cross.sequential {
@@ -933,6 +1062,32 @@ mod tests {
         assert_eq!(a.samples, 0);
         assert_eq!(a.out_of_range, 9);
         assert_eq!(a.pattern, Pattern::InsufficientData);
+    }
+
+    /// Issue 10: a stream's state does not grow with its ports. A per-destination counter
+    /// (steps 2..=16) holds the same after ten thousand ports as after a million; a random
+    /// stream at most one entry per possible step.
+    #[test]
+    fn state_per_stream_is_bounded() {
+        let ring = Ring::new(DEFAULT);
+        let mut counter = StreamTrack::new(DEFAULT);
+        let mut random = Classifier::new(DEFAULT);
+        let (mut offset, mut x) = (0u32, 1u64);
+        let mut seen = Vec::new();
+        for i in 0..1_000_000u32 {
+            offset = (offset + 2 + 2 * (i % 8)) % ring.size;
+            counter.push(ring.low + offset as u16, Some(i as usize));
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            random.push(ring.low + ((x >> 33) % u64::from(ring.size)) as u16);
+            if i == 9_999 || i == 999_999 {
+                seen.push(counter.footprint());
+            }
+        }
+        assert_eq!(seen[0], seen[1], "{seen:?}");
+        assert!(seen[1] <= 8 + 64 + MAX_PAIRS_PER_STREAM, "{seen:?}");
+        assert!(random.footprint() <= ring.size as usize + 64);
+        assert_eq!(counter.classifier().finish().pattern, Pattern::Sequential);
+        assert_eq!(random.finish().pattern, Pattern::Random);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! `0..size`.
 
 use statrs::distribution::{Binomial, ChiSquared, ContinuousCDF, DiscreteCDF, StudentsT};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Steps with `0 < step <= SMALL_STEP` are "small" (Linux >= 5.18 connect()
 /// steps by 2..=16 within one destination and one 10 s window).
@@ -105,55 +105,242 @@ pub struct StepStats {
     pub even_steps: usize,
 }
 
-/// Computes [`StepStats`] for offsets in time order.
-pub fn step_stats(offsets: &[u32], ring: &Ring) -> StepStats {
-    let steps: Vec<u32> = offsets.windows(2).map(|w| ring.step(w[0], w[1])).collect();
-    let near_max = ring.near_max();
-    let mut sorted = steps.clone();
-    sorted.sort_unstable();
-    let median = (!sorted.is_empty()).then(|| sorted[(sorted.len() - 1) / 2]);
-    let mut counts: HashMap<u32, usize> = HashMap::new();
-    for &s in &steps {
-        *counts.entry(s).or_default() += 1;
+/// Step statistics and the online predictor of one sequence of offsets, fed one offset at a
+/// time: what [`step_stats`] and [`predictor`] compute from a slice. Memory grows with the
+/// number of *distinct* steps (at most the range size), not with the number of offsets.
+#[derive(Debug, Clone, Default)]
+pub struct Steps {
+    last: Option<u32>,
+    offsets: usize,
+    even_ports: usize,
+    small: usize,
+    near: usize,
+    skips: usize,
+    forward: usize,
+    even_steps: usize,
+    /// Per forward step seen: how often it occurred (the median, the mode) and its score as
+    /// the predictor's candidate (past steps within [`PREDICT_WINDOW`] of it).
+    steps: StepTable,
+    best: Option<(u32, usize)>,
+    hits: usize,
+    predictions: usize,
+}
+
+impl Steps {
+    /// Adds the next offset (in time order).
+    pub fn push(&mut self, offset: u32, ring: &Ring) {
+        self.offsets += 1;
+        if (offset + u32::from(ring.low)).is_multiple_of(2) {
+            self.even_ports += 1;
+        }
+        let Some(prev) = self.last.replace(offset) else {
+            return;
+        };
+        if let Some((m, _)) = self.best {
+            self.predictions += 1;
+            let guess = (prev + m) % ring.size;
+            if ring.distance(guess, offset) <= PREDICT_WINDOW {
+                self.hits += 1;
+            }
+        }
+        let step = ring.step(prev, offset);
+        let near_max = ring.near_max();
+        self.small += usize::from(step > 0 && step <= SMALL_STEP);
+        self.near += usize::from(step > 0 && step <= near_max);
+        self.skips += usize::from(step > SMALL_STEP && step <= near_max);
+        self.forward += usize::from(step > 0 && 2 * step < ring.size);
+        self.even_steps += usize::from(step.is_multiple_of(2));
+        self.score(step, ring);
     }
-    let mode = counts
-        .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-        .map(|(&s, _)| s);
-    StepStats {
-        steps: steps.len(),
-        median,
-        mode,
-        small: steps.iter().filter(|&&s| s > 0 && s <= SMALL_STEP).count(),
-        near: steps.iter().filter(|&&s| s > 0 && s <= near_max).count(),
-        forward: steps
-            .iter()
-            .filter(|&&s| s > 0 && 2 * s < ring.size)
-            .count(),
-        skips: steps
-            .iter()
-            .filter(|&&s| s > SMALL_STEP && s <= near_max)
-            .count(),
-        even_ports: offsets
-            .iter()
-            .filter(|&&o| (o + u32::from(ring.low)) % 2 == 0)
-            .count(),
-        even_steps: steps.iter().filter(|&&s| s % 2 == 0).count(),
+
+    /// The predictor's bookkeeping for one new step (see [`predictor`]): a new candidate
+    /// counts every past step near it (itself included), existing candidates near the step
+    /// gain one; the best is the first to reach the highest score.
+    fn score(&mut self, step: u32, ring: &Ring) {
+        let window = ring_window(step, PREDICT_WINDOW, ring.size);
+        let ranges = &window.0[..window.1];
+        let new = self.steps.count_one(step, ring);
+        if new {
+            let score = ranges
+                .iter()
+                .map(|&(lo, hi)| self.steps.sum_counts(lo, hi))
+                .sum();
+            self.steps.set_score(step, score);
+            if self.best.is_none_or(|(_, b)| score > b) {
+                self.best = Some((step, score));
+            }
+        }
+        let best = &mut self.best;
+        for &(lo, hi) in ranges {
+            self.steps.each_mut(lo, hi, |s, c| {
+                if s != step || !new {
+                    c.score += 1;
+                    if best.is_none_or(|(_, b)| c.score > b) {
+                        *best = Some((s, c.score));
+                    }
+                }
+            });
+        }
+    }
+
+    /// The statistics of the offsets so far.
+    pub fn stats(&self) -> StepStats {
+        let steps = self.offsets.saturating_sub(1);
+        // Lower median: the step at sorted position (steps - 1) / 2.
+        let mut below = (steps.saturating_sub(1) / 2) as isize;
+        let median = self.steps.iter().find_map(|(s, c)| {
+            below -= c.count as isize;
+            (below < 0).then_some(s)
+        });
+        // Most common; ties go to the smallest step.
+        let mut mode: Option<(u32, usize)> = None;
+        for (s, c) in self.steps.iter() {
+            if mode.is_none_or(|(_, m)| c.count > m) {
+                mode = Some((s, c.count));
+            }
+        }
+        StepStats {
+            steps,
+            median,
+            mode: mode.map(|(s, _)| s),
+            small: self.small,
+            near: self.near,
+            skips: self.skips,
+            forward: self.forward,
+            even_ports: self.even_ports,
+            even_steps: self.even_steps,
+        }
+    }
+
+    /// Entries held: one per distinct step (at most the range size).
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        match &self.steps {
+            StepTable::Sparse(m) => m.len(),
+            StepTable::Dense(v) => v.len(),
+        }
+    }
+
+    /// The predictor's `(hits, predictions)` so far.
+    pub fn predictor(&self) -> (usize, usize) {
+        (self.hits, self.predictions)
     }
 }
 
+#[derive(Debug, Clone, Copy, Default)]
+struct Candidate {
+    count: usize,
+    score: usize,
+}
+
+/// The steps seen, sparse while few and dense (one slot per possible step) once more than half
+/// the range: a random stream ends up with every step, and the slots are then both smaller and
+/// faster than a tree.
+#[derive(Debug, Clone)]
+enum StepTable {
+    Sparse(BTreeMap<u32, Candidate>),
+    /// Indexed by step; a step not seen has count 0.
+    Dense(Vec<Candidate>),
+}
+
+impl Default for StepTable {
+    fn default() -> Self {
+        StepTable::Sparse(BTreeMap::new())
+    }
+}
+
+impl StepTable {
+    /// Counts one more `step`; true when it is new.
+    fn count_one(&mut self, step: u32, ring: &Ring) -> bool {
+        match self {
+            StepTable::Sparse(m) => {
+                let c = m.entry(step).or_default();
+                c.count += 1;
+                let new = c.count == 1;
+                if m.len() > ring.size as usize / 2 {
+                    let mut dense = vec![Candidate::default(); ring.size as usize];
+                    for (&s, &c) in m.iter() {
+                        dense[s as usize] = c;
+                    }
+                    *self = StepTable::Dense(dense);
+                }
+                new
+            }
+            StepTable::Dense(v) => {
+                let c = &mut v[step as usize];
+                c.count += 1;
+                c.count == 1
+            }
+        }
+    }
+
+    fn set_score(&mut self, step: u32, score: usize) {
+        match self {
+            StepTable::Sparse(m) => {
+                if let Some(c) = m.get_mut(&step) {
+                    c.score = score;
+                }
+            }
+            StepTable::Dense(v) => v[step as usize].score = score,
+        }
+    }
+
+    /// Steps counted in `lo..=hi`.
+    fn sum_counts(&self, lo: u32, hi: u32) -> usize {
+        match self {
+            StepTable::Sparse(m) => m.range(lo..=hi).map(|(_, c)| c.count).sum(),
+            StepTable::Dense(v) => v[lo as usize..=hi as usize].iter().map(|c| c.count).sum(),
+        }
+    }
+
+    /// Every step seen in `lo..=hi`, in order.
+    fn each_mut(&mut self, lo: u32, hi: u32, mut f: impl FnMut(u32, &mut Candidate)) {
+        match self {
+            StepTable::Sparse(m) => {
+                for (&s, c) in m.range_mut(lo..=hi) {
+                    f(s, c);
+                }
+            }
+            StepTable::Dense(v) => {
+                for (s, c) in (lo..=hi).zip(&mut v[lo as usize..=hi as usize]) {
+                    if c.count > 0 {
+                        f(s, c);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every step seen, in order.
+    fn iter(&self) -> Box<dyn Iterator<Item = (u32, &Candidate)> + '_> {
+        match self {
+            StepTable::Sparse(m) => Box::new(m.iter().map(|(&s, c)| (s, c))),
+            StepTable::Dense(v) => Box::new((0u32..).zip(v.iter()).filter(|(_, c)| c.count > 0)),
+        }
+    }
+}
+
+/// Computes [`StepStats`] for offsets in time order.
+pub fn step_stats(offsets: &[u32], ring: &Ring) -> StepStats {
+    let mut s = Steps::default();
+    for &o in offsets {
+        s.push(o, ring);
+    }
+    s.stats()
+}
+
 /// Inclusive, non-wrapping ranges of offsets within `w` of `c` on a ring of
-/// `size` positions.
-fn ring_window(c: u32, w: u32, size: u32) -> Vec<(u32, u32)> {
+/// `size` positions: one or two, and how many.
+fn ring_window(c: u32, w: u32, size: u32) -> ([(u32, u32); 2], usize) {
     if 2 * w + 1 >= size {
-        return vec![(0, size - 1)];
+        return ([(0, size - 1), (0, 0)], 1);
     }
     let lo = (c + size - w) % size;
     let hi = (c + w) % size;
     if lo <= hi {
-        vec![(lo, hi)]
+        ([(lo, hi), (0, 0)], 1)
     } else {
-        vec![(lo, size - 1), (0, hi)]
+        ([(lo, size - 1), (0, hi)], 2)
     }
 }
 
@@ -174,51 +361,11 @@ fn ring_window(c: u32, w: u32, size: u32) -> Vec<(u32, u32)> {
 /// covers all of them, where the exact mode would be an arbitrary one of the
 /// eight values.
 pub fn predictor(offsets: &[u32], ring: &Ring) -> (usize, usize) {
-    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
-    let mut scores: HashMap<u32, usize> = HashMap::new();
-    let mut best: Option<(u32, usize)> = None;
-    let (mut hits, mut predictions) = (0, 0);
-    for w in offsets.windows(2) {
-        if let Some((m, _)) = best {
-            predictions += 1;
-            let guess = (w[0] + m) % ring.size;
-            if ring.distance(guess, w[1]) <= PREDICT_WINDOW {
-                hits += 1;
-            }
-        }
-        let step = ring.step(w[0], w[1]);
-        let window = ring_window(step, PREDICT_WINDOW, ring.size);
-        *counts.entry(step).or_default() += 1;
-        let mut changed: Vec<u32> = Vec::new();
-        if let std::collections::hash_map::Entry::Vacant(e) = scores.entry(step) {
-            // New candidate: count every past step (this one included) near it.
-            e.insert(
-                window
-                    .iter()
-                    .map(|&(lo, hi)| counts.range(lo..=hi).map(|(_, n)| n).sum::<usize>())
-                    .sum(),
-            );
-            changed.push(step);
-        }
-        // Existing candidates near this step gain one.
-        for &(lo, hi) in &window {
-            for (&c, _) in counts.range(lo..=hi) {
-                if c != step || !changed.contains(&step) {
-                    *scores
-                        .get_mut(&c)
-                        .expect("every counted step is a candidate") += 1;
-                    changed.push(c);
-                }
-            }
-        }
-        for c in changed {
-            let sc = scores[&c];
-            if best.is_none_or(|(_, b)| sc > b) {
-                best = Some((c, sc));
-            }
-        }
+    let mut s = Steps::default();
+    for &o in offsets {
+        s.push(o, ring);
     }
-    (hits, predictions)
+    s.predictor()
 }
 
 /// `P(X >= k)` for `X ~ Binomial(n, p)`: the one-sided p-value of seeing at
@@ -256,19 +403,35 @@ pub const MIN_EXPECTED_PER_BIN: usize = 5;
 /// 5 samples); `None` when that gives fewer than 2 bins (fewer than 10
 /// samples), i.e. when the test cannot be run.
 pub fn chi_square_uniform(offsets: &[u32], ring: &Ring) -> Option<ChiSquare> {
-    let n = offsets.len();
-    let bins = MAX_BINS
+    let bins = bins_for(offsets.len(), ring);
+    if bins < 2 {
+        return None;
+    }
+    let mut observed = vec![0usize; bins];
+    for &o in offsets {
+        observed[bin_of(o, bins, ring)] += 1;
+    }
+    chi_square_counts(&observed, offsets.len(), ring)
+}
+
+/// The number of bins the uniformity test uses for `n` samples.
+fn bins_for(n: usize, ring: &Ring) -> usize {
+    MAX_BINS
         .min(n / MIN_EXPECTED_PER_BIN)
-        .min(ring.size as usize);
+        .min(ring.size as usize)
+}
+
+fn bin_of(o: u32, bins: usize, ring: &Ring) -> usize {
+    (u64::from(o) * bins as u64 / u64::from(ring.size)) as usize
+}
+
+/// The chi-square test from the counts of `n` samples in equal-width bins.
+fn chi_square_counts(observed: &[usize], n: usize, ring: &Ring) -> Option<ChiSquare> {
+    let bins = observed.len();
     if bins < 2 {
         return None;
     }
     let size = u64::from(ring.size);
-    let bin_of = |o: u32| (u64::from(o) * bins as u64 / size) as usize;
-    let mut observed = vec![0usize; bins];
-    for &o in offsets {
-        observed[bin_of(o)] += 1;
-    }
     // Width of bin b: offsets o with floor(o * bins / size) == b.
     let start = |b: u64| (b * size).div_ceil(bins as u64);
     let mut statistic = 0.0;
@@ -286,6 +449,56 @@ pub fn chi_square_uniform(offsets: &[u32], ring: &Ring) -> Option<ChiSquare> {
         df,
         p_value,
     })
+}
+
+/// The uniformity test's input, fed one offset at a time: the offsets themselves until there
+/// are enough for the final number of bins (`min(64, size)`, 5 samples each: 320 on most
+/// ranges), then only the bin counts. Gives what [`chi_square_uniform`] gives on all of them.
+#[derive(Debug, Clone, Default)]
+pub struct Uniformity {
+    n: usize,
+    /// Offsets fit in 16 bits (a range has at most 65,536 ports).
+    offsets: Vec<u16>,
+    /// Empty until the number of bins is final.
+    bins: Vec<usize>,
+}
+
+impl Uniformity {
+    pub fn push(&mut self, offset: u32, ring: &Ring) {
+        self.n += 1;
+        let last = MAX_BINS.min(ring.size as usize);
+        if last < 2 {
+            // A one-port range: the test never runs.
+            return;
+        }
+        if self.bins.is_empty() {
+            self.offsets.push(offset as u16);
+            if bins_for(self.n, ring) == last {
+                self.bins = vec![0; last];
+                for o in std::mem::take(&mut self.offsets) {
+                    self.bins[bin_of(u32::from(o), last, ring)] += 1;
+                }
+            }
+        } else {
+            let bins = self.bins.len();
+            self.bins[bin_of(offset, bins, ring)] += 1;
+        }
+    }
+
+    /// Offsets or bins held: at most `5 * 64`.
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        self.offsets.len() + self.bins.len()
+    }
+
+    pub fn test(&self, ring: &Ring) -> Option<ChiSquare> {
+        if self.bins.is_empty() {
+            let offsets: Vec<u32> = self.offsets.iter().map(|&o| u32::from(o)).collect();
+            chi_square_uniform(&offsets, ring)
+        } else {
+            chi_square_counts(&self.bins, self.n, ring)
+        }
+    }
 }
 
 /// Ranks with ties given their average rank (1-based).
@@ -335,6 +548,42 @@ pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
         return None;
     }
     pearson(&ranks(x), &ranks(y))
+}
+
+/// [`spearman`] of integer pairs: each rank is looked up in a sorted copy of its side rather
+/// than kept per pair (a third of the memory with a million pairs), for the same result to the
+/// bit: the same average ranks, summed in the same order.
+pub fn spearman_pairs(pairs: &[(u32, u32)]) -> Option<f64> {
+    let n = pairs.len();
+    if n < 3 {
+        return None;
+    }
+    let sorted = |side: fn(&(u32, u32)) -> u32| {
+        let mut v: Vec<u32> = pairs.iter().map(side).collect();
+        v.sort_unstable();
+        v
+    };
+    let (xs, ys) = (sorted(|p| p.0), sorted(|p| p.1));
+    // Ties share the average of their 1-based positions.
+    let rank = |s: &[u32], v: u32| {
+        let first = s.partition_point(|&x| x < v);
+        let last = s.partition_point(|&x| x <= v) - 1;
+        (first + last) as f64 / 2.0 + 1.0
+    };
+    let nf = n as f64;
+    let mx = pairs.iter().map(|p| rank(&xs, p.0)).sum::<f64>() / nf;
+    let my = pairs.iter().map(|p| rank(&ys, p.1)).sum::<f64>() / nf;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for p in pairs {
+        let (a, b) = (rank(&xs, p.0), rank(&ys, p.1));
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx).powi(2);
+        syy += (b - my).powi(2);
+    }
+    if sxx <= 0.0 || syy <= 0.0 {
+        return None;
+    }
+    Some((sxy / (sxx * syy).sqrt()).clamp(-1.0, 1.0))
 }
 
 /// One-sided p-value for `H0: rho = 0` against `rho > 0`, from the usual
@@ -436,6 +685,20 @@ mod tests {
         assert!(c.p_value > 0.99);
         let clustered: Vec<u32> = (0..100).collect();
         assert!(chi_square_uniform(&clustered, &r).unwrap().p_value < 1e-10);
+    }
+
+    #[test]
+    fn spearman_of_pairs_is_spearman() {
+        let pairs: Vec<(u32, u32)> = (0..500u32)
+            .map(|i| ((i * 7919) % 97 + 1, (i * 104_729) % 31 + (i % 5)))
+            .collect();
+        let (x, y): (Vec<f64>, Vec<f64>) = pairs
+            .iter()
+            .map(|&(a, b)| (f64::from(a), f64::from(b)))
+            .unzip();
+        assert_eq!(spearman_pairs(&pairs), spearman(&x, &y));
+        assert_eq!(spearman_pairs(&[(1, 1), (2, 2)]), None);
+        assert_eq!(spearman_pairs(&[(1, 1), (2, 1), (3, 1)]), None);
     }
 
     #[test]

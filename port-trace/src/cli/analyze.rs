@@ -1,7 +1,10 @@
-//! `port-trace analyze FILE`: the per-stream analysis of a recording, offline.
+//! `port-trace analyze FILE`: the per-stream analysis of a recording, offline. The recording is
+//! streamed (a first pass reads its namespace lines, unless --range makes them unnecessary):
+//! memory grows with the number of streams, not with the number of events.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{collections::HashMap, io::Write, path::PathBuf, process::ExitCode};
 
+use anyhow::Context;
 use clap::Args;
 
 use crate::{
@@ -10,8 +13,12 @@ use crate::{
         UsableRange,
         range::{parse_port_range, parse_reserved_ports},
     },
-    report,
-    sinks::{print::Format, record as recording},
+    report::{self, Summarizer},
+    sinks::{
+        print::Format,
+        record::{self as recording, Line},
+        reorder::{REORDER_EVENTS, Reorder},
+    },
 };
 
 #[derive(Debug, Args)]
@@ -30,26 +37,67 @@ pub struct AnalyzeArgs {
 }
 
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
-    let mut rec = recording::read(&args.file)?;
     let range = match &args.range {
         Some(r) => {
             let (low, high) = parse_port_range(&r.replace('-', " "))?;
             let reserved = parse_reserved_ports(args.reserved.as_deref().unwrap_or(""))?;
-            let range = UsableRange::new(low, high, reserved);
-            for ns in &mut rec.namespaces {
-                ns.range = Some(range.clone());
-            }
-            range
+            Some(UsableRange::new(low, high, reserved))
         }
-        None => UsableRange::new(DEFAULT_RANGE.0, DEFAULT_RANGE.1, vec![]),
+        None => None,
     };
-    if rec.events.is_empty() {
+    // Without --range the namespace lines, at the end, must be read first: a first pass.
+    let (ranges, connect_netns) = match &range {
+        Some(_) => (HashMap::new(), None),
+        None => {
+            let scan = recording::scan(&args.file)?;
+            (scan.ranges, scan.first_connect_netns)
+        }
+    };
+    let default = range
+        .clone()
+        .unwrap_or_else(|| UsableRange::new(DEFAULT_RANGE.0, DEFAULT_RANGE.1, vec![]));
+    let mut summarizer = Summarizer::new(ranges, default, connect_netns);
+    let mut namespaces = Vec::new();
+    let mut order = Reorder::new(REORDER_EVENTS);
+    // Parsing JSON is most of the work: one parser per core (at most 8); the summary itself
+    // needs less than one.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    for line in recording::Parsed::spawn(recording::open(&args.file)?, workers) {
+        match line? {
+            Line::Event(e) => {
+                if let Some(e) = order.push(e) {
+                    summarizer.push(&e);
+                }
+            }
+            Line::Netns(ns) => namespaces.push(*ns),
+        }
+    }
+    for e in order.drain() {
+        summarizer.push(&e);
+    }
+    summarizer.set_out_of_order(order.late());
+    if let Some(range) = &range {
+        for ns in &mut namespaces {
+            ns.range = Some(range.clone());
+        }
+    }
+    if summarizer.events() == 0 {
         anyhow::bail!("{} holds no events", args.file.display());
     }
-    let summary = report::summarize(&rec.events, &rec.namespaces, &range);
-    match args.format {
-        Format::Table => print!("{}", report::render_table(&summary)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+    let summary = summarizer.finish(namespaces);
+    // Written as it is made: with 100,000 streams the JSON text is larger than the summary.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = match args.format {
+        Format::Table => out.write_all(report::render_table(&summary).as_bytes()),
+        Format::Json => serde_json::to_writer_pretty(&mut out, &summary)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+    }
+    .and_then(|()| out.flush());
+    match written {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.context("cannot write the summary")?,
     }
     Ok(ExitCode::SUCCESS)
 }

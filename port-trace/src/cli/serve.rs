@@ -140,6 +140,8 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
         last_drain: Mutex::new(Instant::now()),
         stall_after: Duration::from_secs(10),
     });
+    // Loading the programs (BTF above all) freed more than the daemon keeps.
+    release_freed_memory();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(http::serve(listener, shared.clone(), async {
         let _ = stop_rx.await;
@@ -161,7 +163,10 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
                 if let Ok(input) = shared.agg.lock().map(|mut a| a.refresh_input(now)) {
                     refreshing = Some(tokio::task::spawn_blocking(move || {
                         let namespaces = snapshot_with_own(&input.newest_per_netns);
-                        exporter::compute(input, namespaces)
+                        let computed = exporter::compute(input, namespaces);
+                        // The socket tables and the analysis are gone by now.
+                        release_freed_memory();
+                        computed
                     }));
                 }
             }
@@ -190,6 +195,18 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
     eprintln!("port-trace: stopped");
     Ok(())
 }
+
+/// Hands the heap that the allocator keeps after frees back to the kernel: glibc returns only
+/// the top of each arena, so without this the daemon's RSS stays at its peak (after loading,
+/// 25 of its 40 MiB were freed heap).
+#[cfg(target_env = "gnu")]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim takes no pointer; it only walks the allocator's own free lists.
+    let _ = unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn release_freed_memory() {}
 
 /// SIGHUP: re-reads the configuration file; a bad one keeps the running configuration.
 fn reload(

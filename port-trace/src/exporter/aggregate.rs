@@ -1,12 +1,13 @@
 //! The aggregator: counters fed by every event, a bounded window of recent events for the
 //! refresh, and the gauges a refresh computed.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::{
     metrics::Metrics,
     refresh::{Computed, RefreshInput},
+    window::{Seen, Window},
 };
 use crate::{
     analysis::{DEFAULT_RANGE, StreamKey},
@@ -19,7 +20,7 @@ use crate::{
 const MAX_NO_COLLISION_STEP: u32 = 16;
 /// Bound on per-stream "last port" memory for step sizes, and on remembered chosen ports.
 const MAX_KEYS: usize = 65_536;
-/// Bound on destinations whose recent allocations are counted (~280 bytes each).
+/// Bound on destinations whose recent allocations are counted (~300 bytes each).
 const MAX_RATE_KEYS: usize = 16_384;
 
 /// Recent allocations per destination and per namespace, fed at ingest (so the rates do not
@@ -27,14 +28,15 @@ const MAX_RATE_KEYS: usize = 16_384;
 #[derive(Default)]
 struct Rates {
     /// TCP connect() per (netns, destination).
-    dest: HashMap<(u32, IpAddr, u16), Recent>,
+    dest: HashMap<(u32, IpAddr, u16), Box<Recent>>,
     /// Every TCP allocation per namespace (connect, bind, listen): the bind space.
-    tcp: HashMap<u32, Recent>,
+    tcp: HashMap<u32, Box<Recent>>,
     /// TCP bind()/listen() per namespace: is anything drawing from the bind space itself?
-    bind: HashMap<u32, Recent>,
+    bind: HashMap<u32, Box<Recent>>,
 }
 
-fn count<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Recent>, key: K, ts: u64) {
+/// Boxed: a table of 272-byte values doubles them in empty slots.
+fn count<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Box<Recent>>, key: K, ts: u64) {
     if map.len() >= MAX_RATE_KEYS && !map.contains_key(&key) {
         // Forget what has been idle for a minute; if that is not enough, start over.
         map.retain(|_, r| r.newest_ns() + CLOSE_WINDOW_NS >= ts);
@@ -42,7 +44,9 @@ fn count<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Recent>, key: K, ts: u64)
             map.clear();
         }
     }
-    map.entry(key).or_insert_with(|| Recent::new(ts)).add(ts);
+    map.entry(key)
+        .or_insert_with(|| Box::new(Recent::new(ts)))
+        .add(ts);
 }
 
 fn allocations(r: &Recent, now: u64) -> Allocations {
@@ -55,10 +59,15 @@ fn allocations(r: &Recent, now: u64) -> Allocations {
 /// Feeds events into counters and keeps the recent ones for pattern analysis.
 pub struct Aggregator {
     pub metrics: Metrics,
-    window: VecDeque<Event>,
-    window_cap: usize,
+    window: Window,
+    /// The newest event of each namespace (where to find a process inside it), pruned at each
+    /// refresh to the namespaces in the window.
+    newest: HashMap<u32, Event>,
     /// The previous port of each stream, for step sizes.
-    last_port: HashMap<StreamKey, u16>,
+    /// Keyed by a 64-bit fingerprint of the stream, a sixth of the key's size: two streams
+    /// sharing one (odds of 2^-64 per pair) would cost a step sample.
+    last_port: HashMap<u64, u16>,
+    fingerprint: foldhash::quality::RandomState,
     /// Range span per namespace, from the last refresh (steps wrap around the range).
     spans: HashMap<u32, u32>,
     lost_seen: u64,
@@ -79,9 +88,10 @@ impl Aggregator {
     pub fn new(window_cap: usize, top_destinations: usize) -> Self {
         Self {
             metrics: Metrics::new(),
-            window: VecDeque::new(),
-            window_cap: window_cap.max(1),
+            window: Window::new(window_cap),
+            newest: HashMap::new(),
             last_port: HashMap::new(),
+            fingerprint: foldhash::quality::RandomState::default(),
             spans: HashMap::new(),
             lost_seen: 0,
             unresolved_seen: 0,
@@ -93,10 +103,7 @@ impl Aggregator {
     }
 
     pub fn set_window(&mut self, cap: usize) {
-        self.window_cap = cap.max(1);
-        while self.window.len() > self.window_cap {
-            self.window.pop_front();
-        }
+        self.window.set_cap(cap);
     }
 
     pub fn ingest(&mut self, e: Event) {
@@ -129,10 +136,8 @@ impl Aggregator {
                 .observe(ns as f64 / 1e9);
         }
         m.last_event.set(e.ts_ns as f64 / 1e9);
-        if self.window.len() >= self.window_cap {
-            self.window.pop_front();
-        }
-        self.window.push_back(e);
+        self.window.push(Seen::of(&e));
+        self.newest.insert(e.netns, e);
         self.dirty = true;
     }
 
@@ -155,7 +160,7 @@ impl Aggregator {
 
     /// Step from the stream's previous port: the histogram, and skips of occupied ports.
     fn observe_step(&mut self, e: &Event) {
-        let key = StreamKey::of(e);
+        let key = std::hash::BuildHasher::hash_one(&self.fingerprint, StreamKey::of(e));
         if self.last_port.len() >= MAX_KEYS && !self.last_port.contains_key(&key) {
             self.last_port.clear();
         }
@@ -199,17 +204,16 @@ impl Aggregator {
     }
 
     /// What a refresh needs from the aggregator, taken under its lock (cheap): the event
-    /// window only when it changed since the last pattern analysis.
+    /// window, shared, only when it changed since the last pattern analysis.
     pub fn refresh_input(&mut self, now_ns: u64) -> RefreshInput {
-        let events = self.dirty.then(|| self.window.iter().cloned().collect());
+        let window = self.window.snapshot();
+        let in_window: HashSet<u32> = window.iter().map(|s| s.key.netns).collect();
+        self.newest.retain(|netns, _| in_window.contains(netns));
+        let events = self.dirty.then_some(window);
         self.dirty = false;
-        let mut newest: HashMap<u32, Event> = HashMap::new();
-        for e in self.window.iter().rev() {
-            newest.entry(e.netns).or_insert_with(|| e.clone());
-        }
         RefreshInput {
             events,
-            newest_per_netns: newest.into_values().collect(),
+            newest_per_netns: self.newest.values().cloned().collect(),
             dest_allocs: {
                 let mut m: HashMap<u32, HashMap<(IpAddr, u16), Allocations>> = HashMap::new();
                 for (&(netns, daddr, dport), r) in &self.rates.dest {
@@ -248,7 +252,7 @@ impl Aggregator {
 
     /// Compute and apply in one go (tests, small windows).
     pub fn refresh(&mut self, namespaces: &[NetnsState]) {
-        let now = self.window.back().map(|e| e.ts_ns).unwrap_or(0);
+        let now = self.window.newest_ns().unwrap_or(0);
         let input = self.refresh_input(now);
         let computed = super::refresh::compute(input, namespaces.to_vec());
         self.apply(&computed);

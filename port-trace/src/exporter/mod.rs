@@ -7,11 +7,13 @@
 //! * [`refresh`]: the periodic, off-the-event-loop computation of pressure, forecasts and
 //!   patterns.
 //! * [`http`]: the `/metrics` and `/healthz` endpoint.
+//! * [`window`]: the recent events a refresh analyses, shared with it rather than copied.
 
 pub mod aggregate;
 pub mod http;
 pub mod metrics;
 pub mod refresh;
+pub mod window;
 
 pub use aggregate::Aggregator;
 pub use metrics::Metrics;

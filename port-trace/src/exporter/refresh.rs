@@ -7,22 +7,22 @@ use std::{
     net::IpAddr,
 };
 
-use super::{aggregate::netns_label, metrics::Metrics};
+use super::{aggregate::netns_label, metrics::Metrics, window::Snapshot};
 use crate::{
-    analysis::{CounterScope, DEFAULT_RANGE, Pattern},
+    analysis::{CounterScope, DEFAULT_RANGE, Pattern, StreamAnalysis},
     event::{Event, Op, Proto},
     netns::NetnsState,
     pressure::{
         self, Allocations, DestForecast, Forecast, SockState, UsableRange, bind_forecast,
-        connect_forecasts, listener_hazards,
+        each_connect_forecast, forecast_order, listener_hazards,
     },
-    report,
+    report::Verdicts,
 };
 
 /// See [`super::Aggregator::refresh_input`].
 pub struct RefreshInput {
     /// The event window, when it changed since the last pattern analysis.
-    pub(super) events: Option<Vec<Event>>,
+    pub(super) events: Option<Snapshot>,
     /// One recent event per namespace: where to find a process inside it.
     pub newest_per_netns: Vec<Event>,
     /// Recent TCP connect() allocations per namespace and destination.
@@ -96,7 +96,7 @@ pub fn compute(input: RefreshInput, namespaces: Vec<NetnsState>) -> Computed {
         })
         .collect();
     let top = top_destinations(dests, input.top_destinations);
-    let patterns = input.events.map(|events| patterns(&events, &namespaces));
+    let patterns = input.events.map(|window| patterns(&window, &namespaces));
     Computed {
         netns_errors: namespaces.iter().filter(|n| n.note.is_some()).count() as u64,
         taken_ns: namespaces.iter().filter_map(|n| n.taken_ns).min(),
@@ -122,12 +122,23 @@ fn socket_gauges(
     let tcp = ns.tcp.unwrap_or_default();
     let empty = HashMap::new();
     let allocs = input.dest_allocs.get(&ns.netns).unwrap_or(&empty);
-    let per_dest = connect_forecasts(range, sockets, &tcp, allocs);
-    let pressure_max = per_dest
-        .iter()
-        .map(|d| pressure::ratio(d.in_use, d.usable))
-        .fold(0.0, f64::max);
-    dests.extend(per_dest.into_iter().map(|d| (ns.netns, d)));
+    // The namespace's most pressed destinations, at most `top_destinations` held at a time:
+    // the rest can never make the top (one `usable` per namespace, so this order agrees with
+    // [`top_destinations`]).
+    let keep = input.top_destinations.max(1);
+    let mut top: Vec<DestForecast> = Vec::new();
+    let mut pressure_max: f64 = 0.0;
+    each_connect_forecast(range, sockets, &tcp, allocs, |d| {
+        pressure_max = pressure_max.max(pressure::ratio(d.in_use, d.usable));
+        top.push(d);
+        if top.len() >= 2 * keep {
+            top.sort_by(forecast_order);
+            top.truncate(keep);
+        }
+    });
+    top.sort_by(forecast_order);
+    top.truncate(input.top_destinations);
+    dests.extend(top.into_iter().map(|d| (ns.netns, d)));
     let bind_forecast = input.bind_active.contains(&ns.netns).then(|| {
         let alloc = input.tcp_allocs.get(&ns.netns).copied().unwrap_or_default();
         bind_forecast(range, sockets, alloc)
@@ -157,55 +168,83 @@ fn top_destinations(mut dests: Vec<(u32, DestForecast)>, top: usize) -> Vec<TopD
         .collect()
 }
 
-/// Per namespace, protocol and operation: the verdict carrying the most samples, and the
-/// sample-weighted predictability.
-fn patterns(events: &[Event], namespaces: &[NetnsState]) -> Vec<PatternRow> {
-    let default = UsableRange::new(DEFAULT_RANGE.0, DEFAULT_RANGE.1, vec![]);
-    let summary = report::summarize(events, namespaces, &default);
-    let mut groups: BTreeMap<(u32, Proto, Op), Vec<&report::StreamSummary>> = BTreeMap::new();
-    for s in &summary.streams {
-        groups
-            .entry((s.key.netns, s.key.proto, s.key.op))
-            .or_default()
-            .push(s);
+/// One (namespace, protocol, operation)'s streams, folded one at a time.
+#[derive(Default)]
+struct Group {
+    /// Samples behind each decided pattern.
+    weight: BTreeMap<Pattern, usize>,
+    /// Samples behind each counter scope of the sequential streams.
+    scopes: BTreeMap<CounterScope, usize>,
+    /// Sample-weighted predictability: sum and weight.
+    predictability: (f64, usize),
+}
+
+impl Group {
+    fn add(&mut self, samples: usize, a: &StreamAnalysis) {
+        if a.pattern != Pattern::InsufficientData {
+            *self.weight.entry(a.pattern).or_default() += samples;
+        }
+        if a.pattern == Pattern::Sequential {
+            let scope = a.counter_scope.unwrap_or(CounterScope::Undetermined);
+            *self.scopes.entry(scope).or_default() += samples;
+        }
+        if let Some(p) = a.predictability {
+            self.predictability.0 += p * samples as f64;
+            self.predictability.1 += samples;
+        }
     }
-    groups
-        .into_iter()
-        .map(|((netns, proto, op), streams)| {
-            let mut weight: BTreeMap<Pattern, usize> = BTreeMap::new();
-            for s in streams
-                .iter()
-                .filter(|s| s.pattern != Pattern::InsufficientData)
-            {
-                *weight.entry(s.pattern).or_default() += s.samples;
-            }
-            let pattern = weight
-                .iter()
-                .max_by_key(|(_, n)| **n)
-                .map(|(p, _)| *p)
-                .unwrap_or(Pattern::InsufficientData);
-            let mut scopes: BTreeMap<CounterScope, usize> = BTreeMap::new();
-            for s in streams.iter().filter(|s| s.pattern == Pattern::Sequential) {
-                let scope = s.counter_scope.unwrap_or(CounterScope::Undetermined);
-                *scopes.entry(scope).or_default() += s.samples;
-            }
-            let scope = (pattern == Pattern::Sequential)
-                .then(|| scopes.iter().max_by_key(|(_, n)| **n).map(|(c, _)| *c))
-                .flatten();
-            let (sum, n) = streams
-                .iter()
-                .filter_map(|s| s.predictability.map(|p| (p * s.samples as f64, s.samples)))
-                .fold((0.0, 0usize), |a, b| (a.0 + b.0, a.1 + b.1));
-            PatternRow {
-                netns,
-                proto,
-                op,
-                pattern,
-                scope,
-                predictability: (n > 0).then(|| sum / n as f64),
-            }
-        })
-        .collect()
+
+    /// The verdict carrying the most samples, its scope, and the weighted predictability.
+    fn row(self, (netns, proto, op): (u32, Proto, Op)) -> PatternRow {
+        let pattern = self
+            .weight
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(p, _)| *p)
+            .unwrap_or(Pattern::InsufficientData);
+        let scope = (pattern == Pattern::Sequential)
+            .then(|| self.scopes.iter().max_by_key(|(_, n)| **n).map(|(c, _)| *c))
+            .flatten();
+        let (sum, n) = self.predictability;
+        PatternRow {
+            netns,
+            proto,
+            op,
+            pattern,
+            scope,
+            predictability: (n > 0).then(|| sum / n as f64),
+        }
+    }
+}
+
+/// Per namespace, protocol and operation: the verdict carrying the most samples, and the
+/// sample-weighted predictability. Streams' verdicts are folded as they come: what is held is
+/// each stream's classifier state, never every verdict (100,000 destinations are 100,000).
+fn patterns(window: &Snapshot, namespaces: &[NetnsState]) -> Vec<PatternRow> {
+    let default = UsableRange::new(DEFAULT_RANGE.0, DEFAULT_RANGE.1, vec![]);
+    let ranges = namespaces
+        .iter()
+        .filter_map(|n| Some((n.netns, n.range.clone()?)))
+        .collect();
+    let connect_netns = window
+        .iter()
+        .find(|s| s.key.op == Op::Connect && s.ok)
+        .map(|s| s.key.netns);
+    let mut verdicts = Verdicts::new(ranges, default, connect_netns);
+    let mut order: Vec<_> = window.iter().collect();
+    // Stable: events of one nanosecond keep their order.
+    order.sort_by_key(|s| s.ts_ns);
+    for s in order {
+        verdicts.push(&s.key, s.port, s.ok);
+    }
+    let mut groups: BTreeMap<(u32, Proto, Op), Group> = BTreeMap::new();
+    verdicts.finish(|key, samples, a, _| {
+        groups
+            .entry((key.netns, key.proto, key.op))
+            .or_default()
+            .add(samples, &a);
+    });
+    groups.into_iter().map(|(k, g)| g.row(k)).collect()
 }
 
 impl Computed {

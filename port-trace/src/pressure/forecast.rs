@@ -22,7 +22,7 @@
 //! 60 s of a new workload) nothing has left TIME_WAIT yet, so the range fills at the full
 //! allocation rate; the steady-state `rate - usable/60` model was wrong there.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::{Proto, SockState, SocketRecord, UsableRange, tcp_bound_ports};
@@ -227,10 +227,14 @@ fn first_sec(now_ns: u64, window_ns: u64) -> u64 {
 }
 
 /// Per-port state of a space: held with no known end, or in TIME_WAIT until the latest
-/// expiry of its sockets (seconds).
+/// expiry of its sockets (seconds). A list merged per port when read: most spaces (one per
+/// destination) hold one port or a few, and a tree node each would cost ten times the memory
+/// with 100,000 destinations.
 #[derive(Default)]
 struct Ports {
-    ports: BTreeMap<u16, Option<f64>>,
+    /// (port, release); sorted by port and one entry per port once [`Ports::settle`] ran.
+    ports: Vec<(u16, Option<f64>)>,
+    settled: bool,
     /// An address of one of the sockets (for the loopback test of `tcp_tw_reuse` = 2).
     saddr: Option<IpAddr>,
 }
@@ -244,22 +248,52 @@ impl Ports {
             (SockState::TimeWait, None) => Some(TIME_WAIT_SECS),
             _ => None,
         };
-        let entry = self.ports.entry(s.local_port).or_insert(release);
-        *entry = match (*entry, release) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            _ => None,
-        };
+        self.ports.push((s.local_port, release));
+        self.settled = false;
+    }
+
+    /// One entry per port, in port order: the latest release of its sockets, none when one of
+    /// them is held with no known end.
+    fn settle(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.ports.sort_by_key(|p| p.0);
+        self.ports.dedup_by(|later, kept| {
+            if later.0 != kept.0 {
+                return false;
+            }
+            kept.1 = match (kept.1, later.1) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+            true
+        });
+        self.settled = true;
+    }
+
+    fn clear(&mut self) {
+        self.ports.clear();
+        self.settled = false;
+        self.saddr = None;
+    }
+
+    /// Distinct ports held.
+    fn len(&mut self) -> usize {
+        self.settle();
+        self.ports.len()
     }
 
     /// Occupancy with `usable` ports; under reuse, a TIME_WAIT port counts only until it is
     /// `reuse_hold` seconds old.
-    fn occupancy(&self, usable: u32, reuse_hold: Option<f64>) -> (Occupancy, u32) {
+    fn occupancy(&mut self, usable: u32, reuse_hold: Option<f64>) -> (Occupancy, u32) {
+        self.settle();
         let mut occ = Occupancy {
             usable,
             ..Default::default()
         };
         let mut time_wait = 0;
-        for release in self.ports.values() {
+        for (_, release) in &self.ports {
             match release {
                 None => occ.held += 1,
                 Some(r) => {
@@ -327,44 +361,68 @@ pub struct DestForecast {
 }
 
 /// Per TCP destination seen in the socket table or in `allocs`: when connect() toward it runs
-/// out (EADDRNOTAVAIL). One pass over the socket table.
+/// out (EADDRNOTAVAIL), in [`forecast_order`].
 pub fn connect_forecasts(
     range: &UsableRange,
     sockets: &[SocketRecord],
     tcp: &TcpSysctls,
     allocs: &HashMap<(IpAddr, u16), Allocations>,
 ) -> Vec<DestForecast> {
+    let mut out = Vec::new();
+    each_connect_forecast(range, sockets, tcp, allocs, |d| out.push(d));
+    out.sort_by(forecast_order);
+    out
+}
+
+/// [`connect_forecasts`] handed over one destination at a time, in no particular order, so a
+/// caller that keeps a few never holds them all: the sockets are sorted by destination rather
+/// than gathered in a table of destinations.
+pub fn each_connect_forecast(
+    range: &UsableRange,
+    sockets: &[SocketRecord],
+    tcp: &TcpSysctls,
+    allocs: &HashMap<(IpAddr, u16), Allocations>,
+    mut f: impl FnMut(DestForecast),
+) {
     let bound = tcp_bound_ports(range, sockets);
     let usable = range.usable.saturating_sub(bound.len() as u32);
-    let mut per_dest: HashMap<(IpAddr, u16), Ports> = HashMap::new();
-    for (dest, s) in super::connected(range, sockets, &bound) {
-        per_dest.entry(dest).or_default().add(s);
+    let mut conns: Vec<((IpAddr, u16), &SocketRecord)> =
+        super::connected(range, sockets, &bound).collect();
+    // Stable: a destination's first socket stays first (its address decides TIME_WAIT reuse).
+    conns.sort_by_key(|c| c.0);
+    let forecast = |(daddr, dport): (IpAddr, u16), ports: &mut Ports| {
+        let saddr = ports.saddr.unwrap_or(daddr);
+        let reuse = tw_reuse_applies(tcp, daddr, saddr).then(|| reuse_hold_s(tcp));
+        let (occ, time_wait) = ports.occupancy(usable, reuse);
+        let alloc = allocs.get(&(daddr, dport)).copied().unwrap_or_default();
+        DestForecast {
+            daddr,
+            dport,
+            usable,
+            in_use: ports.len() as u32,
+            forecast: project(&occ, time_wait, alloc, reuse),
+        }
+    };
+    let mut ports = Ports::default();
+    for group in conns.chunk_by(|a, b| a.0 == b.0) {
+        ports.clear();
+        for (_, s) in group {
+            ports.add(s);
+        }
+        f(forecast(group[0].0, &mut ports));
     }
     for dest in allocs.keys() {
-        per_dest.entry(*dest).or_default();
+        if conns.binary_search_by_key(dest, |c| c.0).is_err() {
+            f(forecast(*dest, &mut Ports::default()));
+        }
     }
-    let mut out: Vec<DestForecast> = per_dest
-        .into_iter()
-        .map(|((daddr, dport), ports)| {
-            let saddr = ports.saddr.unwrap_or(daddr);
-            let reuse = tw_reuse_applies(tcp, daddr, saddr).then(|| reuse_hold_s(tcp));
-            let (occ, time_wait) = ports.occupancy(usable, reuse);
-            let alloc = allocs.get(&(daddr, dport)).copied().unwrap_or_default();
-            DestForecast {
-                daddr,
-                dport,
-                usable,
-                in_use: ports.ports.len() as u32,
-                forecast: project(&occ, time_wait, alloc, reuse),
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        soonest(&a.forecast, &b.forecast)
-            .then(b.in_use.cmp(&a.in_use))
-            .then((a.daddr, a.dport).cmp(&(b.daddr, b.dport)))
-    });
-    out
+}
+
+/// Soonest exhaustion first, then most ports in use, then by destination.
+pub fn forecast_order(a: &DestForecast, b: &DestForecast) -> std::cmp::Ordering {
+    soonest(&a.forecast, &b.forecast)
+        .then(b.in_use.cmp(&a.in_use))
+        .then((a.daddr, a.dport).cmp(&(b.daddr, b.dport)))
 }
 
 /// Orders forecasts soonest exhaustion first, "none" last.

@@ -21,7 +21,7 @@ pub mod forecast;
 
 pub use forecast::{
     Allocations, CLOSE_WINDOW_NS, DestForecast, Forecast, RATE_WINDOW_NS, Recent, TIME_WAIT_SECS,
-    bind_forecast, connect_forecasts,
+    bind_forecast, connect_forecasts, each_connect_forecast, forecast_order,
 };
 
 /// Pressure on the ports available to connect() toward one destination.

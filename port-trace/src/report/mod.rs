@@ -1,22 +1,25 @@
 //! The per-stream summary: allocation pattern, pressure, failures, forecast and hazards, joined
 //! from events, the namespace's range and its socket table. Pure: plain data in and out.
+//!
+//! * [`verdicts`]: each stream's pattern verdict, from events fed one at a time.
+//! * [`summarizer`]: the rest of the summary, the same way: state per stream, not per event.
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    analysis::{self, CounterScope, GlobalAnalysis, Parity, Pattern, Sample, StreamKey},
-    event::{Event, Op, Proto},
+    analysis::{CounterScope, GlobalAnalysis, Parity, Pattern, StreamKey},
+    event::{Event, Op},
     netns::NetnsState,
-    pressure::{
-        self, Allocations, CLOSE_WINDOW_NS, DestForecast, Forecast, RATE_WINDOW_NS, Recent,
-        SocketRecord, UsableRange, bind_forecast, connect_forecasts, listener_hazards,
-    },
+    pressure::{Forecast, SocketRecord, UsableRange},
 };
+
+pub mod summarizer;
+pub mod verdicts;
+
+pub use summarizer::Summarizer;
+pub use verdicts::Verdicts;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamSummary {
@@ -65,8 +68,16 @@ pub struct Hazards {
     /// TCP listeners on a port inside their namespace's ephemeral range that the kernel did
     /// not choose for them.
     pub listeners_in_range: Vec<(u32, SocketRecord)>,
-    /// TCP connects whose local address:port equals the destination.
+    /// TCP connects whose local address:port equals the destination (the first
+    /// [`summarizer::MAX_SELF_CONNECTS`]).
     pub self_connects: Vec<SelfConnect>,
+    /// Self-connects beyond those listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub self_connects_not_listed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,14 +87,10 @@ pub struct Summary {
     pub global: GlobalAnalysis,
     pub hazards: Hazards,
     pub namespaces: Vec<NetnsState>,
-}
-
-const TOP_COMMS: usize = 3;
-
-fn range_of(ns: &HashMap<u32, &NetnsState>, netns: u32, fallback: &UsableRange) -> UsableRange {
-    ns.get(&netns)
-        .and_then(|s| s.range.clone())
-        .unwrap_or_else(|| fallback.clone())
+    /// Events of a recording that came more than [`crate::sinks::reorder::REORDER_EVENTS`]
+    /// events after a newer one, analysed where they came instead of in time order.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub out_of_order: u64,
 }
 
 /// Builds the summary. `default_range` is used for namespaces whose range is unknown.
@@ -92,279 +99,22 @@ pub fn summarize(
     namespaces: &[NetnsState],
     default_range: &UsableRange,
 ) -> Summary {
-    let ns: HashMap<u32, &NetnsState> = namespaces.iter().map(|n| (n.netns, n)).collect();
-    let mut groups: BTreeMap<StreamKey, Vec<&Event>> = BTreeMap::new();
-    for e in events {
-        groups.entry(StreamKey::of(e)).or_default().push(e);
-    }
-    let connects = analyze_connects(events, &ns, default_range);
-    let verdicts: HashMap<&StreamKey, &analysis::StreamAnalysis> = connects
-        .streams
+    let ranges = namespaces
         .iter()
-        .map(|s| (&s.key, &s.analysis))
+        .filter_map(|n| Some((n.netns, n.range.clone()?)))
         .collect();
-    let last = events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
-    let mut spaces = Spaces::new(events, &ns, last);
-    let mut streams: Vec<StreamSummary> = groups
+    let connect_netns = events
         .iter()
-        .map(|(key, evs)| {
-            let range = range_of(&ns, key.netns, default_range);
-            let verdict = verdicts.get(key).map(|a| (*a).clone());
-            summarize_stream(key, evs, &range, verdict, &mut spaces)
-        })
-        .collect();
-    sort_most_pressing_first(&mut streams);
-    Summary {
-        streams,
-        global: connects.global,
-        hazards: hazards(events, namespaces),
-        namespaces: namespaces.to_vec(),
+        .find(|e| e.op == Op::Connect && e.is_ok())
+        .map(|e| e.netns);
+    let mut s = Summarizer::new(ranges, default_range.clone(), connect_netns);
+    let mut order: Vec<&Event> = events.iter().collect();
+    // Stable: events of one nanosecond keep their order.
+    order.sort_by_key(|e| e.ts_ns);
+    for e in order {
+        s.push(e);
     }
-}
-
-/// Pattern analysis of every successful connect, all destinations in time order: the
-/// per-destination verdicts and the verdict on the unkeyed global stream.
-fn analyze_connects(
-    events: &[Event],
-    ns: &HashMap<u32, &NetnsState>,
-    default_range: &UsableRange,
-) -> analysis::Report {
-    let samples: Vec<Sample> = events
-        .iter()
-        .filter(|e| e.op == Op::Connect && e.is_ok())
-        .map(|e| Sample {
-            ts_ns: e.ts_ns,
-            port: e.port,
-            key: StreamKey::of(e),
-        })
-        .collect();
-    let range = samples
-        .first()
-        .map(|s| range_of(ns, s.key.netns, default_range))
-        .unwrap_or_else(|| default_range.clone());
-    analysis::analyze(&samples, (range.low, range.high))
-}
-
-/// Per namespace, computed once and shared by its streams: recent allocations per
-/// destination and for all of TCP, and the per-destination connect() forecasts. Forecasts
-/// count from the namespace's snapshot (TIME_WAIT expiries are relative to it).
-struct Spaces<'a> {
-    ns: &'a HashMap<u32, &'a NetnsState>,
-    last_event: u64,
-    dest_allocs: HashMap<u32, HashMap<(IpAddr, u16), Recent>>,
-    tcp_allocs: HashMap<u32, Recent>,
-    by_netns: HashMap<u32, HashMap<(IpAddr, u16), DestForecast>>,
-}
-
-impl<'a> Spaces<'a> {
-    fn new(events: &[Event], ns: &'a HashMap<u32, &'a NetnsState>, last_event: u64) -> Self {
-        let mut dest_allocs: HashMap<u32, HashMap<(IpAddr, u16), Recent>> = HashMap::new();
-        let mut tcp_allocs: HashMap<u32, Recent> = HashMap::new();
-        for e in events.iter().filter(|e| e.is_ok() && e.proto == Proto::Tcp) {
-            tcp_allocs
-                .entry(e.netns)
-                .or_insert_with(|| Recent::new(e.ts_ns))
-                .add(e.ts_ns);
-            if e.op == Op::Connect
-                && let Some((daddr, dport)) = e.destination()
-            {
-                dest_allocs
-                    .entry(e.netns)
-                    .or_default()
-                    .entry((daddr.to_canonical(), dport))
-                    .or_insert_with(|| Recent::new(e.ts_ns))
-                    .add(e.ts_ns);
-            }
-        }
-        Spaces {
-            ns,
-            last_event,
-            dest_allocs,
-            tcp_allocs,
-            by_netns: HashMap::new(),
-        }
-    }
-
-    /// Recent allocations up to the end of the recording (its last event): the socket table
-    /// is read after tracing stopped, and the seconds in between saw no events.
-    fn allocations(&self, recent: Option<&Recent>) -> Allocations {
-        recent
-            .map(|r| Allocations {
-                rate_per_s: r.rate(self.last_event, RATE_WINDOW_NS),
-                last_minute: r.count(self.last_event, CLOSE_WINDOW_NS),
-            })
-            .unwrap_or_default()
-    }
-
-    fn sockets(&self, netns: u32) -> Option<&'a [SocketRecord]> {
-        self.ns.get(&netns).and_then(|s| s.sockets.as_deref())
-    }
-
-    /// The connect() forecast toward one destination.
-    fn dest(
-        &mut self,
-        netns: u32,
-        dest: (IpAddr, u16),
-        range: &UsableRange,
-    ) -> Option<DestForecast> {
-        let sockets = self.sockets(netns)?;
-        if !self.by_netns.contains_key(&netns) {
-            let allocs: HashMap<(IpAddr, u16), Allocations> = self
-                .dest_allocs
-                .get(&netns)
-                .map(|m| {
-                    m.iter()
-                        .map(|(d, r)| (*d, self.allocations(Some(r))))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let tcp = self.ns.get(&netns).and_then(|n| n.tcp).unwrap_or_default();
-            let all = connect_forecasts(range, sockets, &tcp, &allocs);
-            self.by_netns.insert(
-                netns,
-                all.into_iter().map(|d| ((d.daddr, d.dport), d)).collect(),
-            );
-        }
-        self.by_netns[&netns]
-            .get(&(dest.0.to_canonical(), dest.1))
-            .cloned()
-    }
-
-    /// The forecast of the namespace's TCP bind space.
-    fn bind(&self, netns: u32, range: &UsableRange) -> Option<Forecast> {
-        let sockets = self.sockets(netns)?;
-        let alloc = self.allocations(self.tcp_allocs.get(&netns));
-        Some(bind_forecast(range, sockets, alloc))
-    }
-}
-
-/// One stream's row: verdict, failures, busiest commands, pressure, rate and forecast.
-fn summarize_stream(
-    key: &StreamKey,
-    evs: &[&Event],
-    range: &UsableRange,
-    verdict: Option<analysis::StreamAnalysis>,
-    spaces: &mut Spaces,
-) -> StreamSummary {
-    let ok: Vec<&Event> = evs.iter().copied().filter(|e| e.is_ok()).collect();
-    let mut sorted: Vec<(u64, u16)> = ok.iter().map(|e| (e.ts_ns, e.port)).collect();
-    sorted.sort();
-    let ports: Vec<u16> = sorted.iter().map(|p| p.1).collect();
-    let a = verdict.unwrap_or_else(|| analysis::classify_local(&ports, (range.low, range.high)));
-    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-    for e in evs.iter().filter(|e| !e.is_ok()) {
-        *failures.entry(e.result.name().into_owned()).or_default() += 1;
-    }
-    let sockets = spaces.sockets(key.netns);
-    let dest = if key.proto == Proto::Tcp && key.op == Op::Connect {
-        key.daddr.zip(key.dport)
-    } else {
-        None
-    };
-    let mut forecast = None;
-    let (pressure, in_use, usable) = match (sockets, dest) {
-        (Some(_), Some(d)) => {
-            let (i, u) = match spaces.dest(key.netns, d, range) {
-                Some(f) => {
-                    forecast = Some(f.forecast);
-                    (f.in_use, f.usable)
-                }
-                None => (0, range.usable),
-            };
-            (Some(pressure::ratio(i, u)), Some(i), Some(u))
-        }
-        (Some(socks), None) => {
-            let p = pressure::bind_pressure(range, socks, key.proto);
-            let usable = range.usable;
-            if key.proto == Proto::Tcp && !key.has_destination() {
-                forecast = spaces.bind(key.netns, range);
-            }
-            (
-                Some(p),
-                Some((p * usable as f64).round() as u32),
-                Some(usable),
-            )
-        }
-        (None, _) => (None, None, None),
-    };
-    let mut recent: Option<Recent> = None;
-    for e in &ok {
-        recent
-            .get_or_insert_with(|| Recent::new(e.ts_ns))
-            .add(e.ts_ns);
-    }
-    let rate_per_s = spaces.allocations(recent.as_ref()).rate_per_s;
-    StreamSummary {
-        key: key.clone(),
-        samples: ok.len(),
-        pattern: a.pattern,
-        counter_scope: a.counter_scope,
-        predictability: a.predictability,
-        median_step: a.median_step,
-        mode_step: a.mode_step,
-        share_small_steps: a.share_small_steps,
-        parity: a.parity,
-        skips: a.skips,
-        pressure,
-        in_use,
-        usable,
-        failures,
-        rate_per_s,
-        forecast,
-        top_comms: top_comms(evs),
-        reason: a.reason,
-    }
-}
-
-/// The busiest commands of a stream, most first, at most [`TOP_COMMS`].
-fn top_comms(evs: &[&Event]) -> Vec<(String, u64)> {
-    let mut comms: HashMap<&str, u64> = HashMap::new();
-    for e in evs {
-        *comms.entry(e.comm.as_str()).or_default() += 1;
-    }
-    let mut top: Vec<(String, u64)> = comms.into_iter().map(|(c, n)| (c.to_string(), n)).collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    top.truncate(TOP_COMMS);
-    top
-}
-
-/// Highest pressure first, then most failures, then most samples.
-fn sort_most_pressing_first(streams: &mut [StreamSummary]) {
-    let failures = |s: &StreamSummary| s.failures.values().sum::<u64>();
-    streams.sort_by(|a, b| {
-        b.pressure
-            .unwrap_or(0.0)
-            .total_cmp(&a.pressure.unwrap_or(0.0))
-            .then(failures(b).cmp(&failures(a)))
-            .then(b.samples.cmp(&a.samples))
-    });
-}
-
-/// Listeners inside the range that the kernel did not hand out, and self-connects.
-fn hazards(events: &[Event], namespaces: &[NetnsState]) -> Hazards {
-    let chosen: HashSet<(u32, u16)> = events
-        .iter()
-        .filter(|e| e.is_kernel_chosen_listen_port())
-        .map(|e| (e.netns, e.port))
-        .collect();
-    let mut hazards = Hazards::default();
-    for n in namespaces {
-        if let (Some(r), Some(s)) = (&n.range, &n.sockets) {
-            for l in listener_hazards(n.netns, r, s, &chosen) {
-                hazards.listeners_in_range.push((n.netns, l));
-            }
-        }
-    }
-    for e in events.iter().filter(|e| e.is_self_connect()) {
-        hazards.self_connects.push(SelfConnect {
-            ts_ns: e.ts_ns,
-            pid: e.pid,
-            comm: e.comm.clone(),
-            addr: e.saddr,
-            port: e.port,
-        });
-    }
-    hazards
+    s.finish(namespaces.to_vec())
 }
 
 fn key_text(k: &StreamKey) -> String {
@@ -480,6 +230,21 @@ pub fn render_table(s: &Summary) -> String {
             out,
             "hazard: self-connect by {} (pid {}) on {}:{}",
             sc.comm, sc.pid, sc.addr, sc.port
+        );
+    }
+    if s.hazards.self_connects_not_listed > 0 {
+        let _ = writeln!(
+            out,
+            "hazard: {} more self-connects not listed",
+            s.hazards.self_connects_not_listed
+        );
+    }
+    if s.out_of_order > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} events came more than {} events late and were analysed out of time order",
+            s.out_of_order,
+            crate::sinks::reorder::REORDER_EVENTS
         );
     }
     for n in &s.namespaces {
