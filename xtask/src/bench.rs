@@ -105,6 +105,8 @@ pub struct Platform {
     pub progs: Vec<progstats::ProgCost>,
     /// Why this platform has no figures (the VM did not boot, ...).
     pub error: Option<String>,
+    /// How busy this host was while the platform's figures were taken.
+    pub host_load: Option<String>,
 }
 
 pub fn command(args: BenchArgs) -> Result<ExitCode> {
@@ -162,7 +164,9 @@ fn host(
         loops::LOOPS.len(),
         plan.seconds
     ));
+    let load = sched::Load::now();
     let runs = rounds::run(&plan, &env)?;
+    let host_load = sched::Load::now().since(&load);
     let hooks = rounds::hook_sets(&runs);
     let progs = progstats::measure(&env, &hooks, args.seconds)
         .map_err(|e| say(&format!("bench: no per-program cost: {e:#}")))
@@ -176,6 +180,7 @@ fn host(
         runs,
         progs,
         error: None,
+        host_load: Some(host_load),
     })
 }
 

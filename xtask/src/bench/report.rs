@@ -24,6 +24,9 @@ pub fn render(platforms: &[Platform], took: Duration) -> String {
     );
     for p in platforms {
         let _ = writeln!(out, "- {}", describe(p));
+        if let Some(load) = &p.host_load {
+            let _ = writeln!(out, "  - the host meanwhile: {load}");
+        }
         if let Some(others) = others_seen(p) {
             let _ = writeln!(out, "  - {others}");
         }

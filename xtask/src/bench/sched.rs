@@ -102,3 +102,46 @@ pub fn softirq_thread_ran(cpu: i32) -> Option<f64> {
     let ns: f64 = stat.split_whitespace().next()?.parse().ok()?;
     Some(ns / 1e9)
 }
+
+/// The machine's CPU pressure and steal so far, to say how busy it was over a stretch of the
+/// bench (the VM cannot see what the host does to its vCPU threads).
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    at: std::time::Instant,
+    /// /proc/pressure/cpu `some total=` in seconds: time at least one task waited for a CPU.
+    waited: Option<f64>,
+    stolen: Option<f64>,
+}
+
+impl Load {
+    pub fn now() -> Self {
+        let waited = std::fs::read_to_string("/proc/pressure/cpu")
+            .ok()
+            .and_then(|t| {
+                let some = t.lines().find(|l| l.starts_with("some "))?;
+                let total = some
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("total="))?;
+                Some(total.parse::<f64>().ok()? / 1e6)
+            });
+        Self {
+            at: std::time::Instant::now(),
+            waited,
+            stolen: stolen(-1),
+        }
+    }
+
+    /// "tasks waited for a CPU 12% of the time, steal 1%" since `earlier`.
+    pub fn since(&self, earlier: &Load) -> String {
+        let secs = self.at.duration_since(earlier.at).as_secs_f64().max(1e-9);
+        let share = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.0}%", 100.0 * (b - a) / secs),
+            _ => "?".into(),
+        };
+        format!(
+            "tasks waited for a CPU {} of the time (PSI), hypervisor steal {} of the CPUs",
+            share(earlier.waited, self.waited),
+            share(earlier.stolen, self.stolen)
+        )
+    }
+}

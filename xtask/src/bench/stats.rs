@@ -199,6 +199,7 @@ mod tests {
             runs,
             progs: vec![],
             error: None,
+            host_load: None,
         };
         let rows = super::rows(&p);
         let connect = &rows[0];
@@ -233,6 +234,7 @@ mod tests {
             runs,
             progs: vec![],
             error: None,
+            host_load: None,
         };
         let trace = &super::rows(&p)[0].cells[1];
         assert_eq!(

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{BenchArgs, Platform, loops::LOOPS, progstats::ProgCost, report, rounds::Run};
+use super::{BenchArgs, Platform, loops::LOOPS, progstats::ProgCost, report, rounds::Run, sched};
 use crate::{
     shell::{say, which_path, workspace_root},
     vm::{cache_dir, debian, initramfs, qemu, tail, with_libraries},
@@ -41,6 +41,7 @@ pub fn run(args: &BenchArgs, port_trace: &Path, loops: &Path) -> Platform {
         runs: Vec::new(),
         progs: Vec::new(),
         error: None,
+        host_load: None,
     };
     if let Err(e) = boot_and_read(args, port_trace, loops, &mut p) {
         say(&format!("bench: VM: {e:#}"));
@@ -74,7 +75,9 @@ fn boot_and_read(
         timeout.as_secs()
     ));
     let started = Instant::now();
+    let load = sched::Load::now();
     let console = qemu::boot(&qemu, &kernel, &image, timeout)?;
+    p.host_load = Some(sched::Load::now().since(&load));
     let log = workspace_root().join("target/bench/vm-console.log");
     let _ = fs::write(&log, &console);
     say(&format!(
@@ -215,6 +218,7 @@ mod tests {
             runs: Vec::new(),
             progs: Vec::new(),
             error: None,
+            host_load: None,
         }
     }
 
