@@ -107,6 +107,8 @@ pub struct Platform {
     pub error: Option<String>,
     /// How busy this host was while the platform's figures were taken.
     pub host_load: Option<String>,
+    /// The table shows fastest-round ratios: this platform cannot see what disturbs it.
+    pub fastest: bool,
 }
 
 pub fn command(args: BenchArgs) -> Result<ExitCode> {
@@ -181,6 +183,7 @@ fn host(
         progs,
         error: None,
         host_load: Some(host_load),
+        fastest: false,
     })
 }
 

@@ -44,7 +44,7 @@ pub fn render(platforms: &[Platform], took: Duration) -> String {
     );
     for (p, rows) in &rows {
         for r in rows {
-            let cells: Vec<String> = r.cells.iter().map(ratio_cell).collect();
+            let cells: Vec<String> = r.cells.iter().map(|c| ratio_cell(c, p.fastest)).collect();
             let _ = writeln!(
                 out,
                 "| {} | {} | {} |",
@@ -58,12 +58,16 @@ pub fn render(platforms: &[Platform], took: Duration) -> String {
 
     let _ = writeln!(
         out,
-        "\n### Rates: median iterations/s (per-round ratio, lowest–highest)\n\n| loop | hook set | {} |\n|---|---|---|---|---|---|",
+        "\n### Rates: median iterations/s (per-round ratios: lowest–highest, median, fastest round's)\n\n| loop | hook set | {} |\n|---|---|---|---|---|---|",
         Column::ALL.map(Column::heading).join(" | ")
     );
     for (p, rows) in &rows {
         for r in rows {
-            let cells: Vec<String> = r.cells.iter().map(rate_cell).collect();
+            let cells: Vec<String> = Column::ALL
+                .iter()
+                .zip(&r.cells)
+                .map(|(&column, c)| rate_cell(c, column))
+                .collect();
             let _ = writeln!(
                 out,
                 "| {} | {} | {} |",
@@ -132,7 +136,9 @@ its own CPU (BPF programs, the syscall-tracepoint slow path every syscall takes 
 syscall tracepoint is attached), not the tracer's userspace work. `sendto()` and `getppid()`
 make no port choice: their cost is pure tax on untraced work. The bpftrace peer does one map
 update per `sock:inet_sock_set_state` event, for scale. VM rows ran under qemu TCG (no KVM):
-compare their ratios, not their rates. † marks a figure whose per-round ratios spread wider
+compare their ratios, not their rates; they show the fastest round's rate over the fastest
+no-tracer round's, since the guest cannot see what slows qemu on the host, and that only ever
+slows a run (the rates table has their medians too). † marks a figure whose per-round ratios spread wider
 than ±10% of it (the rates table shows the spread): other load on the machine moved it. A loop
 run is disturbed when another process held BPF programs meanwhile (another tracer, whose
 syscall tracepoints tax every column, no tracer included), or when other tasks (schedstat) or
@@ -205,8 +211,10 @@ fn others_seen(p: &Platform) -> Option<String> {
     ))
 }
 
-fn ratio_cell(c: &Cell) -> String {
-    match (c.ratio, &c.missing) {
+/// The median ratio, or the fastest rounds' for a platform that cannot see its disturbances.
+fn ratio_cell(c: &Cell, fastest: bool) -> String {
+    let ratio = if fastest { c.fastest } else { c.ratio };
+    match (ratio, &c.missing) {
         (Some(r), _) => {
             let marks = match (noisy(c), c.disturbed()) {
                 (true, true) => " † ‡",
@@ -230,13 +238,20 @@ fn noisy(c: &Cell) -> bool {
     }
 }
 
-fn rate_cell(c: &Cell) -> String {
+fn rate_cell(c: &Cell, column: Column) -> String {
     let Some(rate) = c.rate else {
         return "–".into();
     };
+    if column == Column::None {
+        // Its ratios are 1 by definition.
+        return rate_text(rate);
+    }
     let mut notes = Vec::new();
     if let Some((lo, hi)) = c.spread.filter(|(lo, hi)| hi > lo) {
         notes.push(format!("{lo:.2}–{hi:.2}"));
+    }
+    if let (Some(median), Some(fastest)) = (c.ratio, c.fastest) {
+        notes.push(format!("median {median:.3}, fastest {fastest:.3}"));
     }
     if c.clean_rounds < c.rounds {
         notes.push(format!(

@@ -15,6 +15,9 @@ pub struct Cell {
     pub ratio: Option<f64>,
     /// The per-round ratios' smallest and largest.
     pub spread: Option<(f64, f64)>,
+    /// The fastest round's rate over the fastest no-tracer round's: for runs whose
+    /// disturbances cannot be seen (the VM), since a disturbance only ever slows a run.
+    pub fastest: Option<f64>,
     /// Median iterations per second.
     pub rate: Option<f64>,
     /// Port choices the tracer reported, summed over rounds (None: this column does not count).
@@ -99,7 +102,7 @@ fn cell(runs: &[Run], column: Column, hooks: &str, lp: &Loop) -> Cell {
             .flat_map(|r| &r.samples)
             .find(|s| s.loop_name == lp.name)
     };
-    // (ratio to the round's no-tracer rate, rate, undisturbed) per round.
+    // (ratio to the round's no-tracer rate, rate, no-tracer rate, undisturbed) per round.
     let mut per_round = Vec::new();
     for r in &mine {
         let Some(s) = r.samples.iter().find(|s| s.loop_name == lp.name) else {
@@ -107,7 +110,7 @@ fn cell(runs: &[Run], column: Column, hooks: &str, lp: &Loop) -> Cell {
         };
         if let Some(base) = baseline(r.round).filter(|b| b.rate() > 0.0) {
             let clean = s.disturbed.is_empty() && base.disturbed.is_empty();
-            per_round.push((s.rate() / base.rate(), s.rate(), clean));
+            per_round.push((s.rate() / base.rate(), s.rate(), base.rate(), clean));
         }
         if let Some(seen) = s.seen {
             *c.seen.get_or_insert(0) += seen;
@@ -120,23 +123,28 @@ fn cell(runs: &[Run], column: Column, hooks: &str, lp: &Loop) -> Cell {
         }
     }
     c.rounds = per_round.len();
-    c.clean_rounds = per_round.iter().filter(|(_, _, clean)| *clean).count();
+    c.clean_rounds = per_round.iter().filter(|r| r.3).count();
     // Undisturbed rounds when there are any; else every round (and the cell says so).
-    let used: Vec<(f64, f64)> = per_round
+    let used: Vec<_> = per_round
         .iter()
-        .filter(|(_, _, clean)| *clean || c.clean_rounds == 0)
-        .map(|&(ratio, rate, _)| (ratio, rate))
+        .filter(|r| r.3 || c.clean_rounds == 0)
         .collect();
     let ratios: Vec<f64> = used.iter().map(|u| u.0).collect();
     let rates: Vec<f64> = used.iter().map(|u| u.1).collect();
     c.ratio = median(&ratios);
     c.rate = median(&rates);
+    c.fastest = used
+        .iter()
+        .map(|u| u.1)
+        .reduce(f64::max)
+        .zip(used.iter().map(|u| u.2).reduce(f64::max))
+        .filter(|(_, base)| *base > 0.0)
+        .map(|(rate, base)| rate / base);
     c.spread = ratios
         .iter()
         .copied()
-        .fold(None, |acc: Option<(f64, f64)>, x| {
-            Some(acc.map_or((x, x), |(lo, hi)| (lo.min(x), hi.max(x))))
-        });
+        .reduce(f64::min)
+        .zip(ratios.iter().copied().reduce(f64::max));
     c
 }
 
@@ -200,6 +208,7 @@ mod tests {
             progs: vec![],
             error: None,
             host_load: None,
+            fastest: false,
         };
         let rows = super::rows(&p);
         let connect = &rows[0];
@@ -208,6 +217,8 @@ mod tests {
         assert_eq!(trace.ratio, Some(0.8));
         assert_eq!(trace.spread, Some((0.7, 0.9)));
         assert_eq!(trace.rate, Some(70.0));
+        // 80/s in round 0 over the 100/s of rounds 0 and 2.
+        assert_eq!(trace.fastest, Some(0.8));
         assert_eq!((trace.seen, trace.generated), (Some(194), 195));
         assert_eq!(connect.cells[0].ratio, Some(1.0));
         assert_eq!(connect.cells[3].missing.as_deref(), Some("not run"));
@@ -235,6 +246,7 @@ mod tests {
             progs: vec![],
             error: None,
             host_load: None,
+            fastest: false,
         };
         let trace = &super::rows(&p)[0].cells[1];
         assert_eq!(

@@ -42,6 +42,8 @@ pub fn run(args: &BenchArgs, port_trace: &Path, loops: &Path) -> Platform {
         progs: Vec::new(),
         error: None,
         host_load: None,
+        // The guest cannot see what the host does to qemu's threads.
+        fastest: true,
     };
     if let Err(e) = boot_and_read(args, port_trace, loops, &mut p) {
         say(&format!("bench: VM: {e:#}"));
@@ -219,6 +221,7 @@ mod tests {
             progs: Vec::new(),
             error: None,
             host_load: None,
+            fastest: true,
         }
     }
 
