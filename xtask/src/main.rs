@@ -5,6 +5,7 @@
 //! - `cargo xtask setup`: install what building the eBPF object needs (nightly rust-src,
 //!   llvm-22-dev, bpf-linker), or print the commands where it cannot.
 //! - `cargo xtask run [-- ARGS]`: setup, build, run `port-trace ARGS` (default: `trace`).
+//! - `cargo xtask bench [--no-vm]`: the cost table of tracing, host and VM rows, in one run.
 //! - `cargo xtask lint`: rustfmt, then clippy on the host crates and on the eBPF crate.
 //! - `cargo xtask test`: setup, build, run every test (root tests load real eBPF programs).
 
@@ -45,8 +46,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Measure what tracing costs a loopback connect() workload (root).
-    Bench,
+    /// Measure what tracing costs four C loops (connect, UDP send, getppid, UDP autobind), on
+    /// this host and, for the fexit and kprobe hook sets, in a Debian 6.1 VM (root).
+    Bench(bench::BenchArgs),
+    /// The VM's part of `bench`, run by the guest's /init.
+    #[command(hide = true)]
+    BenchGuest(bench::GuestArgs),
     /// Check formatting, then run clippy with -D warnings on the host crates and the eBPF crate.
     Lint,
     /// Boot stock Debian 6.1 kernels under qemu and run the capture tests there once per hook
@@ -96,7 +101,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Setup => done(setup::setup(false)),
         Cmd::Build { release } => done(build::command(release)),
         Cmd::Run { release, args } => run::command(release, args),
-        Cmd::Bench => bench::command(),
+        Cmd::Bench(args) => bench::command(args),
+        Cmd::BenchGuest(args) => bench::guest(args),
         Cmd::Lint => done(lint::command()),
         Cmd::VmTest { flavours, hooks } => done(vm::matrix::command(&flavours, &hooks)),
         Cmd::VmCheck { flavours, hooks } => done(vm::check::command(&flavours, hooks.as_deref())),

@@ -1,7 +1,10 @@
 //! `cargo xtask setup`: install what building the eBPF object needs, and what the tests drive.
 //! Where it cannot install (not root, or no apt-get) it collects the commands to run by hand.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -34,6 +37,19 @@ pub fn setup(for_tests: bool) -> Result<()> {
         test_programs(&mut apt)?;
     }
     apt.finish()
+}
+
+/// `bin` from PATH, installed from Debian package `package` with apt-get when missing.
+pub fn install_missing(bin: &str, package: &str) -> Result<PathBuf> {
+    if let Ok(p) = which_path(bin) {
+        return Ok(p);
+    }
+    let mut apt = Apt::new();
+    if !apt.can_install {
+        bail!("{bin} is missing and apt-get cannot run here: apt-get install -y {package}");
+    }
+    apt.install(&[package])?;
+    which_path(bin)
 }
 
 /// Adds each of `components` that `toolchain` (None: the active one) lacks.

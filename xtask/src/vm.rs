@@ -4,7 +4,8 @@
 //! Everything comes from the Debian archive with `apt-get download` and is unpacked into
 //! `target/vm/cache` (nothing is installed on the host): see [`debian`] for the kernel and the
 //! cache, [`qemu`] for qemu and the boot, [`initramfs`] for the guest's files and `/init`.
-//! The commands: [`check`] (`vm-check`) and [`matrix`] (`vm-test`, and the VM part of `test`).
+//! The commands: [`check`] (`vm-check`) and [`matrix`] (`vm-test`, and the VM part of `test`);
+//! `bench` boots its guest with the same pieces (`crate::bench::vm`).
 
 use std::{
     path::{Path, PathBuf},
@@ -23,7 +24,7 @@ pub mod matrix;
 pub mod qemu;
 
 /// `target/vm/cache`, created: downloaded packages, what is unpacked from them, initramfs files.
-fn cache_dir() -> Result<PathBuf> {
+pub(crate) fn cache_dir() -> Result<PathBuf> {
     let cache = workspace_root().join("target/vm/cache");
     std::fs::create_dir_all(&cache)?;
     Ok(cache)
@@ -50,7 +51,7 @@ fn boot_flavour(
 
 /// Host files for the guest (host path, guest path), plus the shared libraries they load, each
 /// at its host path.
-fn with_libraries(bins: &[(PathBuf, String)]) -> Result<Vec<(PathBuf, String)>> {
+pub(crate) fn with_libraries(bins: &[(PathBuf, String)]) -> Result<Vec<(PathBuf, String)>> {
     let mut files = bins.to_vec();
     for (host, _) in bins {
         let ldd = Command::new("ldd").arg(host).output().context("run ldd")?;
@@ -68,7 +69,7 @@ fn with_libraries(bins: &[(PathBuf, String)]) -> Result<Vec<(PathBuf, String)>> 
 }
 
 /// The last `lines` lines of `text`, for error messages.
-fn tail(text: &str, lines: usize) -> String {
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
