@@ -2,13 +2,12 @@
 //!
 //! Everything here is plain data both sides agree on: the ids an event carries (`Op`, `Proto`,
 //! `Family`, `HookId`, each a `#[repr(u8)]` enum with `TryFrom<u8>` so that an id userspace does
-//! not know is an error, not a guess), the `#[repr(C)]` event and offset structs, the names of
-//! the programs, and the tracepoint field offsets compiled into the programs. Keep field order
+//! not know is an error, not a guess), the `#[repr(C)]` event and offset structs, and the names of
+//! the programs. Keep field order
 //! and sizes stable; `EVENT_SIZE` is asserted on both sides.
 #![no_std]
 
 pub mod program;
-pub mod tracepoint;
 
 /// An id in a kernel record that this build does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -61,24 +61,24 @@ const fn cgroup(name: &'static str, kind: CgroupKind, shown: &'static str) -> Cg
     CgroupProgram { name, kind, shown }
 }
 
-/// A tracepoint program of the cgroup hook set.
-pub struct TracepointProgram {
+/// A raw tracepoint program of the cgroup hook set: it gets the tracepoint's arguments, not
+/// its record, so it depends on no tracefs format.
+pub struct RawTracepointProgram {
     pub name: &'static str,
+    /// The tracepoint's category (its tracefs directory); attaching needs only `event`.
     pub category: &'static str,
     pub event: &'static str,
+    /// What users see in `check` and on the `tracing:` line.
+    pub shown: &'static str,
 }
 
-/// The cgroup hook set's tracepoint programs (their fields: `tracepoint::FORMATS`).
-pub const TRACEPOINTS: &[TracepointProgram] =
-    &[tp("pt_inet_sock_set_state", "sock", "inet_sock_set_state")];
-
-const fn tp(name: &'static str, category: &'static str, event: &'static str) -> TracepointProgram {
-    TracepointProgram {
-        name,
-        category,
-        event,
-    }
-}
+/// The cgroup hook set's raw tracepoint programs.
+pub const RAW_TRACEPOINTS: &[RawTracepointProgram] = &[RawTracepointProgram {
+    name: "pt_inet_sock_set_state",
+    category: "sock",
+    event: "inet_sock_set_state",
+    shown: "raw_tracepoint/sock:inet_sock_set_state",
+}];
 
 /// A kernel function that chooses a port, and the programs of the fexit and kprobe hook sets
 /// on it: the entry program stashes what was asked, the exit program reports the outcome.

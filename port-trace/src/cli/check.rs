@@ -53,7 +53,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     line("sock_ops", &k.sock_ops);
     line("cgroup_sock", &k.cgroup_sock);
     line("cgroup_sock_addr", &k.cgroup_sock_addr);
-    line("tracepoint", &k.tracepoint);
+    line("raw_tracepoint", &k.raw_tracepoint);
     if !k.missing_tracepoints.is_empty() {
         println!(
             "  missing tracepoints: {}",

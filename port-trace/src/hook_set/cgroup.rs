@@ -1,18 +1,17 @@
 //! The cgroup hook set, for kernels without kprobes or BPF trampolines: cgroup sock and
 //! sock_addr programs and sock_ops on a cgroup v2 directory (its whole subtree is traced), plus
-//! the `sock:inet_sock_set_state` tracepoint. No syscall tracepoint: enabling one taxes every
+//! the `sock:inet_sock_set_state` tracepoint, attached raw. No syscall tracepoint: enabling one taxes every
 //! system call on the host. How each path is seen: docs/capture.md.
 
 use std::{fs, os::unix::fs::MetadataExt, path::Path};
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, RawTracePoint, SockOps},
 };
 use port_trace_common::{
     CgroupScope, layout,
     program::{self, CgroupKind},
-    tracepoint,
 };
 
 use super::{AttachError, Attached, PathCoverage, not_attached, program, rejected};
@@ -30,53 +29,19 @@ pub(super) fn missing(k: &KernelSupport) -> Vec<String> {
         ("sock_ops", &k.sock_ops),
         ("cgroup_sock", &k.cgroup_sock),
         ("cgroup_sock_addr", &k.cgroup_sock_addr),
-        ("tracepoint", &k.tracepoint),
+        ("raw_tracepoint", &k.raw_tracepoint),
     ] {
         if !f.ok {
             why.push(format!("{name} programs: {}", f.note));
         }
     }
-    if k.tracefs.is_none() {
-        why.push("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)".into());
+    if !k.missing_tracepoints.is_empty() {
+        why.push(format!("missing tracepoint {}", k.missing_tracepoints.join(", ")));
+    }
+    if !k.layout.as_ref().is_some_and(|l| l.has(layout::SOCK)) {
+        why.push("kernel BTF lacks the struct sock layout".into());
     }
     why
-}
-
-/// Checks a tracepoint format file against the offsets the programs read.
-pub fn check_format(format: &str, fields: &[(&str, usize)]) -> Result<(), String> {
-    for (name, want) in fields {
-        let found = format.lines().find_map(|l| {
-            let l = l.trim();
-            let decl = l.strip_prefix("field:")?.split(';').next()?;
-            let fname = decl.split_whitespace().last()?.split('[').next()?;
-            if fname != *name {
-                return None;
-            }
-            l.split(';')
-                .find_map(|p| p.trim().strip_prefix("offset:"))
-                .and_then(|v| v.parse::<usize>().ok())
-        });
-        match found {
-            Some(off) if off == *want => {}
-            Some(off) => return Err(format!("{name} at offset {off}, expected {want}")),
-            None => return Err(format!("no field {name}")),
-        }
-    }
-    Ok(())
-}
-
-/// Every tracepoint's fields are where the programs read them, or the set is refused.
-fn check_tracepoint_formats(k: &KernelSupport) -> Result<(), AttachError> {
-    let events = k.tracefs.clone().unwrap_or_default().join("events");
-    for f in tracepoint::FORMATS {
-        let path = events.join(f.category).join(f.event).join("format");
-        let text = fs::read_to_string(&path).unwrap_or_default();
-        check_format(&text, f.fields).map_err(|reason| AttachError::TracepointLayout {
-            tracepoint: format!("{}/{}", f.category, f.event),
-            reason,
-        })?;
-    }
-    Ok(())
 }
 
 /// The subtree the set will trace, for its tracepoint: `dir`'s cgroup id (its inode number on
@@ -112,7 +77,6 @@ pub(super) fn attach(
     k: &KernelSupport,
     dir: Option<&Path>,
 ) -> Result<Attached, AttachError> {
-    check_tracepoint_formats(k)?;
     let dir = dir
         .map(Path::to_path_buf)
         .or_else(|| k.cgroup2.clone())
@@ -150,13 +114,12 @@ pub(super) fn attach(
         attached.map_err(not_attached(p.name, &target))?;
         programs.push(p.shown.to_string());
     }
-    for p in program::TRACEPOINTS {
-        let prog: &mut TracePoint = program(ebpf, p.name)?;
+    for p in program::RAW_TRACEPOINTS {
+        let prog: &mut RawTracePoint = program(ebpf, p.name)?;
         prog.load().map_err(rejected(p.name))?;
-        let target = format!("{}/{}", p.category, p.event);
-        prog.attach(p.category, p.event)
-            .map_err(not_attached(p.name, &target))?;
-        programs.push(format!("tracepoint/{target}"));
+        prog.attach(p.event)
+            .map_err(not_attached(p.name, p.event))?;
+        programs.push(p.shown.to_string());
     }
     Ok(Attached {
         programs,
@@ -231,43 +194,6 @@ pub(super) fn coverage(k: &KernelSupport) -> Vec<PathCoverage> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn format_check_accepts_this_layout_and_rejects_a_shift() {
-        let fmt = "\
-\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
-\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
-\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
-\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
-\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
-\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
-\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
-\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
-\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
-\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
-";
-        let set_state = tracepoint::FORMATS[0].fields;
-        assert_eq!(check_format(fmt, set_state), Ok(()));
-        let shifted = fmt.replace("offset:30", "offset:32");
-        assert!(
-            check_format(&shifted, set_state)
-                .unwrap_err()
-                .contains("protocol")
-        );
-        assert!(check_format("", set_state).is_err());
-    }
-
-    /// The formats the programs were compiled against match this kernel's (root: tracefs).
-    #[test]
-    fn this_kernel_has_the_compiled_tracepoint_layouts() {
-        let k = KernelSupport::probe(true);
-        if k.tracefs.is_none() {
-            eprintln!("skipped: tracefs not mounted (not root?)");
-            return;
-        }
-        check_tracepoint_formats(&k).unwrap();
-    }
 
     #[test]
     fn only_cgroup2_directories_are_cgroups() {

@@ -110,10 +110,6 @@ pub enum AttachError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "tracepoint {tracepoint} has a layout this build does not know ({reason}); please report the kernel version"
-    )]
-    TracepointLayout { tracepoint: String, reason: String },
     #[error("kernel BTF")]
     Btf(#[source] aya::BtfError),
 }
@@ -267,7 +263,7 @@ mod tests {
             sock_ops: yes(),
             cgroup_sock: yes(),
             cgroup_sock_addr: yes(),
-            tracepoint: yes(),
+            raw_tracepoint: yes(),
             missing_tracepoints: vec![],
         }
     }

@@ -45,7 +45,7 @@ pub struct KernelSupport {
     pub sock_ops: Fact,
     pub cgroup_sock: Fact,
     pub cgroup_sock_addr: Fact,
-    pub tracepoint: Fact,
+    pub raw_tracepoint: Fact,
     /// Tracepoints the cgroup hook set needs that this kernel lacks.
     pub missing_tracepoints: Vec<String>,
 }
@@ -126,16 +126,14 @@ impl KernelSupport {
             Err(e) => (Fact::new(false, crate::errors::chain(&e)), None),
         };
         let tracefs = tracefs(mount_tracefs && root);
+        // Raw tracepoints need no tracefs; without it, attaching is the test.
         let missing_tracepoints = match &tracefs {
-            Some(t) => program::TRACEPOINTS
+            Some(t) => program::RAW_TRACEPOINTS
                 .iter()
                 .filter(|p| !t.join("events").join(p.category).join(p.event).is_dir())
                 .map(|p| format!("{}/{}", p.category, p.event))
                 .collect(),
-            None => program::TRACEPOINTS
-                .iter()
-                .map(|p| format!("{}/{}", p.category, p.event))
-                .collect(),
+            None => Vec::new(),
         };
         let unknown = || Fact::new(false, "not probed: needs root");
         let ringbuf = if root {
@@ -161,7 +159,7 @@ impl KernelSupport {
             sock_ops: prog(ProgramType::SockOps),
             cgroup_sock: prog(ProgramType::CgroupSock),
             cgroup_sock_addr: prog(ProgramType::CgroupSockAddr),
-            tracepoint: prog(ProgramType::TracePoint),
+            raw_tracepoint: prog(ProgramType::RawTracePoint),
             missing_tracepoints,
         }
     }

@@ -225,7 +225,7 @@ mod tests {
     fn the_object_has_every_program_the_hook_sets_name() {
         let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("the built object parses");
         let mut names: Vec<&str> = program::CGROUP.iter().map(|p| p.name).collect();
-        names.extend(program::TRACEPOINTS.iter().map(|p| p.name));
+        names.extend(program::RAW_TRACEPOINTS.iter().map(|p| p.name));
         for f in program::PORT_FUNCTIONS {
             names.extend([f.fentry, f.fexit, f.kprobe, f.kretprobe]);
         }

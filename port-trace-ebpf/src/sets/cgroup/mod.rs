@@ -26,21 +26,20 @@ use aya_ebpf::{
         bpf_sock_ops,
     },
     helpers::generated::bpf_get_current_ancestor_cgroup_id,
-    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops, tracepoint},
+    macros::{cgroup_sock, cgroup_sock_addr, map, raw_tracepoint, sock_ops},
     maps::LruHashMap,
-    programs::{SockAddrContext, SockContext, SockOpsContext, TracePointContext},
+    programs::{RawTracePointContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use port_trace_common::{
     Family, HookId, Op, Proto, Stat,
-    program::{CGROUP, TRACEPOINTS},
-    tracepoint::inet_sock_set_state as set_state,
+    program::{CGROUP, RAW_TRACEPOINTS},
 };
 use watch::{Seen, State, Watch, proto_of};
 
 use crate::{
-    SCOPE,
+    OFFSETS, SCOPE,
     emit::{Owner, count, current, emit, emit_owned, ipv4, ipv6_words, now_boot_ns, v4_mapped},
-    kernel::{EADDRINUSE, EADDRNOTAVAIL, TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT},
+    kernel::{EADDRINUSE, EADDRNOTAVAIL, Sock, TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT},
     pending::Pending,
 };
 
@@ -67,15 +66,6 @@ macro_rules! ctx_read6 {
                 core::ptr::read_volatile(core::ptr::addr_of!((*$ptr).$field[3])),
             ]
         }
-    };
-}
-
-/// Reads a tracepoint record field at an offset from `port_trace_common::tracepoint`.
-macro_rules! tp_read {
-    ($ctx:expr, $off:expr) => {
-        // SAFETY: read_at copies with bpf_probe_read, which fails instead of faulting; the
-        // loader checked the offset against the tracepoint's format file.
-        unsafe { $ctx.read_at($off) }
     };
 }
 
@@ -188,12 +178,16 @@ fn on_connect(ctx: &SockAddrContext, fam: u8, hook: HookId) {
         watch::forget(sk);
         return;
     }
-    let op = if pr == Proto::Tcp as u8 {
-        Op::Connect
-    } else {
-        Op::Autobind
-    };
-    watch::ask(sk, Owner::of(c), toward(op, pr, fam, user_port, daddr));
+    if pr == Proto::Tcp as u8 {
+        let w = Watch {
+            owner: Owner::of(c),
+            pending: toward(Op::Connect, pr, fam, user_port, daddr),
+            state: State::Asked,
+        };
+        let _ = CONNECTING.insert(sk as u64, w, 0);
+        return;
+    }
+    watch::ask(sk, Owner::of(c), toward(Op::Autobind, pr, fam, user_port, daddr));
 }
 
 // bind(): bind4/6 see the requested port, post_bind4/6 the one the kernel gave.
@@ -324,6 +318,9 @@ fn on_sendmsg(ctx: &SockAddrContext, fam: u8, hook: HookId) {
 /// The tracepoint cannot reach socket storage and sock_ops cannot ask who the current task is
 /// on older kernels (6.1), so the socket's address joins them.
 #[map]
+static CONNECTING: LruHashMap<u64, Watch> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
 static LISTENING: LruHashMap<u64, Watch> = LruHashMap::with_max_entries(4096, 0);
 
 #[sock_ops]
@@ -360,15 +357,14 @@ fn on_connect_cb(so: *const bpf_sock_ops) {
     if sk.is_null() {
         return;
     }
-    let Some(w) = watch::get(sk) else {
+    let key = sk as u64;
+    // SAFETY: the entry is copied out at once, while RCU keeps it alive.
+    let Some(w) = (unsafe { CONNECTING.get(key) }).copied() else {
         return;
     };
-    if w.state != State::Asked || w.pending.op != Op::Connect as u8 {
-        return;
-    }
+    let _ = CONNECTING.remove(key);
     let mut p = w.pending;
     let owner = w.owner;
-    watch::forget(sk);
     p.family = fam;
     if fam == Family::Inet as u8 {
         p.saddr = ipv4(local4.to_ne_bytes());
@@ -412,12 +408,12 @@ fn on_listen_cb(so: *const bpf_sock_ops) {
 // TCP state changes with no local port: listen() about to choose one, and a connect() or
 // listen() that found none.
 
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn pt_inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let _ = on_set_state(&ctx);
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn pt_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    on_set_state(&ctx);
     0
 }
-program_listed!(pt_inet_sock_set_state in TRACEPOINTS.name);
+program_listed!(pt_inet_sock_set_state in RAW_TRACEPOINTS.name);
 
 /// Whether the current task is in the traced cgroup subtree (the cgroup programs see only
 /// that subtree; the tracepoint sees the whole host).
@@ -428,46 +424,51 @@ fn in_scope() -> bool {
     s.level == 0 || unsafe { bpf_get_current_ancestor_cgroup_id(s.level as i32) } == s.id
 }
 
+/// A raw tracepoint, not the classic one: it gets the tracepoint's arguments (`sk`,
+/// `oldstate`, `newstate`) without the kernel first building a record, and the states alone
+/// dismiss the transitions of every TCP connection that chose its port (most calls) before
+/// anything is read.
 #[inline(always)]
-fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
-    let protocol: u16 = tp_read!(ctx, set_state::PROTOCOL)?;
-    let sport: u16 = tp_read!(ctx, set_state::SPORT)?;
-    if protocol != Proto::Tcp as u8 as u16 || sport != 0 {
-        return Ok(());
+fn on_set_state(ctx: &RawTracePointContext) {
+    let oldstate: u64 = ctx.arg(1);
+    let newstate: u64 = ctx.arg(2);
+    let (old, new) = (oldstate as u8, newstate as u8);
+    let closing = new == TCP_CLOSE;
+    let listen_failed = old == TCP_LISTEN && closing;
+    let opening = old == TCP_CLOSE && new == TCP_LISTEN;
+    let failed_connect = old == TCP_SYN_SENT && closing;
+    if !listen_failed && !opening && !failed_connect {
+        return;
     }
-    let oldstate: i32 = tp_read!(ctx, set_state::OLDSTATE)?;
-    let newstate: i32 = tp_read!(ctx, set_state::NEWSTATE)?;
-    let skaddr: u64 = tp_read!(ctx, set_state::SKADDR)?;
-    let closing = newstate == TCP_CLOSE as i32;
-    if oldstate == TCP_LISTEN as i32 && closing {
+    let skaddr: u64 = ctx.arg(0);
+    let o = OFFSETS.load();
+    let sk = Sock::new(skaddr, &o);
+    // A socket with a port did not ask for one (or got it).
+    if sk.protocol() != Some(6) || sk.num() != Some(0) {
+        return;
+    }
+    if listen_failed {
         // get_port failed; -EADDRINUSE is all it returns.
         // SAFETY: as `on_listen_cb`.
         if let Some(w) = (unsafe { LISTENING.get(skaddr) }).copied() {
             let _ = LISTENING.remove(skaddr);
             emit_owned(&w.owner, &w.pending, 0, EADDRINUSE, HookId::SetState, 0);
         }
-        return Ok(());
-    }
-    let opening = oldstate == TCP_CLOSE as i32 && newstate == TCP_LISTEN as i32;
-    let failed_connect = oldstate == TCP_SYN_SENT as i32 && closing;
-    if !opening && !failed_connect {
-        return Ok(());
+        return;
     }
     let Some(c) = current() else {
-        return Ok(());
+        return;
     };
     if !in_scope() {
-        return Ok(());
+        return;
     }
-    let fam: u16 = tp_read!(ctx, set_state::FAMILY)?;
-    let v4 = fam == Family::Inet as u8 as u16;
-    let op = if opening { Op::Listen } else { Op::Connect };
-    let mut p = Pending::new(op as u8, Proto::Tcp as u8, fam as u8);
-    p.saddr = if v4 {
-        ipv4(tp_read!(ctx, set_state::SADDR)?)
-    } else {
-        tp_read!(ctx, set_state::SADDR_V6)?
+    let Some(fam) = sk.family() else {
+        return;
     };
+    let fam = fam as u8;
+    let op = if opening { Op::Listen } else { Op::Connect };
+    let mut p = Pending::new(op as u8, Proto::Tcp as u8, fam);
+    p.saddr = sk.local_addr(fam, false);
     if opening {
         let w = Watch {
             owner: Owner::of(c),
@@ -479,13 +480,8 @@ fn on_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         // inet_hash_connect found no port (it returns -EADDRNOTAVAIL); the socket still
         // holds the destination, which the kernel clears only after this state change.
         p.has_daddr = 1;
-        p.dport = tp_read!(ctx, set_state::DPORT)?;
-        p.daddr = if v4 {
-            ipv4(tp_read!(ctx, set_state::DADDR)?)
-        } else {
-            tp_read!(ctx, set_state::DADDR_V6)?
-        };
+        p.dport = sk.dport();
+        p.daddr = sk.peer_addr(fam, false);
         emit(c, &p, 0, EADDRNOTAVAIL, HookId::SetState, 0);
     }
-    Ok(())
 }
