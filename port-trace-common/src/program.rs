@@ -16,6 +16,9 @@ pub struct CgroupProgram {
     pub kind: CgroupKind,
     /// What users see in `check` and on the `tracing:` line.
     pub shown: &'static str,
+    /// Attached only on request (`--udp-send-hooks`): it runs on a path the host uses often
+    /// without choosing a port.
+    pub opt_in: bool,
 }
 
 /// The cgroup hook set's cgroup programs.
@@ -44,12 +47,12 @@ pub const CGROUP: &[CgroupProgram] = &[
     cgroup("pt_bind6", CgroupKind::SockAddr, "cgroup_sock_addr/bind6"),
     cgroup("pt_post_bind4", CgroupKind::Sock, "cgroup_sock/post_bind4"),
     cgroup("pt_post_bind6", CgroupKind::Sock, "cgroup_sock/post_bind6"),
-    cgroup(
+    opt_in(
         "pt_sendmsg4",
         CgroupKind::SockAddr,
         "cgroup_sock_addr/sendmsg4",
     ),
-    cgroup(
+    opt_in(
         "pt_sendmsg6",
         CgroupKind::SockAddr,
         "cgroup_sock_addr/sendmsg6",
@@ -58,7 +61,21 @@ pub const CGROUP: &[CgroupProgram] = &[
 ];
 
 const fn cgroup(name: &'static str, kind: CgroupKind, shown: &'static str) -> CgroupProgram {
-    CgroupProgram { name, kind, shown }
+    CgroupProgram {
+        name,
+        kind,
+        shown,
+        opt_in: false,
+    }
+}
+
+const fn opt_in(name: &'static str, kind: CgroupKind, shown: &'static str) -> CgroupProgram {
+    CgroupProgram {
+        name,
+        kind,
+        shown,
+        opt_in: true,
+    }
 }
 
 /// A raw tracepoint program of the cgroup hook set: it gets the tracepoint's arguments, not

@@ -59,6 +59,8 @@ pub struct FileConfig {
     /// Events kept for pattern analysis.
     pub window_events: Option<usize>,
     pub cgroup: Option<std::path::PathBuf>,
+    /// `--udp-send-hooks`.
+    pub udp_send_hooks: Option<bool>,
     pub ring_kib: Option<u32>,
 }
 
@@ -70,6 +72,7 @@ pub struct ServeConfig {
     pub refresh_interval: Duration,
     pub window_events: usize,
     pub cgroup: Option<std::path::PathBuf>,
+    pub udp_send_hooks: bool,
     pub ring_kib: u32,
 }
 
@@ -81,6 +84,7 @@ impl Default for ServeConfig {
             refresh_interval: DEFAULT_REFRESH,
             window_events: DEFAULT_WINDOW_EVENTS,
             cgroup: None,
+            udp_send_hooks: false,
             ring_kib: 4096,
         }
     }
@@ -211,6 +215,10 @@ pub fn merge(file: &FileConfig, flags: &FileConfig) -> ServeConfig {
             .or(file.window_events)
             .unwrap_or(d.window_events),
         cgroup: flags.cgroup.clone().or_else(|| file.cgroup.clone()),
+        udp_send_hooks: flags
+            .udp_send_hooks
+            .or(file.udp_send_hooks)
+            .unwrap_or(d.udp_send_hooks),
         ring_kib: flags.ring_kib.or(file.ring_kib).unwrap_or(d.ring_kib),
     }
 }

@@ -54,13 +54,27 @@ fn traced(
     setup: impl FnOnce(&Netns),
     workload: impl FnOnce(&str) -> Vec<Truth> + Send + 'static,
 ) {
+    traced_with(test, comm, &[], setup, workload);
+}
+
+/// `traced`, with extra `trace` flags.
+fn traced_with(
+    test: &str,
+    comm: &'static str,
+    flags: &[&str],
+    setup: impl FnOnce(&Netns),
+    workload: impl FnOnce(&str) -> Vec<Truth> + Send + 'static,
+) {
     if !require_root(test) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = Netns::new().expect("create network namespace");
     setup(&ns);
-    let tracer = TraceProcess::in_netns(&ns).expect("start port-trace");
+    let inode = ns.inode.to_string();
+    let mut args = vec!["--netns", inode.as_str()];
+    args.extend_from_slice(flags);
+    let tracer = TraceProcess::start(&args).expect("start port-trace");
     // Under the VM matrix the forced hook set must be the one that ran.
     let want = std::env::var("PORT_TRACE_HOOKS").unwrap_or_default();
     assert!(
@@ -185,40 +199,67 @@ fn sendmmsg(s: &Socket, dest: &SockAddr) -> std::io::Result<()> {
 
 #[test]
 fn udp_autobind_on_send_and_connect() {
-    traced(
-        "udp_autobind_on_send_and_connect",
+    udp_autobind("udp_autobind_on_send_and_connect", false);
+}
+
+/// The cgroup set's opt-in sendmsg hooks see the send itself, with its destination.
+#[test]
+fn udp_autobind_with_the_send_hooks() {
+    udp_autobind("udp_autobind_with_the_send_hooks", true);
+}
+
+fn udp_autobind(test: &str, send_hooks: bool) {
+    let flags: &[&str] = if send_hooks {
+        &["--udp-send-hooks"]
+    } else {
+        &[]
+    };
+    traced_with(
+        test,
         "pt-udp",
+        flags,
         |_| {},
-        |_| {
+        move |set| {
+            // Without its sendmsg hooks the cgroup set reports a port autobound on send when
+            // the socket closes, and does not know where the send went.
+            let at_close = set == "cgroup" && !send_hooks;
             let mut truths = Vec::new();
             let mut keep = Vec::new();
             for v6 in [false, true] {
                 let dest = lo(v6, 9999);
                 let sa = SockAddr::from(dest);
                 let new = || Socket::new(domain(v6), Type::DGRAM, None).unwrap();
-                let autobound =
-                    |s: &Socket| Truth::ok("autobind", "udp", fam(v6), local_port(s), Some(dest));
+                let sent = |s: &Socket| {
+                    let to = (!at_close).then_some(dest);
+                    Truth::ok("autobind", "udp", fam(v6), local_port(s), to)
+                };
 
                 let s = new();
                 s.send_to(b"x", &sa).unwrap();
-                truths.push(autobound(&s));
+                truths.push(sent(&s));
                 // A second send from the same socket picks nothing.
                 s.send_to(b"y", &sa).unwrap();
                 keep.push(s);
 
                 let s = new();
                 s.send_to_vectored(&[IoSlice::new(b"x")], &sa).unwrap();
-                truths.push(autobound(&s));
+                truths.push(sent(&s));
                 keep.push(s);
 
                 let s = new();
                 sendmmsg(&s, &sa).unwrap();
-                truths.push(autobound(&s));
+                truths.push(sent(&s));
                 keep.push(s);
 
                 let s = new();
                 s.connect(&sa).unwrap();
-                truths.push(autobound(&s));
+                truths.push(Truth::ok(
+                    "autobind",
+                    "udp",
+                    fam(v6),
+                    local_port(&s),
+                    Some(dest),
+                ));
                 s.send(b"z").unwrap();
                 keep.push(s);
 
@@ -228,6 +269,8 @@ fn udp_autobind_on_send_and_connect() {
                 s.send_to(b"x", &sa).unwrap();
                 keep.push(s);
             }
+            // Closed while traced: the cgroup set reports the sends' autobinds now.
+            drop(keep);
             truths
         },
     );

@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Cgroup v2 directory to trace [default: the cgroup v2 root].
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
+    /// Cgroup hook set: also hook every unconnected UDP send (see `trace --udp-send-hooks`).
+    #[arg(long)]
+    pub udp_send_hooks: bool,
     /// Ring buffer size in KiB [default: 4096].
     #[arg(long)]
     pub ring_kib: Option<u32>,
@@ -56,6 +59,7 @@ impl ServeArgs {
             refresh_interval: self.refresh_interval.clone(),
             window_events: self.window_events,
             cgroup: self.cgroup.clone(),
+            udp_send_hooks: self.udp_send_hooks.then_some(true),
             ring_kib: self.ring_kib,
         }
     }
@@ -118,6 +122,7 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
     let mut session = Session::start(&SessionOptions {
         hooks: args.hooks,
         cgroup: cfg.cgroup.clone(),
+        udp_send_hooks: cfg.udp_send_hooks,
         ring_kib: cfg.ring_kib,
         wakeup_kib: None,
         drain_interval: DRAIN_INTERVAL,
@@ -226,8 +231,14 @@ fn reload(
             return;
         }
     };
-    if new.listen != cfg.listen || new.cgroup != cfg.cgroup || new.ring_kib != cfg.ring_kib {
-        eprintln!("port-trace: listen, cgroup and ring_kib changes take effect after a restart");
+    if new.listen != cfg.listen
+        || new.cgroup != cfg.cgroup
+        || new.ring_kib != cfg.ring_kib
+        || new.udp_send_hooks != cfg.udp_send_hooks
+    {
+        eprintln!(
+            "port-trace: listen, cgroup, ring_kib and udp_send_hooks changes take effect after a restart"
+        );
     }
     if let Ok(mut a) = shared.agg.lock() {
         a.top_destinations = new.top_destinations;

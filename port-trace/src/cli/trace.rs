@@ -50,6 +50,11 @@ pub struct TraceArgs {
     /// Cgroup v2 directory to trace (default: the root of the cgroup v2 mount).
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
+    /// Cgroup hook set: also hook every unconnected UDP send (cgroup sendmsg4/6), so that a
+    /// UDP port autobound on send is reported at the send instead of when the socket closes.
+    /// Costs every such send on the host a program run and a socket lock (docs/capture.md).
+    #[arg(long)]
+    pub udp_send_hooks: bool,
     /// Ring buffer size in KiB (power of two).
     #[arg(long, default_value_t = 1024, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
@@ -128,6 +133,7 @@ impl TraceArgs {
         SessionOptions {
             hooks: self.hooks,
             cgroup: self.cgroup.clone(),
+            udp_send_hooks: self.udp_send_hooks,
             ring_kib: self.ring_kib,
             wakeup_kib: self.wakeup_kib,
             drain_interval: self.drain_interval,

@@ -36,7 +36,10 @@ pub(super) fn missing(k: &KernelSupport) -> Vec<String> {
         }
     }
     if !k.missing_tracepoints.is_empty() {
-        why.push(format!("missing tracepoint {}", k.missing_tracepoints.join(", ")));
+        why.push(format!(
+            "missing tracepoint {}",
+            k.missing_tracepoints.join(", ")
+        ));
     }
     if !k.layout.as_ref().is_some_and(|l| l.has(layout::SOCK)) {
         why.push("kernel BTF lacks the struct sock layout".into());
@@ -76,6 +79,7 @@ pub(super) fn attach(
     ebpf: &mut Ebpf,
     k: &KernelSupport,
     dir: Option<&Path>,
+    udp_send_hooks: bool,
 ) -> Result<Attached, AttachError> {
     let dir = dir
         .map(Path::to_path_buf)
@@ -93,7 +97,10 @@ pub(super) fn attach(
     let mut programs = Vec::new();
     // Single: bpf_link_create rejects the multi flag, and links stack anyway.
     let mode = CgroupAttachMode::Single;
-    for p in program::CGROUP {
+    for p in program::CGROUP
+        .iter()
+        .filter(|p| udp_send_hooks || !p.opt_in)
+    {
         let attached = match p.kind {
             CgroupKind::SockAddr => {
                 let prog: &mut CgroupSockAddr = program(ebpf, p.name)?;
@@ -124,6 +131,11 @@ pub(super) fn attach(
     Ok(Attached {
         programs,
         cgroup: Some(dir),
+        note: Some(if udp_send_hooks {
+            "--udp-send-hooks: every unconnected UDP send on the host runs cgroup sendmsg4/6"
+        } else {
+            "a UDP port autobound on send is reported when its socket closes (--udp-send-hooks: at the send, at a cost to every unconnected UDP send)"
+        }),
     })
 }
 
@@ -172,9 +184,9 @@ pub(super) fn coverage(k: &KernelSupport) -> Vec<PathCoverage> {
             (!has(layout::SOCK)).then(|| "kernel BTF lacks the struct sock layout".to_string()),
         ),
         row(
-            "udp autobind on sendto/sendmsg/sendmmsg (v4/v6)",
-            "cgroup/sock_create, cgroup/sendmsg4+6",
-            None,
+            "udp autobind on sendto/sendmsg/sendmmsg (v4/v6), at close",
+            "cgroup/sock_create, cgroup/sock_release; at the send with --udp-send-hooks: cgroup/sendmsg4+6",
+            (!has(layout::SOCK)).then(|| "kernel BTF lacks the struct sock layout".to_string()),
         ),
         row(
             "udp autobind failure EAGAIN on send",

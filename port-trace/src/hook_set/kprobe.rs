@@ -39,5 +39,6 @@ pub(super) fn attach(ebpf: &mut Ebpf) -> Result<Attached, AttachError> {
     Ok(Attached {
         programs,
         cgroup: None,
+        note: None,
     })
 }

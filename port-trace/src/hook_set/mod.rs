@@ -120,6 +120,8 @@ pub struct Attached {
     pub programs: Vec<String>,
     /// The cgroup v2 directory the cgroup set attached to; `None` for the other sets.
     pub cgroup: Option<PathBuf>,
+    /// What an operator should know about how this attachment sees a path (`tracing:` line).
+    pub note: Option<&'static str>,
 }
 
 impl HookSet {
@@ -153,15 +155,16 @@ impl HookSet {
     }
 
     /// Loads and attaches this set's programs from the loaded object. `cgroup` overrides the
-    /// cgroup v2 directory of the cgroup set.
+    /// cgroup v2 directory of the cgroup set; `udp_send_hooks` adds its opt-in programs.
     pub fn attach(
         &self,
         ebpf: &mut Ebpf,
         k: &KernelSupport,
         cgroup: Option<&std::path::Path>,
+        udp_send_hooks: bool,
     ) -> Result<Attached, AttachError> {
         match self {
-            Self::Cgroup => cgroup::attach(ebpf, k, cgroup),
+            Self::Cgroup => cgroup::attach(ebpf, k, cgroup, udp_send_hooks),
             Self::Fexit => fexit::attach(ebpf),
             Self::Kprobe => kprobe::attach(ebpf),
         }

@@ -60,6 +60,8 @@ pub struct LoadOptions {
     /// Cgroup v2 directory for the cgroup hook set (default: the root of the cgroup v2 mount);
     /// its whole subtree is traced.
     pub cgroup: Option<PathBuf>,
+    /// Also attach the cgroup set's sendmsg hooks (`--udp-send-hooks`).
+    pub udp_send_hooks: bool,
 }
 
 /// Attached programs plus the maps userspace reads. Dropping it detaches everything.
@@ -72,6 +74,8 @@ pub struct Tracer {
     pub programs: Vec<String>,
     /// The cgroup v2 directory, for the cgroup hook set.
     pub cgroup: Option<PathBuf>,
+    /// What the attachment says about itself (`Attached::note`).
+    pub note: Option<&'static str>,
     /// Records that did not decode (size or an unknown id): counted, never silent.
     undecodable: u64,
 }
@@ -140,7 +144,7 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;
         let attached = set
-            .attach(&mut ebpf, k, opts.cgroup.as_deref())
+            .attach(&mut ebpf, k, opts.cgroup.as_deref(), opts.udp_send_hooks)
             .map_err(|e| LoadError::Attach {
                 set,
                 source: Box::new(e),
@@ -161,6 +165,7 @@ impl Tracer {
             hook_set: set,
             programs: attached.programs,
             cgroup: attached.cgroup,
+            note: attached.note,
             undecodable: 0,
         })
     }

@@ -40,6 +40,8 @@ pub struct SessionOptions {
     pub hooks: Option<HookSet>,
     /// Cgroup v2 directory for the cgroup hook set.
     pub cgroup: Option<PathBuf>,
+    /// Also attach the cgroup set's sendmsg hooks.
+    pub udp_send_hooks: bool,
     pub ring_kib: u32,
     /// Wake up early once this many KiB wait (default: a quarter of the ring).
     pub wakeup_kib: Option<u32>,
@@ -99,6 +101,7 @@ impl Session {
                 .map(|k| k as u64 * 1024)
                 .unwrap_or(ring_bytes as u64 / 4),
             cgroup: opts.cgroup.clone(),
+            udp_send_hooks: opts.udp_send_hooks,
         };
         let (tracer, skipped) = start_first(&kernel, &sets, &load)?;
         let dup = tracer
@@ -144,8 +147,13 @@ impl Session {
         } else {
             format!("; not seen here: {}", blind.join(", "))
         };
+        let note = self
+            .tracer
+            .note
+            .map(|n| format!("; {n}"))
+            .unwrap_or_default();
         format!(
-            "hook set {set} ({} programs{on}){blind}",
+            "hook set {set} ({} programs{on}){blind}{note}",
             self.tracer.programs.len()
         )
     }

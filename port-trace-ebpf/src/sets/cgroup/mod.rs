@@ -26,8 +26,7 @@ use aya_ebpf::{
         bpf_sock_ops,
     },
     helpers::generated::bpf_get_current_ancestor_cgroup_id,
-    macros::{cgroup_sock, cgroup_sock_addr, map, raw_tracepoint, sock_ops},
-    maps::LruHashMap,
+    macros::{cgroup_sock, cgroup_sock_addr, raw_tracepoint, sock_ops},
     programs::{RawTracePointContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use port_trace_common::{
@@ -126,14 +125,27 @@ program_listed!(pt_sock_create in CGROUP.name);
 
 #[cgroup_sock(sock_release)]
 pub fn pt_sock_release(ctx: SockContext) -> i32 {
-    if let Some(w) = watch::get(ctx.sock) {
-        match watch::local_of_ctx(ctx.sock, w.pending.family) {
-            Some(local) => watch::settle(w, Seen::Closing, HookId::SockRelease, local),
-            // An open request whose outcome cannot be read is counted, not guessed.
-            None if w.state == State::Asked => count(Stat::Unresolved),
-            None => {}
+    let sk = ctx.sock;
+    let Some(w) = watch::get(sk) else {
+        return 1;
+    };
+    let local = watch::local_of_ctx(sk, w.pending.family);
+    match (w.state, local) {
+        // A fresh UDP socket with a port got it on a send no sendmsg hook saw (they are
+        // opt-in): reported now, by whoever closes it, with no destination.
+        (State::Fresh, Some((port, saddr))) if port != 0 => {
+            if let Some(c) = current() {
+                let mut p = w.pending;
+                p.saddr = saddr;
+                emit(c, &p, port, 0, HookId::SockRelease, 0);
+            }
         }
+        (_, Some(local)) => watch::settle(w, Seen::Closing, HookId::SockRelease, local),
+        // An open request whose outcome cannot be read is counted, not guessed.
+        (State::Asked, None) => count(Stat::Unresolved),
+        _ => {}
     }
+    watch::forget(sk);
     1
 }
 program_listed!(pt_sock_release in CGROUP.name);
@@ -178,16 +190,12 @@ fn on_connect(ctx: &SockAddrContext, fam: u8, hook: HookId) {
         watch::forget(sk);
         return;
     }
-    if pr == Proto::Tcp as u8 {
-        let w = Watch {
-            owner: Owner::of(c),
-            pending: toward(Op::Connect, pr, fam, user_port, daddr),
-            state: State::Asked,
-        };
-        let _ = CONNECTING.insert(sk as u64, w, 0);
-        return;
-    }
-    watch::ask(sk, Owner::of(c), toward(Op::Autobind, pr, fam, user_port, daddr));
+    let op = if pr == Proto::Tcp as u8 {
+        Op::Connect
+    } else {
+        Op::Autobind
+    };
+    watch::ask(sk, Owner::of(c), toward(op, pr, fam, user_port, daddr));
 }
 
 // bind(): bind4/6 see the requested port, post_bind4/6 the one the kernel gave.
@@ -314,15 +322,6 @@ fn on_sendmsg(ctx: &SockAddrContext, fam: u8, hook: HookId) {
 // ---------------------------------------------------------------------------------------------
 // sock_ops: the port chosen by connect() and listen().
 
-/// listen() requests by socket address, from CLOSE->LISTEN to TCP_LISTEN_CB or LISTEN->CLOSE.
-/// The tracepoint cannot reach socket storage and sock_ops cannot ask who the current task is
-/// on older kernels (6.1), so the socket's address joins them.
-#[map]
-static CONNECTING: LruHashMap<u64, Watch> = LruHashMap::with_max_entries(16384, 0);
-
-#[map]
-static LISTENING: LruHashMap<u64, Watch> = LruHashMap::with_max_entries(4096, 0);
-
 #[sock_ops]
 pub fn pt_sockops(ctx: SockOpsContext) -> u32 {
     let so: *const bpf_sock_ops = ctx.ops;
@@ -357,14 +356,15 @@ fn on_connect_cb(so: *const bpf_sock_ops) {
     if sk.is_null() {
         return;
     }
-    let key = sk as u64;
-    // SAFETY: the entry is copied out at once, while RCU keeps it alive.
-    let Some(w) = (unsafe { CONNECTING.get(key) }).copied() else {
+    let Some(w) = watch::get(sk) else {
         return;
     };
-    let _ = CONNECTING.remove(key);
+    if w.state != State::Asked || w.pending.op != Op::Connect as u8 {
+        return;
+    }
     let mut p = w.pending;
     let owner = w.owner;
+    watch::forget(sk);
     p.family = fam;
     if fam == Family::Inet as u8 {
         p.saddr = ipv4(local4.to_ne_bytes());
@@ -388,20 +388,15 @@ fn on_listen_cb(so: *const bpf_sock_ops) {
     if sk.is_null() {
         return;
     }
-    let key = sk as u64;
-    // SAFETY: the entry is copied out at once, while RCU keeps it alive.
-    let Some(w) = (unsafe { LISTENING.get(key) }).copied() else {
+    let Some(w) = watch::get(sk) else {
         return;
     };
-    let _ = LISTENING.remove(key);
-    emit_owned(
-        &w.owner,
-        &w.pending,
-        local_port as u16,
-        0,
-        HookId::SockOpsListen,
-        0,
-    );
+    if w.state != State::Asked || w.pending.op != Op::Listen as u8 {
+        return;
+    }
+    let (owner, p) = (w.owner, w.pending);
+    watch::forget(sk);
+    emit_owned(&owner, &p, local_port as u16, 0, HookId::SockOpsListen, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,10 +444,14 @@ fn on_set_state(ctx: &RawTracePointContext) {
     }
     if listen_failed {
         // get_port failed; -EADDRINUSE is all it returns.
-        // SAFETY: as `on_listen_cb`.
-        if let Some(w) = (unsafe { LISTENING.get(skaddr) }).copied() {
-            let _ = LISTENING.remove(skaddr);
-            emit_owned(&w.owner, &w.pending, 0, EADDRINUSE, HookId::SetState, 0);
+        let ptr = skaddr as *const bpf_sock;
+        if let Some(w) = watch::get(ptr)
+            && w.state == State::Asked
+            && w.pending.op == Op::Listen as u8
+        {
+            let (owner, p) = (w.owner, w.pending);
+            watch::forget(ptr);
+            emit_owned(&owner, &p, 0, EADDRINUSE, HookId::SetState, 0);
         }
         return;
     }
@@ -470,12 +469,7 @@ fn on_set_state(ctx: &RawTracePointContext) {
     let mut p = Pending::new(op as u8, Proto::Tcp as u8, fam);
     p.saddr = sk.local_addr(fam, false);
     if opening {
-        let w = Watch {
-            owner: Owner::of(c),
-            pending: p,
-            state: State::Asked,
-        };
-        let _ = LISTENING.insert(skaddr, w, 0);
+        watch::ask(skaddr as *const bpf_sock, Owner::of(c), p);
     } else {
         // inet_hash_connect found no port (it returns -EADDRNOTAVAIL); the socket still
         // holds the destination, which the kernel clears only after this state change.

@@ -1,18 +1,16 @@
-//! What the cgroup set remembers about one socket, in the socket's own BPF storage
-//! (`BPF_MAP_TYPE_SK_STORAGE`): the kernel frees it with the socket, and a socket without it
-//! costs one pointer test in every program that looks.
+//! What the cgroup set remembers about one socket, keyed by the socket's address (`struct
+//! sock *`, the same in every program type): who asked for a port and what, until the outcome
+//! is seen. An entry is removed when its outcome is reported and, at the latest, by
+//! sock_release; the LRU bound only matters for sockets no release hook sees (kernel sockets).
+//! Socket storage (`BPF_MAP_TYPE_SK_STORAGE`) would free itself, but creating it allocates:
+//! it cost ~1.5 us per UDP socket and per connect(), an LRU entry ~0.2 us.
 //!
 //! Without syscall exit tracepoints some outcomes are not visible when they happen: a failed
-//! bind(0), and the port a UDP connect() autobound. The request is kept here and settled the
-//! next time the socket passes a hook (bind, connect, sendmsg, close), reported with the time
-//! it was made.
+//! bind(0), the port a UDP connect() autobound, and (without the sendmsg hooks) the port a UDP
+//! send autobound. The request is kept here and settled the next time the socket passes a
+//! hook (bind, connect, sendmsg, close), reported with the time it was made.
 
-use aya_ebpf::{
-    bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
-    btf_maps::SkStorage,
-    helpers::generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
-    macros::btf_map,
-};
+use aya_ebpf::{bindings::bpf_sock, macros::map, maps::LruHashMap};
 use port_trace_common::{Family, HookId, Op, Proto, layout};
 
 use crate::{
@@ -43,51 +41,37 @@ pub struct Watch {
     pub state: State,
 }
 
-#[btf_map]
-static SOCKETS: SkStorage<Watch> = SkStorage::new();
+/// Sockets with an open request or a fresh mark. Sized for the sockets that hold one at once
+/// (UDP sockets created while tracing that have not sent yet, requests in flight): ~5 MiB.
+#[map]
+static WATCHES: LruHashMap<u64, Watch> = LruHashMap::with_max_entries(32768, 0);
 
-fn map() -> *mut core::ffi::c_void {
-    core::ptr::from_ref(&SOCKETS).cast_mut().cast()
+/// The key of a socket: its `struct sock` address (a `bpf_sock` pointer from any context).
+#[inline(always)]
+fn key(sk: *const bpf_sock) -> u64 {
+    sk as u64
 }
 
-/// The socket's watch, if it has one. `sk` is the program's socket: a `bpf_sock` from a
-/// sock_addr or sock_ops context, or a cgroup sock program's context itself.
+/// The socket's watch, if it has one.
 #[inline(always)]
-pub fn get(sk: *mut bpf_sock) -> Option<&'static mut Watch> {
-    // SAFETY: the helper checks the socket; a non-null result points into the socket's
-    // storage, which lives as long as the socket and so outlasts this program run.
-    unsafe {
-        bpf_sk_storage_get(map(), sk.cast(), core::ptr::null_mut(), 0)
-            .cast::<Watch>()
-            .as_mut()
-    }
+pub fn get(sk: *const bpf_sock) -> Option<&'static mut Watch> {
+    // SAFETY: the value lives until deleted, and only the programs of this socket's own
+    // calls, one at a time (most under the socket lock), change or delete it.
+    WATCHES
+        .get_ptr_mut(key(sk))
+        .and_then(|p| unsafe { p.as_mut() })
 }
 
 /// Gives the socket the watch `w`, replacing any it had.
 #[inline(always)]
-pub fn set(sk: *mut bpf_sock, w: &Watch) {
-    // SAFETY: as `get`; the kernel copies `w` into new storage when there is none.
-    let p = unsafe {
-        bpf_sk_storage_get(
-            map(),
-            sk.cast(),
-            core::ptr::from_ref(w).cast_mut().cast(),
-            BPF_SK_STORAGE_GET_F_CREATE.into(),
-        )
-        .cast::<Watch>()
-    };
-    if !p.is_null() {
-        // SAFETY: as `get`.
-        unsafe { *p = *w };
-    }
+pub fn set(sk: *const bpf_sock, w: &Watch) {
+    let _ = WATCHES.insert(key(sk), w, 0);
 }
 
-/// Drops the socket's watch (sock_addr and sock_ops programs only: cgroup sock programs may
-/// not delete, they mark the watch `Done`).
+/// Drops the socket's watch.
 #[inline(always)]
-pub fn forget(sk: *mut bpf_sock) {
-    // SAFETY: the helper checks the socket and the map.
-    unsafe { bpf_sk_storage_delete(map(), sk.cast()) };
+pub fn forget(sk: *const bpf_sock) {
+    let _ = WATCHES.remove(key(sk));
 }
 
 /// The socket's local port (host order) and address, as the event reports them, from a
@@ -172,7 +156,7 @@ pub fn settle(w: &mut Watch, seen: Seen, hook: HookId, local: (u16, [u8; 16])) {
 
 /// A request about to be made on socket `sk` by `owner`.
 #[inline(always)]
-pub fn ask(sk: *mut bpf_sock, owner: Owner, pending: Pending) {
+pub fn ask(sk: *const bpf_sock, owner: Owner, pending: Pending) {
     set(
         sk,
         &Watch {
