@@ -230,7 +230,7 @@ pub fn guest(args: GuestArgs) -> Result<ExitCode> {
 /// This host: the automatic hook set (named in each row from the tracer's banner).
 fn host_configs() -> Vec<tracers::Config> {
     use tracers::{Column, Config};
-    [Column::None, Column::Trace, Column::Serve, Column::Bpftrace]
+    Column::ALL
         .into_iter()
         .map(|column| Config {
             column,

@@ -39,8 +39,9 @@ pub fn render(platforms: &[Platform], took: Duration) -> String {
 
     let _ = writeln!(
         out,
-        "\n| loop | hook set | {} |\n|---|---|---|---|---|---|",
-        Column::ALL.map(Column::heading).join(" | ")
+        "\n| loop | hook set | {} |\n{}",
+        Column::ALL.map(Column::heading).join(" | "),
+        separator()
     );
     for (p, rows) in &rows {
         for r in rows {
@@ -58,8 +59,9 @@ pub fn render(platforms: &[Platform], took: Duration) -> String {
 
     let _ = writeln!(
         out,
-        "\n### Rates: median iterations/s (per-round ratios: lowest–highest, median, fastest round's)\n\n| loop | hook set | {} |\n|---|---|---|---|---|---|",
-        Column::ALL.map(Column::heading).join(" | ")
+        "\n### Rates: median iterations/s (per-round ratios: lowest–highest, median, fastest round's)\n\n| loop | hook set | {} |\n{}",
+        Column::ALL.map(Column::heading).join(" | "),
+        separator()
     );
     for (p, rows) in &rows {
         for r in rows {
@@ -236,6 +238,11 @@ fn noisy(c: &Cell) -> bool {
         (Some(r), Some((lo, hi))) => hi - lo > 0.2 * r,
         _ => false,
     }
+}
+
+/// The header separator of the tables with a loop, a hook set and one cell per column.
+fn separator() -> String {
+    "|---".repeat(2 + Column::ALL.len()) + "|"
 }
 
 fn rate_cell(c: &Cell, column: Column) -> String {

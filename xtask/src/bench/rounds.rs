@@ -159,7 +159,7 @@ fn one_run(
     // to stop cleanly (it is killed); only what it counted is lost.
     match tracer.stop() {
         Ok(stopped) => {
-            if cfg.column == Column::Trace {
+            if matches!(cfg.column, Column::Trace | Column::SendHooks) {
                 for s in &mut run.samples {
                     let op = loops::by_name(&s.loop_name).and_then(|l| l.op);
                     s.seen = Some(stopped.seen(&s.loop_name, op));
@@ -211,7 +211,7 @@ fn progress(run: &Run, cfg: &Config, rounds: usize) -> String {
 pub fn hook_sets(runs: &[Run]) -> Vec<String> {
     let mut sets: Vec<String> = Vec::new();
     for r in runs {
-        if matches!(r.column, Column::Trace | Column::Serve)
+        if matches!(r.column, Column::Trace | Column::SendHooks | Column::Serve)
             && let Some(h) = &r.hooks
             && !sets.contains(h)
         {

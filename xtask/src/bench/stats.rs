@@ -79,7 +79,7 @@ fn cell(runs: &[Run], column: Column, hooks: &str, lp: &Loop) -> Cell {
         .iter()
         .filter(|r| r.column == column)
         .filter(|r| {
-            !matches!(column, Column::Trace | Column::Serve)
+            !matches!(column, Column::Trace | Column::SendHooks | Column::Serve)
                 || r.hooks.as_deref().is_none_or(|h| h == hooks)
         })
         .collect();

@@ -1,5 +1,6 @@
 //! The tracer configurations, one per table column: none, `port-trace trace --format json`,
-//! `port-trace serve`, and a bpftrace peer. Each is started before a round's loops (the call
+//! the same with the cgroup set's opt-in `--udp-send-hooks`, `port-trace serve`, and a
+//! bpftrace peer. Each is started before a round's loops (the call
 //! returns once its programs are attached), counts what it saw, and is stopped after them.
 
 use std::{
@@ -29,17 +30,26 @@ const BPFTRACE_PROGRAM: &str = r#"BEGIN { printf("ready\n"); } tracepoint:sock:i
 pub enum Column {
     None,
     Trace,
+    /// `trace` with `--udp-send-hooks` (host only: the other sets have no such hooks).
+    SendHooks,
     Serve,
     Bpftrace,
 }
 
 impl Column {
-    pub const ALL: [Column; 4] = [Column::None, Column::Trace, Column::Serve, Column::Bpftrace];
+    pub const ALL: [Column; 5] = [
+        Column::None,
+        Column::Trace,
+        Column::SendHooks,
+        Column::Serve,
+        Column::Bpftrace,
+    ];
 
     pub fn heading(self) -> &'static str {
         match self {
             Column::None => "no tracer",
             Column::Trace => "`trace --format json`",
+            Column::SendHooks => "`trace --udp-send-hooks`",
             Column::Serve => "`serve`",
             Column::Bpftrace => "bpftrace peer",
         }
@@ -121,9 +131,12 @@ impl Tracer {
         };
         match cfg.column {
             Column::None => {}
-            Column::Trace => {
+            Column::Trace | Column::SendHooks => {
                 let mut cmd = Command::new(&env.port_trace);
                 cmd.args(["trace", "--format", "json"]).args(&hooks);
+                if cfg.column == Column::SendHooks {
+                    cmd.arg("--udp-send-hooks");
+                }
                 let mut child = spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))?;
                 let out = child.stdout.take().context("trace's stdout")?;
                 t.counter = Some(events::count_in_background(out, netns));
@@ -273,7 +286,7 @@ impl Tracer {
         if !status.success() {
             bail!("exited with {status}: {}", said.join(" | "));
         }
-        if self.column == Column::Trace {
+        if matches!(self.column, Column::Trace | Column::SendHooks) {
             stopped.lost = said.iter().find_map(|l| lost_in_summary(l));
             if let Some(counter) = self.counter.take() {
                 stopped.by_comm = counter
