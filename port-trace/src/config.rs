@@ -241,6 +241,19 @@ mod tests {
     }
 
     #[test]
+    fn udp_send_hooks_are_off_unless_the_file_or_a_flag_says_so() {
+        let none = FileConfig::default();
+        assert!(!merge(&none, &none).udp_send_hooks);
+        let file = parse("udp_send_hooks = true\n", "f").unwrap();
+        assert!(merge(&file, &none).udp_send_hooks);
+        let flag = FileConfig {
+            udp_send_hooks: Some(true),
+            ..Default::default()
+        };
+        assert!(merge(&none, &flag).udp_send_hooks);
+    }
+
+    #[test]
     fn bad_config_names_the_line() {
         let err = parse(
             "listen = \"127.0.0.1:9864\"\ntop_destinations = \"ten\"\n",
