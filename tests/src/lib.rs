@@ -151,6 +151,8 @@ pub struct TraceProcess {
     /// Reads stdout as it comes, so a full pipe never stalls the tracer's drain loop.
     stdout: Option<std::thread::JoinHandle<std::io::Result<String>>>,
     pub banner: String,
+    /// What it said on stderr before the banner (fallbacks, limits).
+    pub preamble: String,
 }
 
 /// A test that fails before `stop()` must not leave a tracer or daemon running.
@@ -178,8 +180,14 @@ impl TraceProcess {
 
     /// Starts `port-trace ARGS...` and waits until it prints its `tracing:` line (or exits).
     pub fn spawn(args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(port_trace_bin())
-            .args(args)
+        let mut cmd = Command::new(port_trace_bin());
+        cmd.args(args);
+        Self::spawn_command(cmd)
+    }
+
+    /// As `spawn`, for a command that runs port-trace (e.g. under `setpriv`).
+    pub fn spawn_command(mut cmd: Command) -> Result<Self> {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -192,7 +200,6 @@ impl TraceProcess {
                 let status = child.wait()?;
                 bail!("port-trace exited ({status}) before tracing: {seen}");
             }
-            seen.push_str(&line);
             if line.starts_with("tracing:") {
                 let mut out = child.stdout.take().unwrap();
                 let stdout = std::thread::spawn(move || {
@@ -204,8 +211,10 @@ impl TraceProcess {
                     stderr,
                     stdout: Some(stdout),
                     banner: line.trim().to_string(),
+                    preamble: seen,
                 });
             }
+            seen.push_str(&line);
         }
     }
 

@@ -6,7 +6,10 @@ use clap::Args;
 
 use crate::{
     hook_set::{self, HookSet},
-    kernel::probe::{Fact, KernelSupport},
+    kernel::{
+        privilege,
+        probe::{Fact, KernelSupport},
+    },
 };
 
 #[derive(Debug, Args)]
@@ -27,7 +30,27 @@ fn line(name: &str, f: &Fact) {
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let k = KernelSupport::probe(true);
     println!("kernel {}", k.release);
-    line("root", &k.root);
+    line("privileges", &k.privileged);
+    let net_admin = &privilege::CGROUP;
+    line(
+        "CAP_NET_ADMIN",
+        &Fact {
+            ok: k.caps.meets(net_admin),
+            note: format!("the cgroup hook set needs it {}", net_admin.why),
+        },
+    );
+    let lacking = k.caps.lacking(&privilege::OTHER_NAMESPACES);
+    line(
+        "other namespaces",
+        &Fact {
+            ok: lacking.is_empty(),
+            note: if lacking.is_empty() {
+                "their port ranges and socket tables can be read".to_string()
+            } else {
+                format!("not read: missing {}", privilege::describe(&lacking))
+            },
+        },
+    );
     line("BTF", &k.btf);
     if let Some(l) = &k.layout {
         let ok = l.problems.is_empty();

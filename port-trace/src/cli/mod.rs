@@ -38,6 +38,9 @@ pub enum Command {
 
 impl Cli {
     pub fn run(self) -> anyhow::Result<std::process::ExitCode> {
+        if matches!(self.command, Command::Check(_) | Command::Analyze(_)) {
+            stop_quietly_on_a_closed_pipe();
+        }
         match self.command {
             Command::Trace(args) => trace::run(args),
             Command::Check(args) => check::run(args),
@@ -47,4 +50,14 @@ impl Cli {
             Command::Serve(args) => serve::run(args),
         }
     }
+}
+
+/// `port-trace check | head` must end like any Unix filter, not panic in `println!`: the
+/// commands that only print to stdout take SIGPIPE's default action again (Rust ignores it).
+/// The others keep it ignored: `serve` must survive a scraper hanging up, and `trace`/`record`
+/// report a closed output as an error and detach.
+fn stop_quietly_on_a_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: restores the default disposition before any thread exists; no handler runs.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }

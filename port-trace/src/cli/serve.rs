@@ -135,6 +135,9 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
     for why in &session.skipped {
         eprintln!("port-trace: falling back: {why}");
     }
+    if let Some(limits) = session.limits() {
+        eprintln!("port-trace: {limits}");
+    }
 
     let agg = Aggregator::new(cfg.window_events, cfg.top_destinations);
     let set = session.hook_set();

@@ -202,6 +202,9 @@ pub async fn trace(
     for why in &session.skipped {
         eprintln!("port-trace: falling back: {why}");
     }
+    if let Some(limits) = session.limits() {
+        eprintln!("port-trace: {limits}");
+    }
     eprintln!("tracing: {}", session.describe());
 
     let mut shown = Shown {

@@ -19,6 +19,13 @@ use crate::kernel::probe::KernelSupport;
 
 /// What stops the cgroup set on this kernel.
 pub(super) fn missing(k: &KernelSupport) -> Vec<String> {
+    let need = &crate::kernel::privilege::CGROUP;
+    if !k.caps.meets(need) {
+        return vec![format!(
+            "needs {}",
+            crate::kernel::privilege::describe(&[need])
+        )];
+    }
     let mut why = Vec::new();
     if k.cgroup2.is_none() {
         why.push(

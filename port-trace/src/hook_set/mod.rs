@@ -249,7 +249,8 @@ mod tests {
     fn like_this_host() -> KernelSupport {
         KernelSupport {
             release: "6.18".into(),
-            root: yes(),
+            caps: crate::kernel::privilege::Held::all(),
+            privileged: yes(),
             btf: yes(),
             layout: Some(Layout {
                 offsets: KernelOffsets {

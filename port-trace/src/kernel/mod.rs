@@ -2,4 +2,5 @@
 //! ([`layout`]).
 
 pub mod layout;
+pub mod privilege;
 pub mod probe;

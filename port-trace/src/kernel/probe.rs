@@ -10,7 +10,10 @@ use aya::{maps::MapType, programs::ProgramType};
 
 use port_trace_common::program;
 
-use super::layout::{self as kernel_layout, Layout};
+use super::{
+    layout::{self as kernel_layout, Layout},
+    privilege::{self, Held},
+};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -34,7 +37,10 @@ impl Fact {
 #[derive(Debug, Clone)]
 pub struct KernelSupport {
     pub release: String,
-    pub root: Fact,
+    /// The capabilities this process holds.
+    pub caps: Held,
+    /// Whether they are enough to load eBPF (`privilege::LOAD`).
+    pub privileged: Fact,
     pub btf: Fact,
     pub layout: Option<Layout>,
     pub ringbuf: Fact,
@@ -116,7 +122,16 @@ impl KernelSupport {
         let release = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
-        let root = nix::unistd::geteuid().is_root();
+        let caps = Held::current();
+        let lacking = caps.lacking(&privilege::LOAD);
+        let root = lacking.is_empty();
+        let privileged = if root {
+            Fact::new(true, "CAP_BPF and CAP_PERFMON held")
+        } else {
+            Fact::new(false, format!("missing {}", privilege::describe(&lacking)))
+        };
+        let net_admin = caps.meets(&privilege::CGROUP);
+        let sys_admin = caps.meets(&privilege::OTHER_NAMESPACES[1]);
         let btf_path = Path::new(kernel_layout::VMLINUX_BTF);
         let (btf, layout) = match kernel_layout::load(btf_path) {
             Ok(b) => (
@@ -125,7 +140,7 @@ impl KernelSupport {
             ),
             Err(e) => (Fact::new(false, crate::errors::chain(&e)), None),
         };
-        let tracefs = tracefs(mount_tracefs && root);
+        let tracefs = tracefs(mount_tracefs && sys_admin);
         // Raw tracepoints need no tracefs; without it, attaching is the test.
         let missing_tracepoints = match &tracefs {
             Some(t) => program::RAW_TRACEPOINTS
@@ -135,7 +150,7 @@ impl KernelSupport {
                 .collect(),
             None => Vec::new(),
         };
-        let unknown = || Fact::new(false, "not probed: needs root");
+        let unknown = || Fact::new(false, "not probed: needs CAP_BPF and CAP_PERFMON");
         let ringbuf = if root {
             match aya::sys::is_map_supported(MapType::RingBuf) {
                 Ok(true) => Fact::new(true, "BPF_MAP_TYPE_RINGBUF"),
@@ -146,9 +161,18 @@ impl KernelSupport {
             unknown()
         };
         let prog = |t| if root { prog_supported(t) } else { unknown() };
+        // Loading a socket program type at all needs CAP_NET_ADMIN.
+        let net_prog = |t| {
+            if root && net_admin {
+                prog_supported(t)
+            } else {
+                Fact::new(false, "not probed: needs CAP_NET_ADMIN")
+            }
+        };
         Self {
             release,
-            root: Fact::new(root, if root { "running as root" } else { "not root" }),
+            caps,
+            privileged,
             kprobes: kprobes_available(tracefs.as_deref()),
             fentry: fentry_fact(root, btf.ok),
             btf,
@@ -156,9 +180,9 @@ impl KernelSupport {
             ringbuf,
             cgroup2: cgroup2_mount(),
             tracefs,
-            sock_ops: prog(ProgramType::SockOps),
-            cgroup_sock: prog(ProgramType::CgroupSock),
-            cgroup_sock_addr: prog(ProgramType::CgroupSockAddr),
+            sock_ops: net_prog(ProgramType::SockOps),
+            cgroup_sock: net_prog(ProgramType::CgroupSock),
+            cgroup_sock_addr: net_prog(ProgramType::CgroupSockAddr),
             raw_tracepoint: prog(ProgramType::RawTracePoint),
             missing_tracepoints,
         }

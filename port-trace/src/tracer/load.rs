@@ -22,9 +22,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "loading eBPF programs needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN); run port-trace as root"
+        "missing capability {0}; run port-trace as root or grant it (systemd AmbientCapabilities=, setpriv --ambient-caps)"
     )]
-    NotRoot,
+    MissingCapability(String),
     #[error(
         "kernel BTF is missing ({0}); port-trace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
@@ -93,7 +93,7 @@ pub fn start_first(
     while let Some(&set) = sets.next() {
         match Tracer::start(k, set, opts) {
             Ok(t) => return Ok((t, skipped)),
-            Err(e @ (LoadError::NotRoot | LoadError::NoBtf(_))) => return Err(e),
+            Err(e @ (LoadError::MissingCapability(_) | LoadError::NoBtf(_))) => return Err(e),
             Err(e) if sets.peek().is_some() => skipped.push(format!("{set}: {}", chain(&e))),
             Err(e) => return Err(e),
         }
@@ -104,10 +104,14 @@ pub fn start_first(
     })
 }
 
-/// What every hook set needs before anything is loaded: root and the kernel's BTF.
+/// What every hook set needs before anything is loaded: CAP_BPF and CAP_PERFMON (or root), and
+/// the kernel's BTF.
 pub fn can_load(k: &KernelSupport) -> Result<(), LoadError> {
-    if !k.root.ok {
-        return Err(LoadError::NotRoot);
+    let lacking = k.caps.lacking(&crate::kernel::privilege::LOAD);
+    if !lacking.is_empty() {
+        return Err(LoadError::MissingCapability(
+            crate::kernel::privilege::describe(&lacking),
+        ));
     }
     if !k.btf.ok {
         return Err(LoadError::NoBtf(k.btf.note.clone()));

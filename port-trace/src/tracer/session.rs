@@ -124,6 +124,20 @@ impl Session {
         })
     }
 
+    /// What this process may not do that a root one could, in one sentence (None: nothing).
+    pub fn limits(&self) -> Option<String> {
+        let lacking = self
+            .kernel
+            .caps
+            .lacking(&crate::kernel::privilege::OTHER_NAMESPACES);
+        (!lacking.is_empty()).then(|| {
+            format!(
+                "without {}, the port ranges and socket tables of other network namespaces are not read",
+                crate::kernel::privilege::describe(&lacking)
+            )
+        })
+    }
+
     pub fn hook_set(&self) -> HookSet {
         self.tracer.hook_set
     }
