@@ -140,7 +140,7 @@ pub fn pt_sock_release(ctx: SockContext) -> i32 {
                 emit(c, &p, port, 0, HookId::SockRelease, 0);
             }
         }
-        (_, Some(local)) => watch::settle(w, Seen::Closing, HookId::SockRelease, local),
+        (_, Some(local)) => watch::settle(w, Seen::Otherwise, HookId::SockRelease, local),
         // An open request whose outcome cannot be read is counted, not guessed.
         (State::Asked, None) => count(Stat::Unresolved),
         _ => {}
@@ -223,7 +223,7 @@ fn on_bind(ctx: &SockAddrContext, fam: u8, hook: HookId) {
         return;
     }
     if let Some(w) = watch::get(sk) {
-        watch::settle(w, Seen::Again, hook, watch::local(sk, w.pending.family));
+        watch::settle(w, Seen::Otherwise, hook, watch::local(sk, w.pending.family));
     }
     // The user chose the port: nothing to report, now or at a later send.
     if user_port != 0 {
@@ -314,7 +314,7 @@ fn on_sendmsg(ctx: &SockAddrContext, fam: u8, hook: HookId) {
             emit(c, &p, port, 0, hook, 0);
         }
     } else {
-        watch::settle(w, Seen::Again, hook, watch::local(sk, w.pending.family));
+        watch::settle(w, Seen::Otherwise, hook, watch::local(sk, w.pending.family));
     }
     watch::forget(sk);
 }

@@ -95,15 +95,14 @@ pub fn local(sk: *const bpf_sock, family: u8) -> (u16, [u8; 16]) {
     }
 }
 
-/// Why a request is settled.
+/// Why a request is settled: a connect() tells a deferred bind (`IP_BIND_ADDRESS_NO_PORT`) from
+/// a failed one; another bind, a send or the close do not.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
-    /// The socket is being bound, connected or sent from again.
-    Again,
     /// The socket's owner proceeded to connect() it.
     Connecting,
-    /// The socket is being closed.
-    Closing,
+    /// It is bound or sent from again, or closed.
+    Otherwise,
 }
 
 /// The local port and address of a cgroup sock program's socket (its context is the `struct
