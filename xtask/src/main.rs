@@ -54,21 +54,27 @@ enum Cmd {
     BenchGuest(bench::GuestArgs),
     /// Check formatting, then run clippy with -D warnings on the host crates and the eBPF crate.
     Lint,
-    /// Boot stock Debian 6.1 kernels under qemu and run the capture tests there once per hook
-    /// set; print a kernel x hook-set matrix, fail on any mismatch.
+    /// Boot stock Debian kernels under qemu and run the capture tests there once per hook set;
+    /// print a kernel x hook-set matrix, fail on any mismatch.
     VmTest {
-        /// Kernel flavours: "cloud" and/or "generic".
-        #[arg(long = "flavour", default_values = vm::matrix::FLAVOURS)]
+        /// Kernel releases: 5.10, 6.1, 6.12 or all (repeatable).
+        #[arg(long = "kernel", default_value = "all")]
+        kernels: Vec<String>,
+        /// Kernel flavours: cloud, generic or all (repeatable).
+        #[arg(long = "flavour", default_value = "cloud")]
         flavours: Vec<String>,
         /// Hook sets to run.
         #[arg(long = "hooks", default_values = vm::matrix::HOOK_SETS)]
         hooks: Vec<String>,
     },
-    /// Boot stock Debian 6.1 kernels under qemu (TCG) and run `port-trace check` and a short
-    /// trace inside: the binary built here against another kernel's struct layout.
+    /// Boot stock Debian kernels under qemu (TCG) and run `port-trace check` and a short trace
+    /// inside: the binary built here against another kernel's struct layout.
     VmCheck {
-        /// Kernel flavours: "cloud" and/or "generic".
-        #[arg(long = "flavour", default_values = vm::matrix::FLAVOURS)]
+        /// Kernel releases: 5.10, 6.1, 6.12 or all (repeatable).
+        #[arg(long = "kernel", default_value = "6.1")]
+        kernels: Vec<String>,
+        /// Kernel flavours: cloud, generic or all (repeatable).
+        #[arg(long = "flavour", default_value = "cloud")]
         flavours: Vec<String>,
         /// Force a hook set in the guest (fexit, kprobe, cgroup); default: automatic.
         #[arg(long)]
@@ -104,8 +110,26 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench(args) => bench::command(args),
         Cmd::BenchGuest(args) => bench::guest(args),
         Cmd::Lint => done(lint::command()),
-        Cmd::VmTest { flavours, hooks } => done(vm::matrix::command(&flavours, &hooks)),
-        Cmd::VmCheck { flavours, hooks } => done(vm::check::command(&flavours, hooks.as_deref())),
+        Cmd::VmTest {
+            kernels,
+            flavours,
+            hooks,
+        } => done(vm_kernels(&kernels, &flavours).and_then(|k| vm::matrix::command(&k, &hooks))),
+        Cmd::VmCheck {
+            kernels,
+            flavours,
+            hooks,
+        } => done(
+            vm_kernels(&kernels, &flavours).and_then(|k| vm::check::command(&k, hooks.as_deref())),
+        ),
         Cmd::Test { no_vm, args } => test::command(no_vm, &args),
     }
+}
+
+/// `--kernel` x `--flavour`.
+fn vm_kernels(kernels: &[String], flavours: &[String]) -> anyhow::Result<Vec<vm::kernel::Kernel>> {
+    Ok(vm::kernel::kernels(
+        &vm::kernel::parse_releases(kernels)?,
+        &vm::kernel::parse_flavours(flavours)?,
+    ))
 }

@@ -1,4 +1,4 @@
-//! Stock Debian 6.1 kernels under qemu (TCG, no KVM): boot one with a busybox initramfs, run
+//! Stock Debian kernels (5.10, 6.1, 6.12; `kernel`) under qemu (TCG, no KVM): boot one with a busybox initramfs, run
 //! our binaries there, and read the result back from the serial console.
 //!
 //! Everything comes from the Debian archive with `apt-get download` and is unpacked into
@@ -20,6 +20,7 @@ use crate::shell::workspace_root;
 pub mod check;
 pub mod debian;
 pub mod initramfs;
+pub mod kernel;
 pub mod matrix;
 pub mod qemu;
 
@@ -30,20 +31,19 @@ pub(crate) fn cache_dir() -> Result<PathBuf> {
     Ok(cache)
 }
 
-/// Fetches a Debian 6.1 kernel of `flavour` ("cloud" or "generic"), boots it with
-/// `initramfs`, prints and returns the serial console.
-fn boot_flavour(
+/// Fetches `kernel`, boots it with `initramfs`, prints and returns the serial console.
+fn boot_kernel(
     qemu: &qemu::Qemu,
     cache: &Path,
     initramfs: &Path,
-    flavour: &str,
+    kernel: kernel::Kernel,
     timeout_secs: u64,
 ) -> Result<String> {
-    let kernel = debian::fetch_kernel(cache, if flavour == "generic" { "" } else { flavour })?;
+    let vmlinuz = debian::fetch_kernel(cache, kernel)?;
     let started = Instant::now();
-    let console = qemu::boot(qemu, &kernel, initramfs, Duration::from_secs(timeout_secs))?;
+    let console = qemu::boot(qemu, &vmlinuz, initramfs, Duration::from_secs(timeout_secs))?;
     println!(
-        "===== {flavour} ({:.0}s)\n{console}",
+        "===== {kernel} ({:.0}s)\n{console}",
         started.elapsed().as_secs_f64()
     );
     Ok(console)

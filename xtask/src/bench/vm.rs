@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{BenchArgs, Platform, loops::LOOPS, progstats::ProgCost, report, rounds::Run, sched};
 use crate::{
     shell::{say, which_path, workspace_root},
-    vm::{cache_dir, debian, initramfs, qemu, tail, with_libraries},
+    vm::{cache_dir, debian, initramfs, kernel, qemu, tail, with_libraries},
 };
 
 /// The hook sets this host cannot load.
@@ -60,12 +60,14 @@ fn boot_and_read(
 ) -> Result<()> {
     let cache = cache_dir()?;
     let qemu = qemu::fetch_qemu(&cache)?;
-    let flavour = if args.vm_flavour == "generic" {
-        ""
-    } else {
-        args.vm_flavour.as_str()
-    };
-    let kernel = debian::fetch_kernel(&cache, flavour)?;
+    let flavour = kernel::parse_flavours(std::slice::from_ref(&args.vm_flavour))?;
+    let kernel = debian::fetch_kernel(
+        &cache,
+        kernel::Kernel {
+            release: kernel::Release::V6_1,
+            flavour: flavour[0],
+        },
+    )?;
     let files = with_libraries(&guest_programs(port_trace, loops)?)?;
     let script = initramfs::init_script(&guest_body(args.vm_seconds, args.vm_rounds));
     let image = initramfs::build_initramfs(&cache, &files, &script)?;

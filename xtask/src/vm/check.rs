@@ -3,7 +3,7 @@
 
 use anyhow::{Result, bail};
 
-use super::{boot_flavour, cache_dir, initramfs, qemu, with_libraries};
+use super::{boot_kernel, cache_dir, initramfs, kernel::Kernel, qemu, with_libraries};
 use crate::{build::build, setup};
 
 /// What the guest runs: check, then a short trace while busybox makes a TCP connect (refused,
@@ -32,7 +32,7 @@ grep -q '"op":"bind"' /tmp/ev.json || grep -q '"op":"autobind"' /tmp/ev.json
 /// How long one kernel may take to boot, check and trace under TCG.
 const TIMEOUT_SECS: u64 = 600;
 
-pub fn command(flavours: &[String], hooks: Option<&str>) -> Result<()> {
+pub fn command(kernels: &[Kernel], hooks: Option<&str>) -> Result<()> {
     setup::setup(false)?;
     let bin = build(false)?;
     let cache = cache_dir()?;
@@ -42,15 +42,15 @@ pub fn command(flavours: &[String], hooks: Option<&str>) -> Result<()> {
     let body = BODY.replace("HOOKS", &hooks_arg);
     let initramfs = initramfs::build_initramfs(&cache, &files, &initramfs::init_script(&body))?;
     let mut failed = Vec::new();
-    for flavour in flavours {
-        let console = boot_flavour(&qemu, &cache, &initramfs, flavour, TIMEOUT_SECS)?;
+    for &kernel in kernels {
+        let console = boot_kernel(&qemu, &cache, &initramfs, kernel, TIMEOUT_SECS)?;
         if let Err(e) = initramfs::parse_result(&console) {
-            failed.push(format!("{flavour}: {e}"));
+            failed.push(format!("{kernel}: {e}"));
         }
     }
     if !failed.is_empty() {
         bail!("vm-check failed: {}", failed.join("; "));
     }
-    println!("vm-check: {} kernel(s) ok", flavours.len());
+    println!("vm-check: {} kernel(s) ok", kernels.len());
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! Debian packages into the cache with `apt-get download`, unpacked with `dpkg`; nothing is
-//! installed on the host.
+//! installed on the host, and the host's apt state is not touched: apt runs with a sources list
+//! and package lists of our own under `cache/apt` (bullseye, bookworm and trixie, bookworm
+//! preferred for everything that is not a kernel).
 //!
-//! The kernel is `linux-image-6.1.0-N-{cloud-,}amd64-unsigned`, the newest ABI `N` the apt lists
-//! know, falling back to older ones when a download fails (Debian bumps the ABI and drops old
-//! ones). Only `/boot/vmlinuz-*` is unpacked: console on ttyS0, BTF, kprobes and BPF
-//! trampolines are built in, so no modules are needed.
+//! A kernel is the newest build the lists know of its release and flavour (e.g.
+//! `linux-image-5.10.0-46-cloud-amd64-unsigned`), falling back to older ones when a download
+//! fails (Debian drops old builds). Only `/boot/vmlinuz-*` is unpacked: console on ttyS0, BTF,
+//! kprobes and BPF trampolines are built in, so no modules are needed.
 
 use std::{
     fs,
@@ -13,6 +15,62 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+use super::kernel::{Kernel, Release};
+
+/// The suites our apt sees, each with its security updates.
+const SUITES: [&str; 3] = ["bullseye", "bookworm", "trixie"];
+
+/// apt's options for our own sources and lists under `cache/apt`.
+fn apt_options(cache: &Path) -> Vec<String> {
+    let apt = cache.join("apt");
+    vec![
+        format!(
+            "Dir::Etc::sourcelist={}",
+            apt.join("sources.list").display()
+        ),
+        "Dir::Etc::sourceparts=/nonexistent".into(),
+        format!("Dir::State::Lists={}", apt.join("lists").display()),
+        format!("Dir::Cache={}", apt.join("cache").display()),
+        // Everything but the kernels comes from the suite the host runs (bookworm).
+        "APT::Default-Release=bookworm".into(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_string(), o])
+    .collect()
+}
+
+/// `apt-get`/`apt-cache` with our sources; writes the sources list the first time.
+fn apt(cache: &Path, program: &str) -> Result<Command> {
+    let apt = cache.join("apt");
+    fs::create_dir_all(apt.join("lists/partial"))?;
+    fs::create_dir_all(apt.join("cache/archives/partial"))?;
+    let list = apt.join("sources.list");
+    if !list.exists() {
+        let mut text = String::new();
+        for suite in SUITES {
+            for (repo, s) in [
+                ("debian", suite.to_string()),
+                ("debian-security", format!("{suite}-security")),
+            ] {
+                text.push_str(&format!(
+                    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/{repo} {s} main\n"
+                ));
+            }
+        }
+        fs::write(&list, text).with_context(|| format!("writing {}", list.display()))?;
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(apt_options(cache));
+    Ok(cmd)
+}
+
+/// `apt-get update` of our lists.
+fn update(cache: &Path) -> Result<()> {
+    run(apt(cache, "apt-get")?
+        .args(["update", "-q"])
+        .stdout(Stdio::null()))
+}
 
 /// One `.deb` in `cache/debs`, and the size apt says it has.
 #[derive(Debug, Clone)]
@@ -37,7 +95,14 @@ pub fn download_debs(cache: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
     if packages.is_empty() {
         return Ok(Vec::new());
     }
-    let debs = candidates(&dir, packages)?;
+    let debs = match candidates(cache, &dir, packages) {
+        Ok(d) => d,
+        // Our lists are new or stale: fetch them once and ask again.
+        Err(_) => {
+            update(cache)?;
+            candidates(cache, &dir, packages)?
+        }
+    };
     let missing: Vec<&str> = packages
         .iter()
         .zip(&debs)
@@ -45,7 +110,7 @@ pub fn download_debs(cache: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
         .map(|(&package, _)| package)
         .collect();
     if !missing.is_empty() {
-        apt_download(&dir, &missing)?;
+        apt_download(cache, &dir, &missing)?;
     }
     for deb in &debs {
         verify_size(deb)?;
@@ -54,9 +119,9 @@ pub fn download_debs(cache: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
 }
 
 /// Each package's `.deb` path in `dir` and its size, in the order of `packages`.
-fn candidates(dir: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
+fn candidates(cache: &Path, dir: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
     // One call for all (apt-get takes about a second to start).
-    let out = Command::new("apt-get")
+    let out = apt(cache, "apt-get")?
         .args(["download", "--print-uris"])
         .args(packages)
         .output()
@@ -100,8 +165,8 @@ fn parse_print_uris(text: &str, dir: &Path, packages: &[&str]) -> Result<Vec<Deb
     Ok(debs)
 }
 
-fn apt_download(dir: &Path, packages: &[&str]) -> Result<()> {
-    let status = Command::new("apt-get")
+fn apt_download(cache: &Path, dir: &Path, packages: &[&str]) -> Result<()> {
+    let status = apt(cache, "apt-get")?
         .arg("download")
         .arg("-q")
         // Downloading into a root-owned dir: don't try (and warn about) the _apt sandbox.
@@ -153,18 +218,12 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The newest Debian 6.1 kernel of `flavour` ("cloud", or "" for generic), unpacked into
-/// `cache/kernel/<package>/`; returns the `vmlinuz` path. Falls back to older ABIs when the
-/// newest cannot be downloaded.
-pub fn fetch_kernel(cache: &Path, flavour: &str) -> Result<PathBuf> {
-    let infix = if flavour.is_empty() {
-        String::new()
-    } else {
-        format!("{flavour}-")
-    };
-    let abis = kernel_packages(&infix)?;
+/// The newest build of `kernel` (falling back to older builds when the newest cannot be
+/// downloaded), unpacked into `cache/kernel/<package>/`; returns the `vmlinuz` path.
+pub fn fetch_kernel(cache: &Path, kernel: Kernel) -> Result<PathBuf> {
+    let packages = kernel_packages(cache, kernel)?;
     let mut errors = Vec::new();
-    for package in abis.iter().take(3) {
+    for package in packages.iter().take(3) {
         let dest = cache.join("kernel").join(package);
         if let Some(vmlinuz) = find_vmlinuz(&dest)? {
             return Ok(vmlinuz);
@@ -174,48 +233,44 @@ pub fn fetch_kernel(cache: &Path, flavour: &str) -> Result<PathBuf> {
             Err(e) => errors.push(format!("{package}: {e:#}")),
         }
     }
-    bail!(
-        "no 6.1 {flavour} kernel could be fetched: {}",
-        errors.join("; ")
-    )
+    bail!("no {kernel} kernel could be fetched: {}", errors.join("; "))
 }
 
-/// `linux-image-6.1.0-N-{infix}amd64-unsigned` packages, newest ABI first; runs `apt-get
-/// update` once when the lists know none.
-fn kernel_packages(infix: &str) -> Result<Vec<String>> {
-    let mut abis = kernel_abis(infix)?;
-    if abis.is_empty() {
-        run(Command::new("apt-get")
-            .args(["update", "-q"])
-            .stdout(Stdio::null()))?;
-        abis = kernel_abis(infix)?;
+/// `kernel`'s image packages, newest build first; updates our lists once when they know none.
+fn kernel_packages(cache: &Path, kernel: Kernel) -> Result<Vec<String>> {
+    let mut builds = kernel_builds(cache, kernel)?;
+    if builds.is_empty() {
+        update(cache)?;
+        builds = kernel_builds(cache, kernel)?;
     }
-    if abis.is_empty() {
-        bail!("apt knows no linux-image-6.1.0-N-{infix}amd64-unsigned (is bookworm in sources?)");
+    if builds.is_empty() {
+        bail!(
+            "apt knows no {}N-{}amd64-unsigned in {}",
+            kernel.release.prefix(),
+            if kernel.flavour.name() == "cloud" {
+                "cloud-"
+            } else {
+                ""
+            },
+            kernel.release.suite()
+        );
     }
-    Ok(abis.into_iter().map(|(_, package)| package).collect())
+    Ok(builds.into_iter().map(|(_, package)| package).collect())
 }
 
-/// ABI numbers `N` of `linux-image-6.1.0-N-{flavour}amd64-unsigned` the apt lists know, newest
-/// first.
-fn kernel_abis(flavour_infix: &str) -> Result<Vec<(u32, String)>> {
-    let out = Command::new("apt-cache")
-        .args(["pkgnames", "linux-image-6.1.0-"])
+/// Builds of `kernel` our lists know, newest first.
+fn kernel_builds(cache: &Path, kernel: Kernel) -> Result<Vec<(u32, String)>> {
+    let release: Release = kernel.release;
+    let out = apt(cache, "apt-cache")?
+        .args(["pkgnames", release.prefix()])
         .output()
         .context("running apt-cache")?;
-    let suffix = format!("-{flavour_infix}amd64-unsigned");
-    let mut abis: Vec<(u32, String)> = String::from_utf8_lossy(&out.stdout)
+    let mut builds: Vec<(u32, String)> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|name| {
-            let abi = name
-                .strip_prefix("linux-image-6.1.0-")?
-                .strip_suffix(&suffix)?;
-            // Digits only: this also excludes "-rt-" and "-cloud-" when asking for generic.
-            Some((abi.parse().ok()?, name.to_string()))
-        })
+        .filter_map(|name| Some((release.build_of(name, kernel.flavour)?, name.to_string())))
         .collect();
-    abis.sort_by_key(|&(abi, _)| std::cmp::Reverse(abi));
-    Ok(abis)
+    builds.sort_by_key(|&(build, _)| std::cmp::Reverse(build));
+    Ok(builds)
 }
 
 /// Only /boot: the modules (most of the package) are not needed.

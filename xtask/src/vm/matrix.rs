@@ -1,6 +1,8 @@
 //! `cargo xtask vm-test` (and the VM part of `cargo xtask test`): boot each stock kernel once
 //! and run the capture tests there once per hook set; each run prints a `PORT-TRACE-MATRIX:`
-//! line that becomes one cell of a kernel x hook-set table.
+//! line that becomes one cell of a kernel x hook-set table. Each kernel also says what it
+//! booted (`uname -r`) and which set `port-trace check` predicted against the one `trace`
+//! attached: they must agree.
 
 use std::{
     fmt::Write as _,
@@ -10,39 +12,54 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{boot_flavour, cache_dir, initramfs, qemu, with_libraries};
+use super::{
+    boot_kernel, cache_dir, initramfs,
+    kernel::{Flavour, Kernel, Release, kernels},
+    qemu, with_libraries,
+};
 use crate::{
     build::build,
     setup,
     shell::{cargo, which_path},
 };
 
-/// Debian 6.1 kernel flavours: `linux-image-…-cloud-amd64` and `linux-image-…-amd64`.
-pub const FLAVOURS: [&str; 2] = ["cloud", "generic"];
 /// Every hook set port-trace has.
 pub const HOOK_SETS: [&str; 3] = ["fexit", "kprobe", "cgroup"];
 
 /// How long one kernel may take to boot and run the capture tests for every hook set.
 const TIMEOUT_SECS: u64 = 1500;
 const MARK: &str = "PORT-TRACE-MATRIX:";
+const UNAME: &str = "PORT-TRACE-UNAME:";
+const CHOICE: &str = "PORT-TRACE-CHOICE:";
+
+/// What CI runs: every release's cloud flavour.
+pub fn ci_kernels() -> Vec<Kernel> {
+    kernels(&Release::ALL, &[Flavour::Cloud])
+}
 
 /// One kernel x hook set: "ok", "FAIL", or "missing" when the guest printed no line for it.
 pub struct Cell {
-    pub kernel: String,
+    pub kernel: Kernel,
+    /// `uname -r` in the guest.
+    pub booted: String,
+    /// The set `check` said it would use, and the one `trace` attached ("none": no answer).
+    pub predicted: String,
+    pub attached: String,
     pub hooks: String,
     pub verdict: String,
 }
 
 impl Cell {
+    /// The capture tests passed and `check` foretold the set `trace` took.
     pub fn ok(&self) -> bool {
-        self.verdict == "ok"
+        self.verdict == "ok" && self.predicted == self.attached && self.predicted != "none"
     }
 }
 
-pub fn command(flavours: &[String], hooks: &[String]) -> Result<()> {
+pub fn command(kernels: &[Kernel], hooks: &[String]) -> Result<()> {
     setup::setup(true)?;
     let bin = build(false)?;
-    let cells = run_matrix(&bin, flavours, hooks)?;
+    let cells = run_matrix(&bin, kernels, hooks)?;
     if !cells.iter().all(Cell::ok) {
         bail!("vm-test: a kernel or hook set failed the capture tests");
     }
@@ -51,16 +68,16 @@ pub fn command(flavours: &[String], hooks: &[String]) -> Result<()> {
 
 /// Boots each kernel and runs the capture tests per hook set; prints and returns the cells. A
 /// kernel that fails to boot is an error.
-pub fn run_matrix(bin: &Path, flavours: &[String], hooks: &[String]) -> Result<Vec<Cell>> {
+pub fn run_matrix(bin: &Path, kernels: &[Kernel], hooks: &[String]) -> Result<Vec<Cell>> {
     let cache = cache_dir()?;
     let qemu = qemu::fetch_qemu(&cache)?;
     let files = with_libraries(&guest_programs(bin)?)?;
     let script = initramfs::init_script(&guest_body(hooks));
     let initramfs = initramfs::build_initramfs(&cache, &files, &script)?;
     let mut cells = Vec::new();
-    for flavour in flavours {
-        let console = boot_flavour(&qemu, &cache, &initramfs, flavour, TIMEOUT_SECS)?;
-        cells.extend(read_cells(&console, flavour, hooks));
+    for &kernel in kernels {
+        let console = boot_kernel(&qemu, &cache, &initramfs, kernel, TIMEOUT_SECS)?;
+        cells.extend(read_cells(&console, kernel, hooks));
     }
     print_table(&cells);
     Ok(cells)
@@ -112,6 +129,15 @@ fn guest_body(hooks: &[String]) -> String {
     let mut body = String::from(
         "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\nmkdir -p /sys/fs/cgroup /tmp /run/netns /etc\nmount -t cgroup2 none /sys/fs/cgroup\nmount -t tmpfs tmpfs /run\nmkdir -p /run/netns\nip link set lo up\nrc=0\n",
     );
+    // What booted, and whether `check` foretells the set the automatic choice attaches.
+    let _ = writeln!(body, "echo \"{UNAME} $(uname -r)\"");
+    body.push_str(
+        "predicted=$(/port-trace check 2>/dev/null | sed -n 's/^would use: //p')\nattached=$(/port-trace trace --duration 1s 2>&1 >/dev/null | sed -n 's/^tracing: hook set \\([a-z]*\\).*/\\1/p')\n",
+    );
+    let _ = writeln!(
+        body,
+        "echo \"{CHOICE} ${{predicted:-none}} ${{attached:-none}}\""
+    );
     for h in hooks {
         let _ = writeln!(
             body,
@@ -122,8 +148,20 @@ fn guest_body(hooks: &[String]) -> String {
     body
 }
 
+/// The words after `mark` on the console's first line that has it.
+fn after<'a>(console: &'a str, mark: &str) -> Vec<&'a str> {
+    console
+        .lines()
+        .find_map(|l| l.strip_prefix(mark))
+        .map(|rest| rest.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
 /// One cell per hook set from `kernel`'s console: the word after `PORT-TRACE-MATRIX: HOOKS`.
-fn read_cells(console: &str, kernel: &str, hooks: &[String]) -> Vec<Cell> {
+fn read_cells(console: &str, kernel: Kernel, hooks: &[String]) -> Vec<Cell> {
+    let booted = after(console, UNAME).first().unwrap_or(&"?").to_string();
+    let choice = after(console, CHOICE);
+    let word = |i: usize| choice.get(i).unwrap_or(&"none").to_string();
     hooks
         .iter()
         .map(|h| {
@@ -135,7 +173,10 @@ fn read_cells(console: &str, kernel: &str, hooks: &[String]) -> Vec<Cell> {
                 .unwrap_or("missing")
                 .to_string();
             Cell {
-                kernel: kernel.to_string(),
+                kernel,
+                booted: booted.clone(),
+                predicted: word(0),
+                attached: word(1),
                 hooks: h.clone(),
                 verdict,
             }
@@ -144,9 +185,20 @@ fn read_cells(console: &str, kernel: &str, hooks: &[String]) -> Vec<Cell> {
 }
 
 fn print_table(cells: &[Cell]) {
-    println!("kernel    hook set  capture tests (Debian 6.1 under qemu)");
+    println!(
+        "{:<13} {:<28} {:<16} {:<9} capture tests (Debian, x86_64, qemu TCG)",
+        "kernel", "booted", "check -> trace", "hook set"
+    );
     for c in cells {
-        println!("{:<9} {:<9} {}", c.kernel, c.hooks, c.verdict);
+        let choice = format!("{} -> {}", c.predicted, c.attached);
+        println!(
+            "{:<13} {:<28} {:<16} {:<9} {}",
+            c.kernel.to_string(),
+            c.booted,
+            choice,
+            c.hooks,
+            c.verdict
+        );
     }
 }
 
@@ -155,16 +207,20 @@ mod tests {
     #[test]
     fn reads_one_cell_per_hook_set() {
         let hooks: Vec<String> = super::HOOK_SETS.map(String::from).to_vec();
-        let console =
-            "test result: ok.\nPORT-TRACE-MATRIX: fexit ok\nPORT-TRACE-MATRIX: kprobe FAIL\n";
-        let cells = super::read_cells(console, "cloud", &hooks);
+        let console = "PORT-TRACE-UNAME: 5.10.0-46-cloud-amd64\nPORT-TRACE-CHOICE: fexit fexit\ntest result: ok.\nPORT-TRACE-MATRIX: fexit ok\nPORT-TRACE-MATRIX: kprobe FAIL\n";
+        let kernel = super::Kernel {
+            release: super::Release::V5_10,
+            flavour: super::Flavour::Cloud,
+        };
+        let cells = super::read_cells(console, kernel, &hooks);
         let verdicts: Vec<&str> = cells.iter().map(|c| c.verdict.as_str()).collect();
         assert_eq!(verdicts, ["ok", "FAIL", "missing"]);
         assert!(cells[0].ok() && !cells[1].ok());
-        assert_eq!(
-            (cells[2].kernel.as_str(), cells[2].hooks.as_str()),
-            ("cloud", "cgroup")
-        );
+        assert_eq!(cells[2].hooks, "cgroup");
+        assert_eq!(cells[0].booted, "5.10.0-46-cloud-amd64");
+        // A wrong prediction fails the kernel's cells even when the tests pass.
+        let wrong = console.replace("fexit fexit", "fexit cgroup");
+        assert!(!super::read_cells(&wrong, kernel, &hooks)[0].ok());
         // The guest body prints exactly the lines read back.
         let body = super::guest_body(&hooks[..1]);
         assert!(body.contains("echo \"PORT-TRACE-MATRIX: fexit ok\""));

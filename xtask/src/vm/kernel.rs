@@ -1,0 +1,206 @@
+//! The stock Debian kernels the VM boots: a release (5.10 from bullseye, 6.1 from bookworm,
+//! 6.12 from trixie) in a flavour (cloud or generic), for x86_64.
+
+use std::fmt;
+
+use anyhow::{Result, bail};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    V5_10,
+    V6_1,
+    V6_12,
+}
+
+impl Release {
+    pub const ALL: [Release; 3] = [Release::V5_10, Release::V6_1, Release::V6_12];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Release::V5_10 => "5.10",
+            Release::V6_1 => "6.1",
+            Release::V6_12 => "6.12",
+        }
+    }
+
+    /// The Debian suite that ships it.
+    pub fn suite(self) -> &'static str {
+        match self {
+            Release::V5_10 => "bullseye",
+            Release::V6_1 => "bookworm",
+            Release::V6_12 => "trixie",
+        }
+    }
+
+    /// What every image package's name starts with; the build (ABI) follows:
+    /// `linux-image-5.10.0-46-cloud-amd64-unsigned`, `linux-image-6.12.118+deb13-amd64-unsigned`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Release::V5_10 => "linux-image-5.10.0-",
+            Release::V6_1 => "linux-image-6.1.0-",
+            Release::V6_12 => "linux-image-6.12.",
+        }
+    }
+
+    /// The build number of an image package of this release and `flavour`, or None when the
+    /// name is another package (another flavour, `-rt-`, a meta package).
+    pub fn build_of(self, package: &str, flavour: Flavour) -> Option<u32> {
+        let suffix = format!("-{}amd64-unsigned", flavour.infix());
+        let build = package.strip_prefix(self.prefix())?.strip_suffix(&suffix)?;
+        // 6.12 builds read "118+deb13"; digits only also leaves "-cloud-" out of generic.
+        let digits = build.split_once('+').map_or(build, |(n, _)| n);
+        digits.parse().ok()
+    }
+}
+
+impl fmt::Display for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    Cloud,
+    Generic,
+}
+
+impl Flavour {
+    pub const ALL: [Flavour; 2] = [Flavour::Cloud, Flavour::Generic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Cloud => "cloud",
+            Flavour::Generic => "generic",
+        }
+    }
+
+    /// In package names: `…-cloud-amd64-unsigned`, `…-amd64-unsigned`.
+    fn infix(self) -> &'static str {
+        match self {
+            Flavour::Cloud => "cloud-",
+            Flavour::Generic => "",
+        }
+    }
+}
+
+impl fmt::Display for Flavour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One kernel to boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernel {
+    pub release: Release,
+    pub flavour: Flavour,
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.release, self.flavour)
+    }
+}
+
+/// `--kernel 5.10|6.1|6.12|all` (repeatable).
+pub fn parse_releases(args: &[String]) -> Result<Vec<Release>> {
+    let mut out = Vec::new();
+    for a in args {
+        let add: Vec<Release> = match a.as_str() {
+            "all" => Release::ALL.to_vec(),
+            name => match Release::ALL.into_iter().find(|r| r.name() == name) {
+                Some(r) => vec![r],
+                None => bail!("--kernel {name}: not one of 5.10, 6.1, 6.12, all"),
+            },
+        };
+        for r in add {
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `--flavour cloud|generic|all` (repeatable).
+pub fn parse_flavours(args: &[String]) -> Result<Vec<Flavour>> {
+    let mut out = Vec::new();
+    for a in args {
+        let add: Vec<Flavour> = match a.as_str() {
+            "all" => Flavour::ALL.to_vec(),
+            name => match Flavour::ALL.into_iter().find(|f| f.name() == name) {
+                Some(f) => vec![f],
+                None => bail!("--flavour {name}: not one of cloud, generic, all"),
+            },
+        };
+        for f in add {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every release in every flavour asked for, releases first.
+pub fn kernels(releases: &[Release], flavours: &[Flavour]) -> Vec<Kernel> {
+    releases
+        .iter()
+        .flat_map(|&release| {
+            flavours
+                .iter()
+                .map(move |&flavour| Kernel { release, flavour })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_are_read_from_each_release_naming() {
+        let cloud = Flavour::Cloud;
+        let generic = Flavour::Generic;
+        let r = Release::V5_10;
+        assert_eq!(
+            r.build_of("linux-image-5.10.0-46-cloud-amd64-unsigned", cloud),
+            Some(46)
+        );
+        assert_eq!(
+            r.build_of("linux-image-5.10.0-46-cloud-amd64-unsigned", generic),
+            None
+        );
+        assert_eq!(
+            r.build_of("linux-image-5.10.0-46-rt-amd64-unsigned", generic),
+            None
+        );
+        let r = Release::V6_12;
+        assert_eq!(
+            r.build_of("linux-image-6.12.118+deb13-amd64-unsigned", generic),
+            Some(118)
+        );
+        assert_eq!(
+            r.build_of("linux-image-6.1.0-40-amd64-unsigned", generic),
+            None
+        );
+        assert_eq!(
+            Release::V6_1.build_of("linux-image-6.1.0-40-amd64-unsigned", generic),
+            Some(40)
+        );
+    }
+
+    #[test]
+    fn all_expands_and_unknown_names_are_refused() {
+        assert_eq!(parse_releases(&["all".into()]).unwrap(), Release::ALL);
+        assert_eq!(
+            parse_releases(&["6.1".into(), "6.1".into()]).unwrap(),
+            [Release::V6_1]
+        );
+        assert!(parse_releases(&["4.19".into()]).is_err());
+        assert_eq!(parse_flavours(&["all".into()]).unwrap(), Flavour::ALL);
+        let k = kernels(&[Release::V5_10], &Flavour::ALL);
+        assert_eq!(k[1].to_string(), "5.10 generic");
+    }
+}
