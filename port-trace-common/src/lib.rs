@@ -218,6 +218,8 @@ pub struct KernelOffsets {
     pub sk_v6_daddr: u32,
     /// `sock_common.skc_state` (a u8 TCP state).
     pub sk_state: u32,
+    /// `task_struct.stack` (the kernel stack, whose top holds the saved user registers).
+    pub task_stack: u32,
     /// Bit set of `layout::*`: which groups of offsets are valid.
     pub valid: u32,
 }
@@ -237,6 +239,7 @@ impl KernelOffsets {
         sk_dport: 0,
         sk_v6_daddr: 0,
         sk_state: 0,
+        task_stack: 0,
         valid: 0,
     };
 
@@ -265,6 +268,12 @@ pub mod layout {
     pub const NETNS: u32 = 4;
     /// sock peer address/port and state (the fexit and kprobe hook sets).
     pub const SOCK_PEER: u32 = 8;
+    /// task -> stack: the current syscall's registers at the top of the kernel stack, for
+    /// kernels without `bpf_task_pt_regs` (before 5.15).
+    pub const TASK_STACK: u32 = 16;
+    /// Not an offset: the kernel has `bpf_get_current_task_btf` and `bpf_task_pt_regs`
+    /// (its BTF lists them in `enum bpf_func_id`), so programs may call them.
+    pub const REGS_HELPER: u32 = 32;
 }
 
 /// Counters in the `STATS` per-CPU array, by index.

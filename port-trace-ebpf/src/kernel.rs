@@ -213,11 +213,8 @@ pub enum Syscall {
         expect(dead_code, reason = "made on x86_64 only")
     )]
     Other { dest: u64 },
-    /// This build cannot read syscall registers on its target architecture.
-    #[cfg_attr(
-        bpf_target_arch = "x86_64",
-        expect(dead_code, reason = "made on other architectures")
-    )]
+    /// The syscall registers cannot be read: another architecture, or no way to find them on
+    /// this kernel.
     Unknown,
 }
 
@@ -225,11 +222,6 @@ pub enum Syscall {
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 pub fn current_syscall() -> Syscall {
-    use aya_ebpf::{
-        bindings::task_struct,
-        helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
-    };
-
     // x86_64 `struct pt_regs` (arch/x86/include/uapi/asm/ptrace.h, a stable ABI) and syscall
     // numbers (arch/x86/entry/syscalls/syscall_64.tbl).
     const PT_REGS_ORIG_AX: u32 = 120;
@@ -241,13 +233,16 @@ pub fn current_syscall() -> Syscall {
     const NR_BIND: u64 = 49;
     const NR_SENDMMSG: u64 = 307;
 
-    // SAFETY: the helper takes no arguments; it returns the current task or null.
-    let task: *mut task_struct = unsafe { bpf_get_current_task_btf() };
-    if task.is_null() {
-        return Syscall::Other { dest: 0 };
-    }
-    // SAFETY: `task` is the non-null current task the kernel just gave us.
-    let regs = unsafe { bpf_task_pt_regs(task) } as u64;
+    let o = crate::OFFSETS.load();
+    // `OFFSETS` is read-only to the programs, so the verifier knows which branch runs and never
+    // sees the helpers on a kernel that lacks them.
+    let regs = if o.has(layout::REGS_HELPER) {
+        regs_by_helper()
+    } else if o.has(layout::TASK_STACK) {
+        regs_on_stack(o.task_stack)
+    } else {
+        return Syscall::Unknown;
+    };
     if regs == 0 {
         return Syscall::Other { dest: 0 };
     }
@@ -264,6 +259,40 @@ pub fn current_syscall() -> Syscall {
         _ => 0,
     };
     Syscall::Other { dest }
+}
+
+/// The current task's saved user registers (5.15+).
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn regs_by_helper() -> u64 {
+    use aya_ebpf::{
+        bindings::task_struct,
+        helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    };
+    // SAFETY: the helper takes no arguments; it returns the current task or null.
+    let task: *mut task_struct = unsafe { bpf_get_current_task_btf() };
+    if task.is_null() {
+        return 0;
+    }
+    // SAFETY: `task` is the non-null current task the kernel just gave us.
+    unsafe { bpf_task_pt_regs(task) as u64 }
+}
+
+/// The same registers found the way `task_pt_regs()` does on x86_64 before 5.15: the last
+/// `struct pt_regs` below the top of the task's kernel stack. THREAD_SIZE is 16 KiB (4 pages;
+/// more only with KASAN, which distribution kernels leave off) and nothing pads the top of the
+/// stack (`TOP_OF_KERNEL_STACK_PADDING` is 0 on x86_64 until FRED, 6.9+, which has the helper).
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn regs_on_stack(task_stack: u32) -> u64 {
+    const THREAD_SIZE: u64 = 16 * 1024;
+    const PT_REGS_SIZE: u64 = 21 * 8;
+    // SAFETY: the helper takes no arguments; it returns the current task's address.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    match read_kernel::<u64>(task, task_stack) {
+        Some(stack) if stack != 0 => stack + THREAD_SIZE - PT_REGS_SIZE,
+        _ => 0,
+    }
 }
 
 /// Without this architecture's `pt_regs` layout and syscall numbers, the syscall is unknown.

@@ -52,6 +52,23 @@ fn field_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32, LayoutErr
 
 /// Finds `name` in a struct or union, descending into anonymous members.
 /// Returns the bit offset and the member's type with typedefs and qualifiers stripped.
+/// Whether `enum bpf_func_id` in the kernel's BTF names every helper in `names`.
+fn has_helpers(btf: &Btf, names: &[&str]) -> bool {
+    let Some(Type::Enum(e)) = btf
+        .resolve_types_by_name("bpf_func_id")
+        .ok()
+        .and_then(|t| t.into_iter().find(|t| matches!(t, Type::Enum(_))))
+    else {
+        return false;
+    };
+    let known: Vec<String> = e
+        .members
+        .iter()
+        .filter_map(|m| btf.resolve_name(m).ok())
+        .collect();
+    names.iter().all(|n| known.iter().any(|k| k == n))
+}
+
 fn find_member(btf: &Btf, ty: &Type, name: &str) -> Option<(u32, Type)> {
     let members = match ty {
         Type::Struct(s) | Type::Union(s) => &s.members,
@@ -154,6 +171,18 @@ pub fn resolve(btf: &Btf) -> Layout {
         ]
     );
     grp!(
+        layout::TASK_STACK,
+        [(task_stack, "task_struct", &["stack"])]
+    );
+    // The kernel's own list of helpers decides, not its version: a program that calls a helper
+    // the kernel lacks is refused whole ("invalid func unknown#158" on 5.10).
+    if has_helpers(
+        btf,
+        &["BPF_FUNC_get_current_task_btf", "BPF_FUNC_task_pt_regs"],
+    ) {
+        o.valid |= layout::REGS_HELPER;
+    }
+    grp!(
         layout::NETNS,
         [
             (task_nsproxy, "task_struct", &["nsproxy"]),
@@ -183,7 +212,9 @@ mod tests {
         let btf = load(path).unwrap();
         let l = resolve(&btf);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
-        assert!(l.has(layout::SOCK | layout::NETNS | layout::SOCK_PEER));
+        assert!(l.has(layout::SOCK | layout::NETNS | layout::SOCK_PEER | layout::TASK_STACK));
+        // This kernel (6.18) has both helpers (5.15+).
+        assert!(l.has(layout::REGS_HELPER));
         // skc_family is the first 2-byte field after the addresses and hash in sock_common.
         assert!(l.offsets.sk_family > 0 && l.offsets.sk_family < 64);
         assert_ne!(l.offsets.sk_num, l.offsets.sk_family);

@@ -218,22 +218,31 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The newest build of `kernel` (falling back to older builds when the newest cannot be
-/// downloaded), unpacked into `cache/kernel/<package>/`; returns the `vmlinuz` path.
+/// The newest build of `kernel` that can be downloaded, unpacked into
+/// `cache/kernel/<package>/`; returns the `vmlinuz` path. Older builds are tried in turn: the
+/// archive drops old builds, and a mirror may lack a suite's security pool (bullseye-security
+/// answers 404 here).
 pub fn fetch_kernel(cache: &Path, kernel: Kernel) -> Result<PathBuf> {
     let packages = kernel_packages(cache, kernel)?;
-    let mut errors = Vec::new();
-    for package in packages.iter().take(3) {
-        let dest = cache.join("kernel").join(package);
-        if let Some(vmlinuz) = find_vmlinuz(&dest)? {
+    // A build unpacked by an earlier run wins: no download, no 404s on the way to it.
+    for package in &packages {
+        if let Some(vmlinuz) = find_vmlinuz(&cache.join("kernel").join(package))? {
             return Ok(vmlinuz);
         }
+    }
+    let mut errors = Vec::new();
+    for package in &packages {
+        let dest = cache.join("kernel").join(package);
         match download_debs(cache, &[package]) {
             Ok(debs) => return unpack_vmlinuz(&debs[0].path, &dest),
             Err(e) => errors.push(format!("{package}: {e:#}")),
         }
     }
-    bail!("no {kernel} kernel could be fetched: {}", errors.join("; "))
+    bail!(
+        "no {kernel} kernel could be fetched ({} builds tried): {}",
+        packages.len(),
+        errors.last().map_or("", String::as_str)
+    )
 }
 
 /// `kernel`'s image packages, newest build first; updates our lists once when they know none.

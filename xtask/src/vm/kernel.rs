@@ -47,8 +47,13 @@ impl Release {
     pub fn build_of(self, package: &str, flavour: Flavour) -> Option<u32> {
         let suffix = format!("-{}amd64-unsigned", flavour.infix());
         let build = package.strip_prefix(self.prefix())?.strip_suffix(&suffix)?;
-        // 6.12 builds read "118+deb13"; digits only also leaves "-cloud-" out of generic.
-        let digits = build.split_once('+').map_or(build, |(n, _)| n);
+        // 6.12 builds read "118+deb13" (trixie's own) or "118+deb12" (bookworm's backport,
+        // not this release's suite); digits only also leaves "-cloud-" out of generic.
+        let digits = match build.split_once('+') {
+            Some((n, tag)) if self == Release::V6_12 && tag.starts_with("deb13") => n,
+            Some(_) => return None,
+            None => build,
+        };
         digits.parse().ok()
     }
 }
@@ -183,6 +188,10 @@ mod tests {
         );
         assert_eq!(
             r.build_of("linux-image-6.1.0-40-amd64-unsigned", generic),
+            None
+        );
+        assert_eq!(
+            r.build_of("linux-image-6.12.118+deb12-amd64-unsigned", generic),
             None
         );
         assert_eq!(
