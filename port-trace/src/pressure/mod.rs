@@ -141,11 +141,11 @@ pub fn listeners_in_range(range: &UsableRange, sockets: &[SocketRecord]) -> Vec<
 /// TCP listeners on a port automatic selection could hand out, except those whose port the
 /// kernel itself chose (`chosen`: the (netns, port) of TCP bind(0) and listen() autobinds seen):
 /// a client may take such a port first, or connect to itself.
-pub fn listener_hazards(
+pub fn listener_hazards<S: std::hash::BuildHasher>(
     netns: u32,
     range: &UsableRange,
     sockets: &[SocketRecord],
-    chosen: &HashSet<(u32, u16)>,
+    chosen: &HashSet<(u32, u16), S>,
 ) -> Vec<SocketRecord> {
     listeners_in_range(range, sockets)
         .into_iter()

@@ -103,7 +103,7 @@ pub struct Summarizer {
     last_event: u64,
     events: u64,
     /// Ports the kernel chose for TCP bind(0)/listen(): not hazards when listened on.
-    chosen: HashSet<(u32, u16)>,
+    chosen: HashSet<(u32, u16), foldhash::fast::RandomState>,
     self_connects: Vec<SelfConnect>,
     self_connects_not_listed: u64,
     out_of_order: u64,
@@ -123,7 +123,7 @@ impl Summarizer {
             tcp_allocs: HashMap::default(),
             last_event: 0,
             events: 0,
-            chosen: HashSet::new(),
+            chosen: HashSet::default(),
             self_connects: Vec::new(),
             self_connects_not_listed: 0,
             out_of_order: 0,
