@@ -825,6 +825,8 @@ fn stream_verdicts<T: std::borrow::Borrow<StreamTrack>>(
             _ => {}
         }
     }
+    // The correlation sorts a copy of each side: the room left by growing is not needed.
+    counts.pairs.shrink_to_fit();
     counts
 }
 

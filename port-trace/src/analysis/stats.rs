@@ -550,24 +550,31 @@ pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
     pearson(&ranks(x), &ranks(y))
 }
 
-/// [`spearman`] of integer pairs: each rank is looked up in a table of the distinct values of
-/// its side rather than kept per pair (a third of the memory with a million pairs), for the
-/// same result to the bit: the same average ranks, summed in the same order.
+/// [`spearman`] of integer pairs, for the same result to the bit: the same average ranks,
+/// summed in the same order, without a rank per pair in 64 bits (a million pairs is common).
 pub fn spearman_pairs(pairs: &[(u32, u32)]) -> Option<f64> {
     let n = pairs.len();
     if n < 3 {
         return None;
     }
-    let (xs, ys) = (
-        RankTable::new(pairs.iter().map(|p| p.0).collect()),
-        RankTable::new(pairs.iter().map(|p| p.1).collect()),
-    );
+    let xs = Ranks::of(pairs.iter().map(|p| p.0));
+    let ys = Ranks::of(pairs.iter().map(|p| p.1));
     let nf = n as f64;
-    let mx = pairs.iter().map(|p| xs.rank(p.0)).sum::<f64>() / nf;
-    let my = pairs.iter().map(|p| ys.rank(p.1)).sum::<f64>() / nf;
+    let mx = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| xs.rank(i, p.0))
+        .sum::<f64>()
+        / nf;
+    let my = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ys.rank(i, p.1))
+        .sum::<f64>()
+        / nf;
     let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for p in pairs {
-        let (a, b) = (xs.rank(p.0), ys.rank(p.1));
+    for (i, p) in pairs.iter().enumerate() {
+        let (a, b) = (xs.rank(i, p.0), ys.rank(i, p.1));
         sxy += (a - mx) * (b - my);
         sxx += (a - mx).powi(2);
         syy += (b - my).powi(2);
@@ -578,28 +585,56 @@ pub fn spearman_pairs(pairs: &[(u32, u32)]) -> Option<f64> {
     Some((sxy / (sxx * syy).sqrt()).clamp(-1.0, 1.0))
 }
 
-/// The distinct values of one side of [`spearman_pairs`], sorted, each with its average
-/// 1-based rank: one binary search over the distinct values per lookup (gaps repeat, steps
-/// have a few hundred values at most), where the sorted side took two over every value.
-struct RankTable(Vec<(u32, f64)>);
+/// Average 1-based ranks of one side of [`spearman_pairs`]. Few distinct values (a step takes
+/// a few hundred at most): looked up in a table of them. Many (gaps): worked out once by
+/// sorting and kept per value as twice the rank in 32 bits, which a search of the table twice
+/// a pair would cost far more than.
+enum Ranks {
+    Table(Vec<(u32, f64)>),
+    /// Twice each value's rank, in the side's order.
+    Doubled(Vec<u32>),
+}
 
-impl RankTable {
-    fn new(mut side: Vec<u32>) -> Self {
-        side.sort_unstable();
+/// Distinct values up to which a side's ranks are a table.
+const RANK_TABLE_MAX: usize = 1024;
+
+impl Ranks {
+    fn of(side: impl ExactSizeIterator<Item = u32>) -> Self {
+        let n = side.len();
+        // Value and position, sorted: each run of equal values shares its average rank.
+        let mut sorted: Vec<(u32, u32)> = side.zip(0..).collect();
+        sorted.sort_unstable();
+        let runs = sorted.chunk_by(|a, b| a.0 == b.0);
+        // Twice a rank is at most 2n.
+        if runs.clone().count() > RANK_TABLE_MAX && u32::try_from(2 * n).is_ok() {
+            let mut doubled = vec![0; n];
+            let mut first = 0;
+            for run in runs {
+                let last = first + run.len() - 1;
+                for &(_, at) in run {
+                    doubled[at as usize] = (first + last + 2) as u32;
+                }
+                first = last + 1;
+            }
+            return Ranks::Doubled(doubled);
+        }
         let mut table = Vec::new();
         let mut first = 0;
-        for run in side.chunk_by(|a, b| a == b) {
+        for run in runs {
             let last = first + run.len() - 1;
             // Ties share the average of their 1-based positions.
-            table.push((run[0], (first + last) as f64 / 2.0 + 1.0));
+            table.push((run[0].0, (first + last) as f64 / 2.0 + 1.0));
             first = last + 1;
         }
-        RankTable(table)
+        Ranks::Table(table)
     }
 
-    /// The rank of `v`, a value of the side.
-    fn rank(&self, v: u32) -> f64 {
-        self.0[self.0.partition_point(|e| e.0 < v)].1
+    /// The rank of `v`, the side's value at position `i`.
+    fn rank(&self, i: usize, v: u32) -> f64 {
+        match self {
+            Ranks::Table(t) => t[t.partition_point(|e| e.0 < v)].1,
+            Ranks::Doubled(d) => f64::from(d[i]) / 2.0,
+        }
     }
 }
 
@@ -708,6 +743,15 @@ mod tests {
     fn spearman_of_pairs_is_spearman() {
         let pairs: Vec<(u32, u32)> = (0..500u32)
             .map(|i| ((i * 7919) % 97 + 1, (i * 104_729) % 31 + (i % 5)))
+            .collect();
+        let (x, y): (Vec<f64>, Vec<f64>) = pairs
+            .iter()
+            .map(|&(a, b)| (f64::from(a), f64::from(b)))
+            .unzip();
+        assert_eq!(spearman_pairs(&pairs), spearman(&x, &y));
+        // More distinct gaps than a table holds, with ties.
+        let pairs: Vec<(u32, u32)> = (0..20_000u32)
+            .map(|i| ((i * 7919) % 9973 + 1, (i * 104_729) % 31 + (i % 5)))
             .collect();
         let (x, y): (Vec<f64>, Vec<f64>) = pairs
             .iter()
