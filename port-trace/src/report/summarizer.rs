@@ -16,7 +16,7 @@ use crate::{
     netns::NetnsState,
     pressure::{
         self, Allocations, CLOSE_WINDOW_NS, DestForecast, Forecast, RATE_WINDOW_NS, Recent,
-        SocketRecord, UsableRange, bind_forecast, connect_forecasts, listener_hazards,
+        SocketRecord, UsableRange, bind_forecast, each_connect_forecast, listener_hazards,
     },
 };
 
@@ -290,11 +290,13 @@ impl<'a> Spaces<'a> {
         if !self.by_netns.contains_key(&netns) {
             let allocs = self.dest_allocs.remove(&netns).unwrap_or_default();
             let tcp = self.ns.get(&netns).and_then(|n| n.tcp).unwrap_or_default();
-            let all = connect_forecasts(range, sockets, &tcp, &allocs);
-            self.by_netns.insert(
-                netns,
-                all.into_iter().map(|d| ((d.daddr, d.dport), d)).collect(),
-            );
+            // Straight into the table: a sorted list of them all first would cost as much again.
+            // Every destination with allocations has a forecast: no growing on the way.
+            let mut by_dest = HashMap::with_capacity(allocs.len());
+            each_connect_forecast(range, sockets, &tcp, &allocs, |d| {
+                by_dest.insert((d.daddr, d.dport), d);
+            });
+            self.by_netns.insert(netns, by_dest);
         }
         self.by_netns[&netns]
             .get(&(dest.0.to_canonical(), dest.1))
