@@ -250,7 +250,8 @@ impl KernelOffsets {
 }
 
 /// The cgroup subtree the cgroup hook set traces, for its tracepoint, which sees every task:
-/// the directory's cgroup id and depth below the cgroup v2 root (0: the whole host).
+/// the directory's cgroup id and depth below the cgroup v2 root (level 0: the whole host; else
+/// the directory itself is in the `SCOPE_DIR` cgroup array).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CgroupScope {

@@ -3,10 +3,15 @@
 //! the `sock:inet_sock_set_state` tracepoint, attached raw. No syscall tracepoint: enabling one taxes every
 //! system call on the host. How each path is seen: docs/capture.md.
 
-use std::{fs, os::unix::fs::MetadataExt, path::Path};
+use std::{
+    fs,
+    os::{fd::AsFd, unix::fs::MetadataExt},
+    path::Path,
+};
 
 use aya::{
     Ebpf,
+    maps::CgroupArray,
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, RawTracePoint, SockOps},
 };
 use port_trace_common::{
@@ -127,6 +132,18 @@ pub(super) fn attach(
         };
         attached.map_err(not_attached(p.name, &target))?;
         programs.push(p.shown.to_string());
+    }
+    // The tracepoint's scope (`SCOPE_DIR`, read when `--cgroup` narrows the trace).
+    if scope(k, Some(&dir)).level != 0 {
+        let map_err = |source| AttachError::Map {
+            name: "SCOPE_DIR",
+            source: Box::new(source),
+        };
+        let map = ebpf
+            .map_mut("SCOPE_DIR")
+            .ok_or_else(|| AttachError::Missing("map SCOPE_DIR".into()))?;
+        let mut scope_dir = CgroupArray::try_from(map).map_err(map_err)?;
+        scope_dir.set(0, cg.as_fd(), 0).map_err(map_err)?;
     }
     for p in program::RAW_TRACEPOINTS {
         let prog: &mut RawTracePoint = program(ebpf, p.name)?;

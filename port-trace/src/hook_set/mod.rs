@@ -112,6 +112,12 @@ pub enum AttachError {
     },
     #[error("kernel BTF")]
     Btf(#[source] aya::BtfError),
+    #[error("map {name} of the eBPF object")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
 }
 
 /// What an attached hook set is made of.

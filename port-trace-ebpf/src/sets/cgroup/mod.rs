@@ -25,8 +25,8 @@ use aya_ebpf::{
         BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock, bpf_sock_addr,
         bpf_sock_ops,
     },
-    helpers::generated::bpf_get_current_ancestor_cgroup_id,
-    macros::{cgroup_sock, cgroup_sock_addr, raw_tracepoint, sock_ops},
+    macros::{cgroup_sock, cgroup_sock_addr, map, raw_tracepoint, sock_ops},
+    maps::CgroupArray,
     programs::{RawTracePointContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use port_trace_common::{
@@ -410,13 +410,18 @@ pub fn pt_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 }
 program_listed!(pt_inet_sock_set_state in RAW_TRACEPOINTS.name);
 
+/// The traced cgroup v2 directory (`--cgroup`), at index 0; the loader fills it only when the
+/// trace is scoped.
+#[map]
+static SCOPE_DIR: CgroupArray = CgroupArray::with_max_entries(1, 0);
+
 /// Whether the current task is in the traced cgroup subtree (the cgroup programs see only
-/// that subtree; the tracepoint sees the whole host).
+/// that subtree; the tracepoint sees the whole host). `bpf_current_task_under_cgroup` (4.9+) and
+/// not `bpf_get_current_ancestor_cgroup_id`, which 5.10 refuses in tracing programs. `SCOPE` is
+/// read-only, so an unscoped trace never reaches the helper.
 #[inline(always)]
 fn in_scope() -> bool {
-    let s = SCOPE.load();
-    // SAFETY: the helper takes a level and reads the current task's cgroup.
-    s.level == 0 || unsafe { bpf_get_current_ancestor_cgroup_id(s.level as i32) } == s.id
+    SCOPE.load().level == 0 || SCOPE_DIR.current_task_under_cgroup(0) == Ok(true)
 }
 
 /// A raw tracepoint, not the classic one: it gets the tracepoint's arguments (`sk`,
