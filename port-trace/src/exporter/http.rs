@@ -1,6 +1,7 @@
-//! The `/metrics` and `/healthz` endpoint (hyper). Slow or malformed clients cannot stall it:
-//! headers must arrive within a few seconds, each connection has a deadline, and the number of
-//! connections is bounded.
+//! The `/metrics` and `/healthz` endpoint (hyper). Slow, idle or malformed clients cannot
+//! starve it: every connection has a deadline for its next request, a full connection table
+//! evicts the connection that waited longest for one ([`connections`](super::connections)),
+//! and each connection's buffer is bounded.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -13,11 +14,14 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 
-pub const MAX_CONNECTIONS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+use super::connections::{Limits, Table};
+
+/// A request head that is still arriving after this is dropped, kept-alive connection or not.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Read buffer per connection: request heads larger than this get 431 (hyper's minimum is 8 KiB).
+const MAX_BUF: usize = 16 * 1024;
 
 /// What the server asks the daemon for on each request.
 pub trait Source: Send + Sync + 'static {
@@ -75,7 +79,7 @@ pub async fn serve<S: Source>(
     source: Arc<S>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let table = Table::new(Limits::default());
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -86,25 +90,24 @@ pub async fn serve<S: Source>(
                 Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
             },
         };
-        // Over the limit: close at once rather than queue without bound.
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
+        // Full: the connection that waited longest for a request makes room.
+        let slot = table.admit();
         let source = source.clone();
-        tokio::spawn(async move {
+        tokio::spawn(slot.clone().supervise(async move {
             let service = service_fn(move |req: Request<Incoming>| {
+                slot.serving();
                 let resp = route(source.as_ref(), req.method(), req.uri().path());
+                slot.idle();
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let conn = http1::Builder::new()
+            let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_BUF)
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
-            drop(permit);
-        });
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }));
     }
 }
 

@@ -7,9 +7,11 @@
 //! * [`refresh`]: the periodic, off-the-event-loop computation of pressure, forecasts and
 //!   patterns.
 //! * [`http`]: the `/metrics` and `/healthz` endpoint.
+//! * [`connections`]: its connection table: deadlines, and eviction when full.
 //! * [`window`]: the recent events a refresh analyses, shared with it rather than copied.
 
 pub mod aggregate;
+pub mod connections;
 pub mod http;
 pub mod metrics;
 pub mod refresh;
