@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use port_trace::exporter::http::{self, Source};
+use port_trace::exporter::{
+    http::{self, Source},
+    web_config::WebConfig,
+};
 
 const SLOWLORIS: usize = 200;
 const IDLE: usize = 64;
@@ -45,7 +48,8 @@ fn start_server() -> (
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            http::serve(listener, Arc::new(Fixed), async {
+            let (_web_tx, web) = tokio::sync::watch::channel(Arc::new(WebConfig::default()));
+            http::serve(listener, Arc::new(Fixed), web, async {
                 let _ = stop_rx.await;
             })
             .await;

@@ -1,7 +1,9 @@
 //! The `/metrics` and `/healthz` endpoint (hyper). Slow, idle or malformed clients cannot
 //! starve it: every connection has a deadline for its next request, a full connection table
 //! evicts the connection that waited longest for one ([`connections`](super::connections)),
-//! and each connection's buffer is bounded.
+//! and each connection's buffer is bounded. With `--web.config.file` it speaks TLS and asks
+//! for basic auth ([`web_config`](super::web_config)); `/healthz` needs no password, so
+//! liveness probes need no secret.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -9,14 +11,23 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    header::{ALLOW, CONTENT_TYPE},
+    header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE},
     server::conn::http1,
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::watch,
+};
+use tokio_rustls::TlsAcceptor;
 
-use super::connections::{Limits, Table};
+use super::{
+    auth::BasicAuth,
+    connections::{Conn, Limits, Table},
+    web_config::WebConfig,
+};
 
 /// A request head that is still arriving after this is dropped, kept-alive connection or not.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -73,10 +84,63 @@ pub fn route<S: Source>(source: &S, method: &Method, path: &str) -> Response<Ful
     }
 }
 
-/// Serves until `shutdown` resolves; then stops accepting and returns.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, "Basic".parse().expect("valid"));
+    r
+}
+
+/// One request: basic auth first where configured (not for `/healthz`), then the route.
+async fn handle<S: Source>(
+    source: &S,
+    auth: Option<Arc<BasicAuth>>,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if let Some(auth) = auth
+        && req.uri().path() != "/healthz"
+        && !auth.allows(req.headers().get(AUTHORIZATION)).await
+    {
+        return unauthorized();
+    }
+    route(source, req.method(), req.uri().path())
+}
+
+/// HTTP/1.1 over `io` (plain or TLS) until the client or an error ends it.
+async fn http1<S: Source, I>(
+    io: I,
+    source: Arc<S>,
+    web: watch::Receiver<Arc<WebConfig>>,
+    slot: Arc<Conn>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (source, slot) = (source.clone(), slot.clone());
+        // The auth in force now: a reload applies to kept-alive connections too.
+        let auth = web.borrow().auth.clone();
+        async move {
+            slot.serving();
+            let resp = handle(source.as_ref(), auth, &req).await;
+            slot.idle();
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_BUF)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// Serves until `shutdown` resolves; then stops accepting and returns. Each connection uses
+/// the TLS settings in `web` when it was accepted, and the auth in `web` at each request.
 pub async fn serve<S: Source>(
     listener: TcpListener,
     source: Arc<S>,
+    web: watch::Receiver<Arc<WebConfig>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let table = Table::new(Limits::default());
@@ -92,21 +156,18 @@ pub async fn serve<S: Source>(
         };
         // Full: the connection that waited longest for a request makes room.
         let slot = table.admit();
-        let source = source.clone();
+        let (source, web) = (source.clone(), web.clone());
+        let tls = web.borrow().tls.clone();
+        // The handshake is part of the first request's deadline, like a slow request head.
         tokio::spawn(slot.clone().supervise(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                slot.serving();
-                let resp = route(source.as_ref(), req.method(), req.uri().path());
-                slot.idle();
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_BUF)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => http1(stream, source, web, slot).await,
+                Some(config) => {
+                    if let Ok(stream) = TlsAcceptor::from(config).accept(stream).await {
+                        http1(stream, source, web, slot).await;
+                    }
+                }
+            }
         }));
     }
 }
