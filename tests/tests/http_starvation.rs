@@ -167,3 +167,25 @@ fn slowloris_and_idle_clients_cannot_starve_a_scraper() {
         "{answered} of {SCRAPES} scrapes answered: {failures:#?}"
     );
 }
+
+/// A scraper's kept-alive connection is not cut at the first request's (3 s) deadline: only an
+/// idle minute, or eviction by a newer connection when the table is full, ends it.
+#[test]
+fn a_kept_alive_connection_outlives_the_first_request_deadline() {
+    let (addr, stop_server, server) = start_server();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ask = |s: &mut TcpStream| {
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(ask(&mut s).starts_with("HTTP/1.1 200"));
+    thread::sleep(Duration::from_secs(4));
+    let again = ask(&mut s);
+    assert!(again.starts_with("HTTP/1.1 200"), "{again:?}");
+    drop(stop_server);
+    server.join().unwrap();
+}

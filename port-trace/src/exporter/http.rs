@@ -29,8 +29,6 @@ use super::{
     web_config::WebConfig,
 };
 
-/// A request head that is still arriving after this is dropped, kept-alive connection or not.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Read buffer per connection: request heads larger than this get 431 (hyper's minimum is 8 KiB).
 const MAX_BUF: usize = 16 * 1024;
 
@@ -128,7 +126,9 @@ async fn http1<S: Source, I>(
     });
     let _ = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        // The connection table's phase deadlines bound every wait for a request head; hyper's
+        // own timer would also end kept-alive connections that are merely idle.
+        .header_read_timeout(None)
         .max_buf_size(MAX_BUF)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), service)

@@ -57,8 +57,9 @@ pub enum WebConfigError {
     #[error("web config {}: tls_server_config", path.display())]
     Tls {
         path: PathBuf,
+        /// Boxed: rustls' errors are large and this is the rare path.
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
 }
 
@@ -245,7 +246,7 @@ impl WebConfig {
                 Some(
                     tls::server_config(&settings).map_err(|source| WebConfigError::Tls {
                         path: path.into(),
-                        source,
+                        source: Box::new(source),
                     })?,
                 )
             }
