@@ -62,6 +62,8 @@ pub struct FileConfig {
     /// `--udp-send-hooks`.
     pub udp_send_hooks: Option<bool>,
     pub ring_kib: Option<u32>,
+    /// `--web.config.file`: TLS and basic auth (exporter-toolkit format, checked when loaded).
+    pub web_config_file: Option<PathBuf>,
 }
 
 /// What `serve` runs with.
@@ -74,6 +76,7 @@ pub struct ServeConfig {
     pub cgroup: Option<std::path::PathBuf>,
     pub udp_send_hooks: bool,
     pub ring_kib: u32,
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -86,6 +89,7 @@ impl Default for ServeConfig {
             cgroup: None,
             udp_send_hooks: false,
             ring_kib: 4096,
+            web_config_file: None,
         }
     }
 }
@@ -220,6 +224,10 @@ pub fn merge(file: &FileConfig, flags: &FileConfig) -> ServeConfig {
             .or(file.udp_send_hooks)
             .unwrap_or(d.udp_send_hooks),
         ring_kib: flags.ring_kib.or(file.ring_kib).unwrap_or(d.ring_kib),
+        web_config_file: flags
+            .web_config_file
+            .clone()
+            .or_else(|| file.web_config_file.clone()),
     }
 }
 
@@ -251,6 +259,24 @@ mod tests {
             ..Default::default()
         };
         assert!(merge(&none, &flag).udp_send_hooks);
+    }
+
+    #[test]
+    fn web_config_file_from_the_file_or_the_flag() {
+        let file = parse("web_config_file = \"/etc/port-trace/web.yml\"\n", "f").unwrap();
+        let none = FileConfig::default();
+        assert_eq!(
+            merge(&file, &none).web_config_file,
+            Some(PathBuf::from("/etc/port-trace/web.yml"))
+        );
+        let flag = FileConfig {
+            web_config_file: Some("w.yml".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            merge(&file, &flag).web_config_file,
+            Some(PathBuf::from("w.yml"))
+        );
     }
 
     #[test]

@@ -65,6 +65,12 @@ impl Prometheus {
     /// Starts it with `rules` (alert rules YAML) scraping `target`, and waits until it answers
     /// `/-/ready` (it answers 503 while its storage opens, slowly on a loaded machine).
     pub fn start(name: &str, target: SocketAddr, rules: &str) -> Self {
+        Self::start_with(name, target, rules, "")
+    }
+
+    /// [`start`](Self::start) with more settings for the scrape job (`scheme`, `tls_config`,
+    /// `basic_auth`...), as YAML lines indented for the job.
+    pub fn start_with(name: &str, target: SocketAddr, rules: &str, job: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("pt-{name}-prom-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("prometheus directory");
@@ -72,7 +78,7 @@ impl Prometheus {
         std::fs::write(
             dir.join("prometheus.yml"),
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alerts.yml]\nscrape_configs:\n  - job_name: port-trace\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alerts.yml]\nscrape_configs:\n  - job_name: port-trace\n{job}    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
         .expect("prometheus.yml");

@@ -26,6 +26,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    // The TLS test: a self-signed certificate, and a client that checks it.
+    ("openssl", "openssl"),
+    ("curl", "curl"),
 ];
 
 /// Installs what is missing; `for_tests` adds the programs the root tests drive.

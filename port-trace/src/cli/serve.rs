@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{self, FileConfig, ServeConfig},
-    exporter::{self, Aggregator, Computed, http},
+    exporter::{self, Aggregator, Computed, http, web_config::WebConfig},
     hook_set::HookSet,
     netns::snapshot::snapshot_with_own,
     tracer::{Session, SessionOptions, StopSignals},
@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Ring buffer size in KiB [default: 4096].
     #[arg(long)]
     pub ring_kib: Option<u32>,
+    /// TLS and basic auth in the Prometheus exporter-toolkit web config format (docs/metrics.md);
+    /// re-read on SIGHUP and when it or a file it names changes.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// Use this hook set instead of the automatic choice.
     #[arg(long, value_enum)]
     pub hooks: Option<HookSet>,
@@ -61,6 +65,7 @@ impl ServeArgs {
             cgroup: self.cgroup.clone(),
             udp_send_hooks: self.udp_send_hooks.then_some(true),
             ring_kib: self.ring_kib,
+            web_config_file: self.web_config_file.clone(),
         }
     }
 
@@ -109,14 +114,27 @@ impl http::Source for Shared {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.config()?;
-    crate::cli::trace::block_on(serve(args, cfg))?;
+    // Checked before anything is attached.
+    let web = load_web_config(&cfg)?;
+    crate::cli::trace::block_on(serve(args, cfg, web))?;
     Ok(ExitCode::SUCCESS)
 }
+
+fn load_web_config(cfg: &ServeConfig) -> anyhow::Result<WebConfig> {
+    Ok(match &cfg.web_config_file {
+        Some(p) => WebConfig::load(p)?,
+        None => WebConfig::default(),
+    })
+}
+
+/// How often the web config and the certificate files are checked for changes (a rotated
+/// Kubernetes secret changes them without a SIGHUP).
+const WEB_CONFIG_CHECK: Duration = Duration::from_secs(5);
 
 /// The daemon drains this often when the ring buffer is not filling up.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
-async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, mut cfg: ServeConfig, web: WebConfig) -> anyhow::Result<()> {
     let mut stop = StopSignals::install()?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut session = Session::start(&SessionOptions {
@@ -151,13 +169,18 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
     // Loading the programs (BTF above all) freed more than the daemon keeps.
     release_freed_memory();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(listener, shared.clone(), async {
+    let scheme = web.scheme();
+    let (web_tx, web_rx) = tokio::sync::watch::channel(Arc::new(web));
+    let server = tokio::spawn(http::serve(listener, shared.clone(), web_rx, async {
         let _ = stop_rx.await;
     }));
     eprintln!(
-        "tracing: {}; serving http://{serving}/metrics",
+        "tracing: {}; serving {scheme}://{serving}/metrics",
         session.describe()
     );
+    let mut web_check = tokio::time::interval(WEB_CONFIG_CHECK);
+    // What the web config's files looked like at the last (re)load attempt.
+    let mut web_seen = web_tx.borrow().stamps();
 
     let mut refresh = tokio::time::interval(cfg.refresh_interval);
     let mut refreshing: Option<tokio::task::JoinHandle<Computed>> = None;
@@ -184,7 +207,19 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig) -> anyhow::Result<()> {
                     a.apply(&computed);
                 }
             }
-            _ = sighup.recv() => reload(&args, &mut cfg, &shared, &mut refresh),
+            _ = sighup.recv() => {
+                reload(&args, &mut cfg, &shared, &mut refresh);
+                reload_web_config(&cfg, &web_tx);
+                web_seen = web_tx.borrow().stamps();
+            }
+            _ = web_check.tick() => {
+                // A failed reload is reported once, not at every check.
+                let now = web_tx.borrow().stamps();
+                if now != web_seen {
+                    reload_web_config(&cfg, &web_tx);
+                    web_seen = web_tx.borrow().stamps();
+                }
+            }
             _ = stop.recv() => break,
         }
         if let Ok(mut a) = shared.agg.lock() {
@@ -224,7 +259,6 @@ fn reload(
     refresh: &mut tokio::time::Interval,
 ) {
     if args.config.is_none() {
-        eprintln!("port-trace: SIGHUP ignored: no --config file");
         return;
     }
     let new = match args.config() {
@@ -252,4 +286,23 @@ fn reload(
     }
     *cfg = new;
     eprintln!("port-trace: configuration reloaded");
+}
+
+/// Re-reads the web config (TLS, basic auth); a bad one keeps the running settings. New
+/// connections get the new TLS settings, every request the new users.
+fn reload_web_config(cfg: &ServeConfig, web: &tokio::sync::watch::Sender<Arc<WebConfig>>) {
+    match load_web_config(cfg) {
+        Ok(new) => {
+            // A change of scheme on a running listener would surprise its scrapers.
+            if new.scheme() != web.borrow().scheme() {
+                eprintln!(
+                    "port-trace: keeping the old web config: switching between http and https takes a restart"
+                );
+                return;
+            }
+            web.send_replace(Arc::new(new));
+            eprintln!("port-trace: web config reloaded");
+        }
+        Err(e) => eprintln!("port-trace: keeping the old web config: {e:#}"),
+    }
 }

@@ -1,6 +1,9 @@
-//! The `/metrics` and `/healthz` endpoint (hyper). Slow or malformed clients cannot stall it:
-//! headers must arrive within a few seconds, each connection has a deadline, and the number of
-//! connections is bounded.
+//! The `/metrics` and `/healthz` endpoint (hyper). Slow, idle or malformed clients cannot
+//! starve it: every connection has a deadline for its next request, a full connection table
+//! evicts the connection that waited longest for one ([`connections`](super::connections)),
+//! and each connection's buffer is bounded. With `--web.config.file` it speaks TLS and asks
+//! for basic auth ([`web_config`](super::web_config)); `/healthz` needs no password, so
+//! liveness probes need no secret.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -8,16 +11,26 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    header::{ALLOW, CONTENT_TYPE},
+    header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE},
     server::conn::http1,
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::watch,
+};
+use tokio_rustls::TlsAcceptor;
 
-pub const MAX_CONNECTIONS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+use super::{
+    auth::BasicAuth,
+    connections::{Conn, Limits, Table},
+    web_config::WebConfig,
+};
+
+/// Read buffer per connection: request heads larger than this get 431 (hyper's minimum is 8 KiB).
+const MAX_BUF: usize = 16 * 1024;
 
 /// What the server asks the daemon for on each request.
 pub trait Source: Send + Sync + 'static {
@@ -69,13 +82,68 @@ pub fn route<S: Source>(source: &S, method: &Method, path: &str) -> Response<Ful
     }
 }
 
-/// Serves until `shutdown` resolves; then stops accepting and returns.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, "Basic".parse().expect("valid"));
+    r
+}
+
+/// One request: basic auth first where configured (not for `/healthz`), then the route.
+async fn handle<S: Source>(
+    source: &S,
+    auth: Option<Arc<BasicAuth>>,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if let Some(auth) = auth
+        && req.uri().path() != "/healthz"
+        && !auth.allows(req.headers().get(AUTHORIZATION)).await
+    {
+        return unauthorized();
+    }
+    route(source, req.method(), req.uri().path())
+}
+
+/// HTTP/1.1 over `io` (plain or TLS) until the client or an error ends it.
+async fn http1<S: Source, I>(
+    io: I,
+    source: Arc<S>,
+    web: watch::Receiver<Arc<WebConfig>>,
+    slot: Arc<Conn>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (source, slot) = (source.clone(), slot.clone());
+        // The auth in force now: a reload applies to kept-alive connections too.
+        let auth = web.borrow().auth.clone();
+        async move {
+            slot.serving();
+            let resp = handle(source.as_ref(), auth, &req).await;
+            slot.idle();
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // The connection table's phase deadlines bound every wait for a request head; hyper's
+        // own timer would also end kept-alive connections that are merely idle.
+        .header_read_timeout(None)
+        .max_buf_size(MAX_BUF)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// Serves until `shutdown` resolves; then stops accepting and returns. Each connection uses
+/// the TLS settings in `web` when it was accepted, and the auth in `web` at each request.
 pub async fn serve<S: Source>(
     listener: TcpListener,
     source: Arc<S>,
+    web: watch::Receiver<Arc<WebConfig>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let table = Table::new(Limits::default());
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -86,25 +154,21 @@ pub async fn serve<S: Source>(
                 Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
             },
         };
-        // Over the limit: close at once rather than queue without bound.
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
-        let source = source.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let resp = route(source.as_ref(), req.method(), req.uri().path());
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
-            drop(permit);
-        });
+        // Full: the connection that waited longest for a request makes room.
+        let slot = table.admit();
+        let (source, web) = (source.clone(), web.clone());
+        let tls = web.borrow().tls.clone();
+        // The handshake is part of the first request's deadline, like a slow request head.
+        tokio::spawn(slot.clone().supervise(async move {
+            match tls {
+                None => http1(stream, source, web, slot).await,
+                Some(config) => {
+                    if let Ok(stream) = TlsAcceptor::from(config).accept(stream).await {
+                        http1(stream, source, web, slot).await;
+                    }
+                }
+            }
+        }));
     }
 }
 

@@ -7,12 +7,19 @@
 //! * [`refresh`]: the periodic, off-the-event-loop computation of pressure, forecasts and
 //!   patterns.
 //! * [`http`]: the `/metrics` and `/healthz` endpoint.
+//! * [`connections`]: its connection table: deadlines, and eviction when full.
+//! * [`web_config`]: `--web.config.file` (exporter-toolkit format), with [`tls`] (rustls) and
+//!   [`auth`] (bcrypt basic auth).
 //! * [`window`]: the recent events a refresh analyses, shared with it rather than copied.
 
 pub mod aggregate;
+pub mod auth;
+pub mod connections;
 pub mod http;
 pub mod metrics;
 pub mod refresh;
+pub mod tls;
+pub mod web_config;
 pub mod window;
 
 pub use aggregate::Aggregator;
