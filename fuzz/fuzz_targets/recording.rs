@@ -37,6 +37,8 @@ fuzz_target!(|data: &[u8]| {
     let path = scratch();
     std::fs::write(path, data).expect("write the scratch recording");
     let scan = record::scan(path);
+    // Not left behind in the temporary directory when the fuzzer stops.
+    let _ = std::fs::remove_file(path);
 
     // The plain reader goes on after a bad line; `analyze` (and `Parsed`) stop at the first.
     let mut plain = Vec::new();
