@@ -24,7 +24,11 @@ pub struct Daemon {
 
 /// The config for reload number `n`: two shapes in turn, so that each reload changes something.
 fn config_text(n: u64) -> String {
-    let (top, refresh) = if n % 2 == 0 { (10, "2s") } else { (20, "3s") };
+    let (top, refresh) = if n.is_multiple_of(2) {
+        (10, "2s")
+    } else {
+        (20, "3s")
+    };
     // A window that fills within the first samples: RSS then settles, and growth after
     // that is what the bounds judge.
     format!(

@@ -103,27 +103,27 @@ pub fn run(bin: &Path, duration: Duration) -> Result<Vec<String>> {
             break;
         }
         watch.scrape(daemon.addr, tick);
-        if tick % SAMPLE_EVERY == 0 || tick == secs {
+        if tick.is_multiple_of(SAMPLE_EVERY) || tick == secs {
             let now = sample::read(daemon.pid())?;
             let since = Duration::from_secs(tick)
                 - samples.last().map_or(Duration::ZERO, |s: &Sample| s.at);
             samples.push(watch.sample(Duration::from_secs(tick), now, last, since));
             last = now;
         }
-        if tick % CHURN_EVERY == 0 {
+        if tick.is_multiple_of(CHURN_EVERY) {
             if let Some(Err(e)) = churn.take().map(join) {
                 broken.push(format!("a churned namespace failed: {e:#}"));
             }
             churned += 1;
             churn = Some(spawn_churn(churned, counts.clone()));
         }
-        if tick % RANGE_EVERY == 0 {
+        if tick.is_multiple_of(RANGE_EVERY) {
             let (low, high) = RANGES[(tick / RANGE_EVERY) as usize % 2];
             for ns in &long {
                 ns.set_port_range(low, high)?;
             }
         }
-        if tick % sighup_every == 0 && tick < secs {
+        if tick.is_multiple_of(sighup_every) && tick < secs {
             daemon.reload()?;
         }
     }

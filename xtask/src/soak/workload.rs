@@ -77,7 +77,7 @@ fn round(i: u64, counts: &Counts) {
         // Most connections end with a reset; one in 16 normally, so the socket tables `serve`
         // reads hold some TIME_WAIT entries, but few enough (a few thousand, in a minute) that
         // the daemon's work is about level from the first minute on.
-        if i % 16 != 0 {
+        if !i.is_multiple_of(16) {
             let _ = s.set_linger(Some(Duration::ZERO));
         }
         match s.connect_timeout(&dest.into(), Duration::from_millis(500)) {
@@ -87,7 +87,7 @@ fn round(i: u64, counts: &Counts) {
     }
     if let Ok(s) = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)) {
         // Autobind on send: to loopback, or to TEST-NET-1 (dropped inside the namespace).
-        let to = if i % 2 == 0 {
+        let to = if i.is_multiple_of(2) {
             SocketAddr::from((Ipv4Addr::LOCALHOST, 9))
         } else {
             SocketAddr::from((Ipv4Addr::new(192, 0, 2, 2 + (i % 200) as u8), 53))
@@ -96,7 +96,7 @@ fn round(i: u64, counts: &Counts) {
             counts.udp_sends.fetch_add(1, Ordering::Relaxed);
         }
     }
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         if let Ok(s) = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
             && s.bind(&any.into()).is_ok()
