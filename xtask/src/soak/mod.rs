@@ -93,6 +93,8 @@ pub fn run(bin: &Path, duration: Duration) -> Result<Vec<String>> {
     let start = Instant::now();
     let mut last = sample::read(daemon.pid())?;
     samples.push(watch.sample(Duration::ZERO, last, last, Duration::from_secs(1)));
+    // Each row as it is taken (a long run shows its progress), the whole table at the end.
+    println!("{}\n{}", verdict::HEADER, verdict::row(&samples[0]));
     let mut churn: Option<JoinHandle<Result<()>>> = None;
     let mut churned = 0;
     for tick in 1..=secs {
@@ -108,6 +110,7 @@ pub fn run(bin: &Path, duration: Duration) -> Result<Vec<String>> {
             let since = Duration::from_secs(tick)
                 - samples.last().map_or(Duration::ZERO, |s: &Sample| s.at);
             samples.push(watch.sample(Duration::from_secs(tick), now, last, since));
+            println!("{}", verdict::row(&samples[samples.len() - 1]));
             last = now;
         }
         if tick.is_multiple_of(CHURN_EVERY) {
@@ -148,7 +151,7 @@ pub fn run(bin: &Path, duration: Duration) -> Result<Vec<String>> {
     let elapsed = start.elapsed();
     let stopped = daemon.stop();
 
-    println!("{}", verdict::table(&samples));
+    println!("\n{}", verdict::table(&samples));
     let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     println!(
         "soak: {:.0} s; workload: {} TCP connects ({} failed), {} UDP sends, {} bind(0)s in 2 \

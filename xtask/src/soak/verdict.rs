@@ -41,24 +41,29 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+pub const HEADER: &str =
+    "     t   RSS MiB   fds  threads   CPU %   series      events  scrapes  slowest scrape";
+
+/// One sample as a row under [`HEADER`].
+pub fn row(s: &Sample) -> String {
+    format!(
+        "{:>5}s {:>9.1} {:>5} {:>8} {:>7.1} {:>8} {:>11.0} {:>8} {:>12.1} ms",
+        s.at.as_secs(),
+        mib(s.reading.rss_kib),
+        s.reading.fds,
+        s.reading.threads,
+        s.cpu_share * 100.0,
+        s.series,
+        s.events,
+        s.scrapes,
+        s.slowest_scrape.as_secs_f64() * 1000.0
+    )
+}
+
 pub fn table(samples: &[Sample]) -> String {
-    let mut t = String::from(
-        "     t   RSS MiB   fds  threads   CPU %   series      events  scrapes  slowest scrape\n",
-    );
+    let mut t = format!("{HEADER}\n");
     for s in samples {
-        let _ = writeln!(
-            t,
-            "{:>5}s {:>9.1} {:>5} {:>8} {:>7.1} {:>8} {:>11.0} {:>8} {:>12.1} ms",
-            s.at.as_secs(),
-            mib(s.reading.rss_kib),
-            s.reading.fds,
-            s.reading.threads,
-            s.cpu_share * 100.0,
-            s.series,
-            s.events,
-            s.scrapes,
-            s.slowest_scrape.as_secs_f64() * 1000.0
-        );
+        let _ = writeln!(t, "{}", row(s));
     }
     t
 }
