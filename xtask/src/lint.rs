@@ -1,4 +1,4 @@
-//! `cargo xtask lint`: rustfmt, then clippy with `-D warnings` on the host crates (stable) and on
+//! `cargo xtask lint`: rustfmt (the workspace, then the fuzz crate outside it), then clippy with `-D warnings` on the host crates (stable) and on
 //! the eBPF crate (nightly, bpfel-unknown-none). Every step runs even when an earlier one failed,
 //! and clippy goes on past a failing crate (`--keep-going`), so one run shows every problem; the
 //! command fails naming the steps that failed.
@@ -51,6 +51,10 @@ fn steps() -> Vec<Step> {
     let mut fmt = Command::new(cargo());
     fmt.args(["fmt", "--all", "--", "--check"]);
 
+    // fuzz/ is its own crate outside the workspace: `--all` does not reach it.
+    let mut fuzz_fmt = Command::new(cargo());
+    fuzz_fmt.args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]);
+
     let mut host = Command::new(cargo());
     host.arg("clippy");
     for p in HOST_PACKAGES {
@@ -62,6 +66,10 @@ fn steps() -> Vec<Step> {
         Step {
             name: "rustfmt (cargo fmt --all -- --check)",
             cmd: fmt,
+        },
+        Step {
+            name: "rustfmt on the fuzz targets (cargo fmt --manifest-path fuzz/Cargo.toml)",
+            cmd: fuzz_fmt,
         },
         Step {
             name: "clippy on the host crates",
@@ -118,11 +126,15 @@ mod tests {
         assert_eq!(shown[0], "cargo fmt --all -- --check");
         assert_eq!(
             shown[1],
+            "cargo fmt --manifest-path fuzz/Cargo.toml -- --check"
+        );
+        assert_eq!(
+            shown[2],
             "cargo clippy -p port-trace -p port-trace-common -p xtask -p port-trace-tests \
              --all-targets --keep-going -- -D warnings"
         );
         assert_eq!(
-            shown[2],
+            shown[3],
             "rustup run nightly cargo clippy -p port-trace-ebpf --release --target \
              bpfel-unknown-none -Z build-std=core --keep-going -- -D warnings"
         );

@@ -8,6 +8,8 @@
 //! - `cargo xtask bench [--no-vm]`: the cost table of tracing, host and VM rows, in one run.
 //! - `cargo xtask lint`: rustfmt, then clippy on the host crates and on the eBPF crate.
 //! - `cargo xtask test`: setup, build, run every test (root tests load real eBPF programs).
+//! - `cargo xtask fuzz [--seconds N] [--target NAME]`: the cargo-fuzz targets of `fuzz/`.
+//! - `cargo xtask soak [--duration 10m]`: `serve` under a mixed workload, watched for growth.
 
 use std::process::ExitCode;
 
@@ -16,10 +18,12 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod build;
+mod fuzz;
 mod lint;
 mod run;
 mod setup;
 mod shell;
+mod soak;
 mod test;
 mod vm;
 
@@ -80,11 +84,23 @@ enum Cmd {
         #[arg(long)]
         hooks: Option<String>,
     },
+    /// Run the cargo-fuzz targets (event decoder, recording reader, config parser, HTTP
+    /// requests) for N seconds each; fails on any crash.
+    Fuzz(fuzz::FuzzArgs),
+    /// Run `port-trace serve` under a mixed workload (root) and fail on growth of its RSS, fds
+    /// or threads, on CPU above its bound, or on any scrape slower than 1 s.
+    Soak(soak::SoakArgs),
     /// Build and run all tests, including the root eBPF integration tests and the VM matrix.
     Test {
         /// Skip the qemu matrix of stock kernels (fexit/kprobe cannot run on every host).
         #[arg(long)]
         no_vm: bool,
+        /// Skip the brief run of each fuzz target.
+        #[arg(long)]
+        no_fuzz: bool,
+        /// Skip the 60 s soak of `serve`.
+        #[arg(long)]
+        no_soak: bool,
         /// Extra arguments for `cargo test`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -122,7 +138,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => done(
             vm_kernels(&kernels, &flavours).and_then(|k| vm::check::command(&k, hooks.as_deref())),
         ),
-        Cmd::Test { no_vm, args } => test::command(no_vm, &args),
+        Cmd::Fuzz(args) => done(fuzz::command(args)),
+        Cmd::Soak(args) => done(soak::command(args)),
+        Cmd::Test {
+            no_vm,
+            no_fuzz,
+            no_soak,
+            args,
+        } => test::command(
+            test::Skip {
+                vm: no_vm,
+                fuzz: no_fuzz,
+                soak: no_soak,
+            },
+            &args,
+        ),
     }
 }
 

@@ -135,6 +135,20 @@ fn bpf_linker(apt: &mut Apt) -> Result<()> {
     }
 }
 
+/// cargo-fuzz (libFuzzer, run on the nightly toolchain) and the C++ compiler that builds
+/// libFuzzer itself, for `cargo xtask fuzz`.
+pub fn fuzzing() -> Result<()> {
+    install_missing("c++", "g++")?;
+    let has = succeeds(Command::new("rustup").args(["run", NIGHTLY, "cargo", "fuzz", "--version"]));
+    if has {
+        return Ok(());
+    }
+    step(
+        "installing cargo-fuzz (a minute or two, once)",
+        Command::new(cargo()).args(["install", "cargo-fuzz", "--locked"]),
+    )
+}
+
 /// What the root tests drive.
 fn test_programs(apt: &mut Apt) -> Result<()> {
     let mut missing: Vec<&str> = TEST_PACKAGES

@@ -1,5 +1,7 @@
-//! `cargo xtask test`: unit and root integration tests on this kernel, then the VM matrix; ends
-//! with one closing line, `tests: N passed, N failed`, that CI reads.
+//! `cargo xtask test`: unit and root integration tests on this kernel, each fuzz target for
+//! [`fuzz::TEST_SECONDS`], a [`soak::TEST_DURATION`] soak of `serve`, then the VM matrix; ends
+//! with one closing line, `tests: N passed, N failed`, that CI reads (a fuzz target, the soak and
+//! a VM cell count as one test each).
 
 use std::{
     io::{BufRead, BufReader},
@@ -9,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{build::build, setup, shell::cargo, vm::matrix};
+use crate::{build::build, fuzz, setup, shell::cargo, soak, vm::matrix};
 
 /// Totals over every test binary and every VM cell.
 #[derive(Default)]
@@ -20,10 +22,25 @@ struct Tally {
     ok: bool,
 }
 
-pub fn command(no_vm: bool, args: &[String]) -> Result<ExitCode> {
+/// What `cargo xtask test` leaves out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Skip {
+    pub vm: bool,
+    pub fuzz: bool,
+    pub soak: bool,
+}
+
+pub fn command(skip: Skip, args: &[String]) -> Result<ExitCode> {
     setup::setup(true)?;
     let bin = build(false)?;
     let mut tally = cargo_test(&bin, args)?;
+    if !skip.fuzz {
+        fuzz_targets(&mut tally);
+    }
+    if !skip.soak {
+        soak_run(&bin, &mut tally);
+    }
+    let no_vm = skip.vm;
     if !no_vm {
         vm_matrix(&bin, &mut tally);
     }
@@ -66,6 +83,40 @@ fn cargo_test(bin: &Path, args: &[String]) -> Result<Tally> {
     }
     tally.ok = child.wait()?.success();
     Ok(tally)
+}
+
+impl Tally {
+    fn count(&mut self, passed: bool) {
+        if passed {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+            self.ok = false;
+        }
+    }
+}
+
+/// Each fuzz target briefly: the seeds replayed and some mutation; one test each.
+fn fuzz_targets(tally: &mut Tally) {
+    let targets: Vec<String> = fuzz::TARGETS.iter().map(|t| t.to_string()).collect();
+    match fuzz::run(&targets, fuzz::TEST_SECONDS) {
+        Ok(outcomes) => outcomes.iter().for_each(|o| tally.count(o.ok)),
+        Err(e) => {
+            eprintln!("xtask: fuzz: {e:#}");
+            tally.count(false);
+        }
+    }
+}
+
+/// The short soak: one test.
+fn soak_run(bin: &Path, tally: &mut Tally) {
+    match soak::run(bin, soak::TEST_DURATION) {
+        Ok(broken) => tally.count(broken.is_empty()),
+        Err(e) => {
+            eprintln!("xtask: soak: {e:#}");
+            tally.count(false);
+        }
+    }
 }
 
 /// Every hook set on stock kernels: each kernel x hook set counts as one test.
