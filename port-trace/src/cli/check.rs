@@ -6,6 +6,7 @@ use clap::Args;
 
 use crate::{
     hook_set::{self, HookSet},
+    tracer::load::{LoadError, LoadOptions, start_first},
     kernel::{
         privilege,
         probe::{Fact, KernelSupport},
@@ -91,9 +92,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             Err(why) => println!("  {h:<8} unusable: {why}"),
         }
     }
-    match hook_set::choose(&k, args.hooks) {
-        Ok(sets) => {
-            let h = sets[0];
+    match hook_set::choose(&k, args.hooks).map(|sets| first_that_attaches(&k, &sets)) {
+        Ok(Ok(h)) => {
             println!("would use: {h}");
             let rows = h.coverage(&k);
             let mut blind = 0;
@@ -116,9 +116,30 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Ok(Err(e)) => {
+            println!("tracing cannot work here: {}", crate::errors::chain(&e));
+            Ok(ExitCode::from(1))
+        }
         Err(_) => {
             println!("tracing cannot work on this kernel: no usable hook set");
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The set `trace` would end up with: the same start as `trace` (load, attach, fall back),
+/// detached at once, so that a set whose programs this kernel refuses is never foretold. The
+/// features above only say which sets are worth trying.
+fn first_that_attaches(k: &KernelSupport, sets: &[HookSet]) -> Result<HookSet, LoadError> {
+    let opts = LoadOptions {
+        ring_bytes: 64 * 1024,
+        wakeup_bytes: 16 * 1024,
+        cgroup: None,
+        udp_send_hooks: false,
+    };
+    let (tracer, skipped) = start_first(k, sets, &opts)?;
+    for why in skipped {
+        println!("  tried    {why}");
+    }
+    Ok(tracer.hook_set)
 }
