@@ -8,6 +8,7 @@
 //! - `cargo xtask bench [--no-vm]`: the cost table of tracing, host and VM rows, in one run.
 //! - `cargo xtask lint`: rustfmt, then clippy on the host crates and on the eBPF crate.
 //! - `cargo xtask test`: setup, build, run every test (root tests load real eBPF programs).
+//! - `cargo xtask dist [--verify]`: the static binary and the .deb under `target/dist/`.
 
 use std::process::ExitCode;
 
@@ -16,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod build;
+mod dist;
 mod lint;
 mod run;
 mod setup;
@@ -74,11 +76,21 @@ enum Cmd {
         #[arg(long)]
         hooks: Option<String>,
     },
-    /// Build and run all tests, including the root eBPF integration tests and the VM matrix.
+    /// Build the static x86_64 musl binary and the .deb under target/dist/, with SHA256SUMS.
+    Dist {
+        /// Then test them: run the binary, dpkg -i the .deb, check it, dpkg --purge (root).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Build and run all tests, including the root eBPF integration tests, the artefacts of
+    /// `dist` and the VM matrix.
     Test {
         /// Skip the qemu matrix of stock kernels (fexit/kprobe cannot run on every host).
         #[arg(long)]
         no_vm: bool,
+        /// Skip building and testing the static binary and the .deb.
+        #[arg(long)]
+        no_dist: bool,
         /// Extra arguments for `cargo test`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -106,6 +118,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Lint => done(lint::command()),
         Cmd::VmTest { flavours, hooks } => done(vm::matrix::command(&flavours, &hooks)),
         Cmd::VmCheck { flavours, hooks } => done(vm::check::command(&flavours, hooks.as_deref())),
-        Cmd::Test { no_vm, args } => test::command(no_vm, &args),
+        Cmd::Dist { verify } => done(dist::command(verify)),
+        Cmd::Test {
+            no_vm,
+            no_dist,
+            args,
+        } => test::command(no_vm, no_dist, &args),
     }
 }
