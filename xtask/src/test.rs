@@ -1,5 +1,6 @@
-//! `cargo xtask test`: unit and root integration tests on this kernel, then the VM matrix; ends
-//! with one closing line, `tests: N passed, N failed`, that CI reads.
+//! `cargo xtask test`: unit and root integration tests on this kernel, then the `dist`
+//! artefacts (built and installed), then the VM matrix with the static binary; ends with one
+//! closing line, `tests: N passed, N failed`, that CI reads.
 
 use std::{
     io::{BufRead, BufReader},
@@ -9,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{build::build, setup, shell::cargo, vm::matrix};
+use crate::{build::build, dist, setup, shell::cargo, vm::matrix};
 
 /// Totals over every test binary and every VM cell.
 #[derive(Default)]
@@ -20,12 +21,18 @@ struct Tally {
     ok: bool,
 }
 
-pub fn command(no_vm: bool, args: &[String]) -> Result<ExitCode> {
+pub fn command(no_vm: bool, no_dist: bool, args: &[String]) -> Result<ExitCode> {
     setup::setup(true)?;
     let bin = build(false)?;
     let mut tally = cargo_test(&bin, args)?;
+    // The VM matrix runs what operators install: the static binary, once it is built.
+    let guest_bin = if no_dist {
+        bin
+    } else {
+        dist_artefacts(&mut tally).unwrap_or(bin)
+    };
     if !no_vm {
-        vm_matrix(&bin, &mut tally);
+        vm_matrix(&guest_bin, &mut tally);
     }
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     Ok(if tally.ok {
@@ -66,6 +73,22 @@ fn cargo_test(bin: &Path, args: &[String]) -> Result<Tally> {
     }
     tally.ok = child.wait()?.success();
     Ok(tally)
+}
+
+/// `dist` and its artefact checks, counted as one test; the static binary when they passed.
+fn dist_artefacts(tally: &mut Tally) -> Option<std::path::PathBuf> {
+    match dist::build().and_then(|built| dist::verify::all(&built).map(|()| built.binary)) {
+        Ok(binary) => {
+            tally.passed += 1;
+            Some(binary)
+        }
+        Err(e) => {
+            eprintln!("xtask: dist: {e:#}");
+            tally.failed += 1;
+            tally.ok = false;
+            None
+        }
+    }
 }
 
 /// Every hook set on stock kernels: each kernel x hook set counts as one test.
