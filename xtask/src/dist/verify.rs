@@ -88,9 +88,10 @@ pub fn deb(deb: &Path) -> Result<()> {
     if installed() {
         bail!("{PACKAGE} is already installed here; the .deb test would replace and purge it");
     }
-    run(Command::new("dpkg").arg("-i").arg(deb))?;
-    let listed = run(Command::new("dpkg").args(["-L", PACKAGE]));
-    let checked = listed.and_then(|l| installed_checks().map(|()| l));
+    // Purged even when installing or a check failed, so a failed run leaves nothing behind.
+    let checked = run(Command::new("dpkg").arg("-i").arg(deb))
+        .and_then(|_| run(Command::new("dpkg").args(["-L", PACKAGE])))
+        .and_then(|listed| installed_checks().map(|()| listed));
     let purged = run(Command::new("dpkg").args(["--purge", PACKAGE]));
     let listed = checked?;
     purged?;
