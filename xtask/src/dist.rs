@@ -4,7 +4,7 @@
 //!
 //! One file per artefact: [`musl`] the binary, [`docs`] its man pages and completions,
 //! [`unit`] the packaged systemd unit, [`deb`] the package, [`sums`] the checksums; [`verify`]
-//! tests what was built.
+//! tests what was built. [`image`] is `cargo xtask image`, the OCI image of the same binary.
 
 use std::path::PathBuf;
 
@@ -14,6 +14,7 @@ use crate::shell::{say, workspace_root};
 
 pub mod deb;
 pub mod docs;
+pub mod image;
 pub mod musl;
 pub mod sums;
 pub mod unit;

@@ -9,6 +9,7 @@
 //! - `cargo xtask lint`: rustfmt, then clippy on the host crates and on the eBPF crate.
 //! - `cargo xtask test`: setup, build, run every test (root tests load real eBPF programs).
 //! - `cargo xtask dist [--verify]`: the static binary and the .deb under `target/dist/`.
+//! - `cargo xtask image`: the OCI image of the static binary (podman), saved and tested.
 
 use std::process::ExitCode;
 
@@ -82,6 +83,9 @@ enum Cmd {
         #[arg(long)]
         verify: bool,
     },
+    /// Build the OCI image (static binary on scratch) with podman, save it as an OCI archive
+    /// under target/dist/ and run its binary from the unpacked layers.
+    Image,
     /// Build and run all tests, including the root eBPF integration tests, the artefacts of
     /// `dist` and the VM matrix.
     Test {
@@ -119,6 +123,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::VmTest { flavours, hooks } => done(vm::matrix::command(&flavours, &hooks)),
         Cmd::VmCheck { flavours, hooks } => done(vm::check::command(&flavours, hooks.as_deref())),
         Cmd::Dist { verify } => done(dist::command(verify)),
+        Cmd::Image => done(dist::image::command()),
         Cmd::Test {
             no_vm,
             no_dist,

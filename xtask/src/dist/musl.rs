@@ -38,9 +38,14 @@ pub fn build() -> Result<PathBuf> {
     Ok(out_dir().join("port-trace"))
 }
 
-/// `dist/port-trace-VERSION-x86_64-linux-musl`, stripped (symbols are a third of the size).
+/// The binary's name in `target/dist/`.
+pub fn dist_name() -> String {
+    format!("port-trace-{VERSION}-x86_64-linux-musl")
+}
+
+/// `dist/port-trace-VERSION-x86_64-linux-musl`, stripped (symbols are a sixth of the size).
 pub fn copy_stripped(built: &Path, dist: &Path) -> Result<PathBuf> {
-    let dest = dist.join(format!("port-trace-{VERSION}-x86_64-linux-musl"));
+    let dest = dist.join(dist_name());
     std::fs::copy(built, &dest).with_context(|| format!("copy {}", built.display()))?;
     let strip = setup::install_missing("strip", "binutils")?;
     step(

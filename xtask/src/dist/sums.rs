@@ -23,3 +23,16 @@ pub fn write(dist: &Path, files: &[&Path]) -> Result<()> {
     std::fs::write(dist.join("SHA256SUMS"), out.stdout)?;
     Ok(())
 }
+
+/// Every artefact in `dist` (after `cargo xtask image` added one).
+pub fn write_all(dist: &Path) -> Result<()> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dist)? {
+        let path = entry?.path();
+        if path.is_file() && !path.ends_with("SHA256SUMS") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    write(dist, &files.iter().map(|p| p.as_path()).collect::<Vec<_>>())
+}
