@@ -65,6 +65,7 @@ mod tests {
     #[test]
     fn writes_one_page_per_visible_subcommand_and_three_completions() {
         let dir = std::env::temp_dir().join(format!("port-trace-generate-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
         let pages = man(&dir).unwrap();
         // trace, check, record, analyze, serve, plot; not generate.
         assert_eq!(pages.len(), 7);
