@@ -325,4 +325,43 @@ mod tests {
             Ok(Duration::from_millis(100))
         );
     }
+
+    /// The packaged example (deploy/config/port-trace.toml) names every key with its default:
+    /// as shipped it is empty, uncommented it parses to the defaults.
+    #[test]
+    fn the_example_config_lists_every_key_with_its_default() {
+        let text = include_str!("../../deploy/config/port-trace.toml");
+        assert_eq!(parse(text, "example").unwrap(), FileConfig::default());
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| !l.starts_with(' ') && !l.is_empty())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file = parse(&uncommented, "example").unwrap();
+        let FileConfig {
+            listen,
+            top_destinations,
+            refresh_interval,
+            window_events,
+            cgroup,
+            udp_send_hooks,
+            ring_kib,
+        } = file.clone();
+        assert!(
+            listen.is_some()
+                && top_destinations.is_some()
+                && refresh_interval.is_some()
+                && window_events.is_some()
+                && cgroup.is_some()
+                && udp_send_hooks.is_some()
+                && ring_kib.is_some(),
+            "a key is missing from the example: {file:?}"
+        );
+        let defaults = ServeConfig {
+            cgroup: file.cgroup.clone(),
+            ..ServeConfig::default()
+        };
+        assert_eq!(merge(&file, &FileConfig::default()), defaults);
+    }
 }

@@ -10,6 +10,8 @@
 //! - `cargo xtask test`: setup, build, run every test (root tests load real eBPF programs).
 //! - `cargo xtask fuzz [--seconds N] [--target NAME]`: the cargo-fuzz targets of `fuzz/`.
 //! - `cargo xtask soak [--duration 10m]`: `serve` under a mixed workload, watched for growth.
+//! - `cargo xtask dist [--verify]`: the static binary and the .deb under `target/dist/`.
+//! - `cargo xtask image`: the OCI image of the static binary (podman), saved and tested.
 
 use std::process::ExitCode;
 
@@ -18,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod build;
+mod dist;
 mod fuzz;
 mod lint;
 mod run;
@@ -90,7 +93,17 @@ enum Cmd {
     /// Run `port-trace serve` under a mixed workload (root) and fail on growth of its RSS, fds
     /// or threads, on CPU above its bound, or on any scrape slower than 1 s.
     Soak(soak::SoakArgs),
-    /// Build and run all tests, including the root eBPF integration tests and the VM matrix.
+    /// Build the static x86_64 musl binary and the .deb under target/dist/, with SHA256SUMS.
+    Dist {
+        /// Then test them: run the binary, dpkg -i the .deb, check it, dpkg --purge (root).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Build the OCI image (static binary on scratch) with podman, save it as an OCI archive
+    /// under target/dist/ and run its binary from the unpacked layers.
+    Image,
+    /// Build and run all tests, including the root eBPF integration tests, the artefacts of
+    /// `dist` and the VM matrix.
     Test {
         /// Skip the qemu matrix of stock kernels (fexit/kprobe cannot run on every host).
         #[arg(long)]
@@ -101,6 +114,9 @@ enum Cmd {
         /// Skip the 60 s soak of `serve`.
         #[arg(long)]
         no_soak: bool,
+        /// Skip building and testing the static binary and the .deb.
+        #[arg(long)]
+        no_dist: bool,
         /// Extra arguments for `cargo test`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -140,16 +156,20 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         ),
         Cmd::Fuzz(args) => done(fuzz::command(args)),
         Cmd::Soak(args) => done(soak::command(args)),
+        Cmd::Dist { verify } => done(dist::command(verify)),
+        Cmd::Image => done(dist::image::command()),
         Cmd::Test {
             no_vm,
             no_fuzz,
             no_soak,
+            no_dist,
             args,
         } => test::command(
             test::Skip {
                 vm: no_vm,
                 fuzz: no_fuzz,
                 soak: no_soak,
+                dist: no_dist,
             },
             &args,
         ),

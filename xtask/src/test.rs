@@ -1,7 +1,8 @@
 //! `cargo xtask test`: unit and root integration tests on this kernel, each fuzz target for
-//! [`fuzz::TEST_SECONDS`], a [`soak::TEST_DURATION`] soak of `serve`, then the VM matrix; ends
-//! with one closing line, `tests: N passed, N failed`, that CI reads (a fuzz target, the soak and
-//! a VM cell count as one test each).
+//! [`fuzz::TEST_SECONDS`], a [`soak::TEST_DURATION`] soak of `serve`, the `dist` artefacts
+//! (built and installed), then the VM matrix with the static binary; ends with one closing
+//! line, `tests: N passed, N failed`, that CI reads (a fuzz target, the soak, the artefacts and a
+//! VM cell count as one test each).
 
 use std::{
     io::{BufRead, BufReader},
@@ -11,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{build::build, fuzz, setup, shell::cargo, soak, vm::matrix};
+use crate::{build::build, dist, fuzz, setup, shell::cargo, soak, vm::matrix};
 
 /// Totals over every test binary and every VM cell.
 #[derive(Default)]
@@ -28,6 +29,7 @@ pub struct Skip {
     pub vm: bool,
     pub fuzz: bool,
     pub soak: bool,
+    pub dist: bool,
 }
 
 pub fn command(skip: Skip, args: &[String]) -> Result<ExitCode> {
@@ -40,9 +42,14 @@ pub fn command(skip: Skip, args: &[String]) -> Result<ExitCode> {
     if !skip.soak {
         soak_run(&bin, &mut tally);
     }
-    let no_vm = skip.vm;
-    if !no_vm {
-        vm_matrix(&bin, &mut tally);
+    // The VM matrix runs what operators install: the static binary, once it is built.
+    let guest_bin = if skip.dist {
+        bin
+    } else {
+        dist_artefacts(&mut tally).unwrap_or(bin)
+    };
+    if !skip.vm {
+        vm_matrix(&guest_bin, &mut tally);
     }
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     Ok(if tally.ok {
@@ -92,6 +99,21 @@ impl Tally {
         } else {
             self.failed += 1;
             self.ok = false;
+        }
+    }
+}
+
+/// `dist` and its artefact checks, counted as one test; the static binary when they passed.
+fn dist_artefacts(tally: &mut Tally) -> Option<std::path::PathBuf> {
+    match dist::build().and_then(|built| dist::verify::all(&built).map(|()| built.binary)) {
+        Ok(binary) => {
+            tally.count(true);
+            Some(binary)
+        }
+        Err(e) => {
+            eprintln!("xtask: dist: {e:#}");
+            tally.count(false);
+            None
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod analyze;
 pub mod check;
+pub mod generate;
 pub mod plot;
 pub mod record;
 pub mod serve;
@@ -9,11 +10,32 @@ pub mod trace;
 
 use clap::{Parser, Subcommand};
 
+/// `--version`: the version, the commit it was built from, and the hook sets in the binary
+/// (every one is built in; `check` says which this kernel would use).
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit ",
+    env!("PORT_TRACE_GIT_COMMIT"),
+    "\nhook sets: fexit, kprobe, cgroup"
+);
+
+const EXAMPLES: &str = "\
+Examples:
+  port-trace check                             what this kernel supports, which hook set is used
+  port-trace trace --proto tcp --duration 30s  every TCP port the kernel picks for 30 seconds
+  port-trace record run.json --duration 5m     a recording with each namespace's range and sockets
+  port-trace analyze run.json                  sequential or random? exhausted? per destination
+  port-trace plot run.json -o ports.svg        port against time
+  port-trace serve --config /etc/port-trace/port-trace.toml
+                                               Prometheus metrics on 127.0.0.1:9864/metrics";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "port-trace",
     version,
-    about = "See every source port the Linux kernel picks, and every failure to pick one"
+    long_version = LONG_VERSION,
+    about = "See every source port the Linux kernel picks, and every failure to pick one",
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -34,6 +56,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Draw port against time from a recording (SVG).
     Plot(plot::PlotArgs),
+    /// Write man pages or shell completions (used to build the packages).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 impl Cli {
@@ -48,6 +73,7 @@ impl Cli {
             Command::Analyze(args) => analyze::run(args),
             Command::Plot(args) => plot::run(args),
             Command::Serve(args) => serve::run(args),
+            Command::Generate(args) => generate::run(args),
         }
     }
 }
