@@ -6,11 +6,11 @@ use clap::Args;
 
 use crate::{
     hook_set::{self, HookSet},
-    tracer::load::{LoadError, LoadOptions, start_first},
     kernel::{
         privilege,
         probe::{Fact, KernelSupport},
     },
+    tracer::load::{LoadError, LoadOptions, start_first},
 };
 
 #[derive(Debug, Args)]
