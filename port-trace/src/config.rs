@@ -347,6 +347,7 @@ mod tests {
             cgroup,
             udp_send_hooks,
             ring_kib,
+            web_config_file,
         } = file.clone();
         assert!(
             listen.is_some()
@@ -355,11 +356,13 @@ mod tests {
                 && window_events.is_some()
                 && cgroup.is_some()
                 && udp_send_hooks.is_some()
-                && ring_kib.is_some(),
+                && ring_kib.is_some()
+                && web_config_file.is_some(),
             "a key is missing from the example: {file:?}"
         );
         let defaults = ServeConfig {
             cgroup: file.cgroup.clone(),
+            web_config_file: file.web_config_file.clone(),
             ..ServeConfig::default()
         };
         assert_eq!(merge(&file, &FileConfig::default()), defaults);
