@@ -31,8 +31,12 @@ pub fn package_dir() -> PathBuf {
 pub fn build() -> Result<PathBuf> {
     setup::setup(false)?;
     add_target()?;
+    // `ring` (rustls' crypto) compiles C: for musl that takes Debian's musl-gcc wrapper, which
+    // cc-rs does not find under the name it tries first (x86_64-linux-musl-gcc).
+    let musl_gcc = setup::install_missing("musl-gcc", "musl-tools")?;
     let mut cmd = Command::new(cargo());
     cmd.args(["build", "-p", "port-trace", "--release", "--target", TARGET])
+        .env("CC_x86_64_unknown_linux_musl", musl_gcc)
         .current_dir(workspace_root());
     step(&format!("building port-trace for {TARGET}"), &mut cmd)?;
     Ok(out_dir().join("port-trace"))
@@ -56,7 +60,7 @@ pub fn copy_stripped(built: &Path, dist: &Path) -> Result<PathBuf> {
 }
 
 /// The Rust standard library for musl, added with rustup when missing (it brings its own musl
-/// libc and start files, so no C toolchain for musl is needed).
+/// libc and start files; only C dependencies need musl-gcc).
 fn add_target() -> Result<()> {
     let out = Command::new("rustup")
         .args(["target", "list", "--installed"])
