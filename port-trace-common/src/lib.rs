@@ -97,6 +97,8 @@ id_enum! {
         Connect = 1 => "connect",
         /// `listen()` on a socket that was never bound.
         Listen = 3 => "listen",
+        /// A source port chosen by SNAT/MASQUERADE, seen in conntrack (never from eBPF).
+        Nat = 5 => "nat",
     }
 }
 
@@ -152,6 +154,11 @@ id_enum! {
         SysExitSendmmsg = 10 => "tracepoint/sys_exit_sendmmsg",
         SysExitSendmsg = 9 => "tracepoint/sys_exit_sendmsg",
         SysExitSendto = 8 => "tracepoint/sys_exit_sendto",
+        // Not programs: NAT events from conntrack netlink (userspace only).
+        /// A NAT mapping in a conntrack NEW event.
+        ConntrackNew = 40 => "conntrack/new",
+        /// A NAT failure counted in conntrack's per-CPU statistics.
+        ConntrackStats = 41 => "conntrack/stats",
     }
 }
 

@@ -32,6 +32,49 @@ pub struct Event {
     /// recordings made before the field existed.
     #[serde(default)]
     pub latency_ns: Option<u64>,
+    /// For `op: nat` only: the connection before translation and the NAT port space it
+    /// landed in (`port`/`saddr` are then the translated source, docs/nat.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatInfo>,
+}
+
+/// What a NAT event adds: the original source, and how full its NAT port space was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatInfo {
+    /// The source before translation; `None` for a failure (conntrack counts it, no tuple).
+    pub orig_saddr: Option<IpAddr>,
+    pub orig_sport: Option<u16>,
+    /// Live mappings from this translated source address to this destination, this one
+    /// included, as conntrack's table held them.
+    pub in_use: u32,
+    /// The NAT port range the pressure is measured against, and where it came from.
+    pub range: NatRange,
+}
+
+/// A NAT port range, inclusive, and where port-trace learned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NatRange {
+    pub low: u16,
+    pub high: u16,
+    pub source: NatRangeSource,
+}
+
+impl NatRange {
+    /// Ports in the range.
+    pub fn size(&self) -> u32 {
+        u32::from(self.high) - u32::from(self.low) + 1
+    }
+}
+
+/// Where a NAT port range came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatRangeSource {
+    /// `--nat-ports` / `nat_ports` in the configuration.
+    Configured,
+    /// The kernel's range for a rule without `--to-ports`: 1024-65535 for source ports
+    /// from 1024 (net/netfilter/nf_nat_core.c, `nf_nat_l4proto_unique_tuple`).
+    KernelDefault,
 }
 
 impl Event {
@@ -190,6 +233,7 @@ pub(crate) fn test_event(
         netns: 7,
         hook: HookId::SockOpsConnect,
         latency_ns: None,
+        nat: None,
     }
 }
 

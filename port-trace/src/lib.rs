@@ -17,6 +17,7 @@ pub mod event;
 pub mod exporter;
 pub mod hook_set;
 pub mod kernel;
+pub mod nat;
 pub mod netns;
 pub mod plot;
 pub mod pressure;

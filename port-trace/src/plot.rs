@@ -377,6 +377,7 @@ mod tests {
             netns: 1,
             hook: HookId::PostBind4,
             latency_ns: None,
+            nat: None,
         }
     }
 

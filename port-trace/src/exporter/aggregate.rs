@@ -154,7 +154,8 @@ impl Aggregator {
                 }
             }
             Op::Bind | Op::Listen => count(&mut self.rates.bind, e.netns, e.ts_ns),
-            Op::Autobind => {}
+            // NAT events have their own metrics (exporter::nat).
+            Op::Autobind | Op::Nat => {}
         }
     }
 

@@ -90,6 +90,7 @@ pub fn decode(raw: &PortEvent, clock: &Clock) -> Result<Event, DecodeError> {
         netns: raw.netns,
         hook: HookId::try_from(raw.hook)?,
         latency_ns: (raw.latency_ns != 0).then_some(raw.latency_ns),
+        nat: None,
     })
 }
 

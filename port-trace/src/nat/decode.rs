@@ -1,0 +1,311 @@
+//! Conntrack netlink messages (ctnetlink, `NFNL_SUBSYS_CTNETLINK`) as plain data: a connection's
+//! original and reply tuples, and the per-CPU statistics. The netlink-packet-netfilter crate
+//! parses the conntrack messages; the statistics reply (`IPCTNL_MSG_CT_GET_STATS_CPU`), which
+//! the crate hands back as raw attributes, is read here.
+
+use std::net::IpAddr;
+
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, Nla};
+use netlink_packet_netfilter::{
+    NetfilterMessage, NetfilterMessageInner,
+    conntrack::{
+        ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Status, Tuple,
+    },
+};
+
+use crate::event::Proto;
+
+/// `IPCTNL_MSG_CT_GET_STATS_CPU` (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
+pub const IPCTNL_MSG_CT_GET_STATS_CPU: u8 = 4;
+
+/// One direction of a connection: who sends to whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tuple5 {
+    pub proto: Proto,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+}
+
+/// A conntrack entry as a NEW or DESTROY event (or a dump) reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    pub orig: Tuple5,
+    pub reply: Tuple5,
+    /// `IPS_SRC_NAT` was set (absent in some DESTROY events: then the tuples decide).
+    pub src_nat_flag: bool,
+}
+
+/// A source translation: the reply goes back to the translated source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceNat {
+    pub orig: Tuple5,
+    pub translated_addr: IpAddr,
+    pub translated_port: u16,
+}
+
+impl Connection {
+    /// The source translation, if any: the reply tuple's destination is where replies go,
+    /// which differs from the original source exactly when the source was translated.
+    pub fn source_nat(&self) -> Option<SourceNat> {
+        let (addr, port) = (self.reply.dst, self.reply.dport);
+        (addr != self.orig.src || port != self.orig.sport).then_some(SourceNat {
+            orig: self.orig,
+            translated_addr: addr,
+            translated_port: port,
+        })
+    }
+}
+
+/// What one netlink message said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CtMessage {
+    /// A NEW event, or one entry of a table dump.
+    New(Connection),
+    /// A DESTROY event.
+    Destroy(Connection),
+    /// One CPU's statistics.
+    Stats { cpu: u16, stats: CpuStats },
+    /// The end of a dump.
+    Done,
+    /// An error reply: a negative errno (0 is an acknowledgement).
+    Error(i32),
+    /// Anything else: ICMP, other protocols, other subsystems.
+    Ignored,
+}
+
+/// Conntrack's per-CPU counters that tell of NAT trouble (`ctattr_stats_cpu`; also the columns
+/// of /proc/net/stat/nf_conntrack).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    /// A new entry could not be inserted: its tuple clashed (for NAT: no free port).
+    pub insert_failed: u64,
+    /// A packet was dropped because its entry could not be inserted or made.
+    pub drop: u64,
+    /// A clash was resolved (UDP: the packet took the existing entry).
+    pub clash_resolve: u64,
+    /// A lookup restarted because the hash table changed under it.
+    pub search_restart: u64,
+    /// An entry was dropped early to make room (the table was full).
+    pub early_drop: u64,
+    /// Entries inserted.
+    pub insert: u64,
+    /// Packets conntrack could not track.
+    pub invalid: u64,
+    /// Other errors (`error`).
+    pub error: u64,
+    /// A hash chain was too long to insert into.
+    pub chain_toolong: u64,
+}
+
+/// The counters by name: the `stat` label values, in a fixed order.
+pub const STAT_NAMES: [&str; 9] = [
+    "insert_failed",
+    "drop",
+    "clash_resolve",
+    "search_restart",
+    "early_drop",
+    "insert",
+    "invalid",
+    "error",
+    "chain_toolong",
+];
+
+impl CpuStats {
+    /// The counters in [`STAT_NAMES`] order.
+    pub fn values(&self) -> [u64; 9] {
+        [
+            self.insert_failed,
+            self.drop,
+            self.clash_resolve,
+            self.search_restart,
+            self.early_drop,
+            self.insert,
+            self.invalid,
+            self.error,
+            self.chain_toolong,
+        ]
+    }
+
+    /// The sum over CPUs.
+    pub fn add(&mut self, o: &CpuStats) {
+        self.insert_failed += o.insert_failed;
+        self.drop += o.drop;
+        self.clash_resolve += o.clash_resolve;
+        self.search_restart += o.search_restart;
+        self.early_drop += o.early_drop;
+        self.insert += o.insert;
+        self.invalid += o.invalid;
+        self.error += o.error;
+        self.chain_toolong += o.chain_toolong;
+    }
+
+    /// Reads /proc/net/stat/nf_conntrack (one hex row per CPU, a header naming the columns):
+    /// the fallback where the netlink statistics request is refused.
+    pub fn parse_proc(text: &str) -> Option<CpuStats> {
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+        let mut total = CpuStats::default();
+        for line in lines {
+            let mut row = CpuStats::default();
+            for (name, value) in header.iter().zip(line.split_whitespace()) {
+                let v = u64::from_str_radix(value, 16).ok()?;
+                if let Some(slot) = row.slot(name) {
+                    *slot = v;
+                }
+            }
+            total.add(&row);
+        }
+        Some(total)
+    }
+
+    fn slot(&mut self, name: &str) -> Option<&mut u64> {
+        Some(match name {
+            "insert_failed" => &mut self.insert_failed,
+            "drop" => &mut self.drop,
+            "clash_resolve" => &mut self.clash_resolve,
+            "search_restart" => &mut self.search_restart,
+            "early_drop" => &mut self.early_drop,
+            "insert" => &mut self.insert,
+            "invalid" => &mut self.invalid,
+            "error" => &mut self.error,
+            "chain_toolong" => &mut self.chain_toolong,
+            _ => return None,
+        })
+    }
+}
+
+/// `ctattr_stats_cpu` attribute numbers.
+fn stat_name(kind: u16) -> Option<&'static str> {
+    Some(match kind {
+        4 => "invalid",
+        8 => "insert",
+        9 => "insert_failed",
+        10 => "drop",
+        11 => "early_drop",
+        12 => "error",
+        13 => "search_restart",
+        14 => "clash_resolve",
+        15 => "chain_toolong",
+        _ => return None,
+    })
+}
+
+/// Decodes one netlink message (the bytes of exactly one, header included).
+pub fn decode(bytes: &[u8]) -> Result<CtMessage, String> {
+    let msg = NetlinkMessage::<NetfilterMessage>::deserialize(bytes).map_err(|e| e.to_string())?;
+    Ok(match msg.payload {
+        NetlinkPayload::Done(_) => CtMessage::Done,
+        NetlinkPayload::Error(e) => CtMessage::Error(e.code.map_or(0, |c| c.get())),
+        NetlinkPayload::InnerMessage(m) => inner(m),
+        _ => CtMessage::Ignored,
+    })
+}
+
+fn inner(m: NetfilterMessage) -> CtMessage {
+    let cpu = m.header.res_id;
+    match m.inner {
+        NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) => {
+            connection(&attrs).map_or(CtMessage::Ignored, CtMessage::New)
+        }
+        NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(attrs)) => {
+            connection(&attrs).map_or(CtMessage::Ignored, CtMessage::Destroy)
+        }
+        NetfilterMessageInner::Conntrack(ConntrackMessage::Other {
+            message_type: IPCTNL_MSG_CT_GET_STATS_CPU,
+            attributes,
+        }) => {
+            let mut stats = CpuStats::default();
+            for a in &attributes {
+                let mut value = vec![0; a.value_len()];
+                a.emit_value(&mut value);
+                let v = match value.len() {
+                    4 => u64::from(u32::from_be_bytes(value[..4].try_into().unwrap_or([0; 4]))),
+                    8 => u64::from_be_bytes(value[..8].try_into().unwrap_or([0; 8])),
+                    _ => continue,
+                };
+                if let Some(slot) = stat_name(a.kind()).and_then(|n| stats.slot(n)) {
+                    *slot = v;
+                }
+            }
+            CtMessage::Stats { cpu, stats }
+        }
+        _ => CtMessage::Ignored,
+    }
+}
+
+fn connection(attrs: &[ConntrackAttribute]) -> Option<Connection> {
+    let mut orig = None;
+    let mut reply = None;
+    let mut src_nat_flag = false;
+    for a in attrs {
+        match a {
+            ConntrackAttribute::CtaTupleOrig(t) => orig = tuple(t),
+            ConntrackAttribute::CtaTupleReply(t) => reply = tuple(t),
+            ConntrackAttribute::CtaStatus(s) => src_nat_flag = s.contains(Status::SrcNat),
+            _ => {}
+        }
+    }
+    Some(Connection {
+        orig: orig?,
+        reply: reply?,
+        src_nat_flag,
+    })
+}
+
+/// A TCP or UDP tuple; None for other protocols (they have no ports to run out of here).
+fn tuple(parts: &[Tuple]) -> Option<Tuple5> {
+    let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, None, None);
+    for p in parts {
+        match p {
+            Tuple::Ip(ips) => {
+                for ip in ips {
+                    match ip {
+                        IPTuple::SourceAddress(a) => src = Some(*a),
+                        IPTuple::DestinationAddress(a) => dst = Some(*a),
+                        _ => {}
+                    }
+                }
+            }
+            Tuple::Proto(ps) => {
+                for x in ps {
+                    match x {
+                        ProtoTuple::Protocol(Protocol::Tcp) => proto = Some(Proto::Tcp),
+                        ProtoTuple::Protocol(Protocol::Udp) => proto = Some(Proto::Udp),
+                        ProtoTuple::SourcePort(p) => sport = Some(*p),
+                        ProtoTuple::DestinationPort(p) => dport = Some(*p),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Tuple5 {
+        proto: proto?,
+        src: src?,
+        sport: sport?,
+        dst: dst?,
+        dport: dport?,
+    })
+}
+
+/// The netlink messages in one datagram, each as its own byte slice.
+pub fn split(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = datagram;
+    std::iter::from_fn(move || {
+        if rest.len() < 16 {
+            return None;
+        }
+        let len = u32::from_ne_bytes(rest[..4].try_into().ok()?) as usize;
+        if len < 16 || len > rest.len() {
+            return None;
+        }
+        // Messages are 4-byte aligned.
+        let step = (len + 3) & !3;
+        let (one, next) = rest.split_at(len);
+        rest = next.get(step - len..).unwrap_or(&[]);
+        Some(one)
+    })
+}

@@ -1,0 +1,402 @@
+//! One conntrack watcher per network namespace: a thread that joins the namespace (netlink
+//! sockets see only the namespace they were made in), dumps the conntrack table to learn the
+//! live translations, then follows NEW/DESTROY events and polls the per-CPU statistics.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily, conntrack::ConntrackMessage,
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use nix::sched::{CloneFlags, setns};
+use tokio::sync::mpsc;
+
+use super::{
+    NatError,
+    decode::{CpuStats, CtMessage, IPCTNL_MSG_CT_GET_STATS_CPU, decode, split},
+    occupancy::{Occupancy, SpaceKey},
+};
+use crate::{
+    event::{Errno, Event, Family, HookId, NatInfo, NatRange, Op, Outcome},
+    netns::snapshot::wall_ns,
+};
+
+/// `NFNLGRP_CONNTRACK_NEW` and `NFNLGRP_CONNTRACK_DESTROY` (linux/netfilter/nfnetlink.h).
+const GROUP_NEW: u32 = 1;
+const GROUP_DESTROY: u32 = 3;
+/// How many of a namespace's fullest NAT spaces each report carries.
+pub const TOP_SPACES: usize = 10;
+/// Most failure events made from one statistics poll; the counters keep the full count.
+const MAX_FAILURE_EVENTS_PER_POLL: u64 = 1000;
+
+/// Which namespace to watch.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The namespace's inode (the `netns` of events and labels).
+    pub netns: u32,
+    /// A file to setns() into; None for our own namespace.
+    pub path: Option<PathBuf>,
+}
+
+/// What a watcher reports.
+#[derive(Debug, Clone)]
+pub enum NatUpdate {
+    /// A NAT allocation or failure, as an event.
+    Event(Event),
+    /// The namespace's conntrack counters (summed over CPUs) and its fullest NAT spaces.
+    Status {
+        netns: u32,
+        stats: CpuStats,
+        range: NatRange,
+        top: Vec<(SpaceKey, u32)>,
+        /// Events lost: the kernel's socket buffer overflowed (ENOBUFS) or our channel was full.
+        lost: u64,
+    },
+}
+
+/// Watcher settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchOptions {
+    pub range: NatRange,
+    /// How often the statistics are read.
+    pub stats_interval: Duration,
+}
+
+/// Starts watching `target`. Returns once the watcher has subscribed and read the table, or
+/// with the reason it cannot (module missing, capability missing).
+pub fn spawn(
+    target: Target,
+    opts: WatchOptions,
+    tx: mpsc::Sender<NatUpdate>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, NatError> {
+    let ns_file = match &target.path {
+        Some(p) => Some(File::open(p).map_err(|source| NatError::Open {
+            path: p.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name(format!("nat-{}", target.netns))
+        .spawn(move || {
+            let start = || -> Result<Watcher, NatError> {
+                if let Some(f) = &ns_file {
+                    setns(f, CloneFlags::CLONE_NEWNET).map_err(NatError::Setns)?;
+                }
+                Watcher::open(target.netns, opts)
+            };
+            match start() {
+                Ok(mut w) => {
+                    let _ = ready_tx.send(Ok(()));
+                    w.run(&tx, &stop);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(NatError::Thread)?;
+    ready_rx.recv().map_err(|_| NatError::ThreadDied)??;
+    Ok(handle)
+}
+
+struct Watcher {
+    netns: u32,
+    opts: WatchOptions,
+    events: Socket,
+    requests: Socket,
+    occupancy: Occupancy,
+    /// Counters at the last poll; None before the first.
+    last: Option<CpuStats>,
+    lost: u64,
+    seq: u32,
+}
+
+fn open_socket() -> Result<Socket, NatError> {
+    let mut s = Socket::new(NETLINK_NETFILTER).map_err(NatError::from_io)?;
+    s.bind_auto().map_err(NatError::from_io)?;
+    Ok(s)
+}
+
+impl Watcher {
+    fn open(netns: u32, opts: WatchOptions) -> Result<Self, NatError> {
+        let events = open_socket()?;
+        let _ = events.set_rx_buf_sz(8 << 20);
+        for g in [GROUP_NEW, GROUP_DESTROY] {
+            events.add_membership(g).map_err(NatError::from_io)?;
+        }
+        set_timeout(&events, Duration::from_millis(200))?;
+        let requests = open_socket()?;
+        requests
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NatError::from_io)?;
+        set_timeout(&requests, Duration::from_secs(5))?;
+        let mut w = Watcher {
+            netns,
+            opts,
+            events,
+            requests,
+            occupancy: Occupancy::default(),
+            last: None,
+            lost: 0,
+            seq: 0,
+        };
+        // Both also prove that nf_conntrack_netlink answers in this namespace.
+        w.resync()?;
+        w.last = Some(w.read_stats()?);
+        Ok(w)
+    }
+
+    /// Reads the whole conntrack table again: the live translations, without events.
+    fn resync(&mut self) -> Result<(), NatError> {
+        self.occupancy.clear();
+        let mut seeded = Vec::new();
+        self.dump(ConntrackMessage::Get(vec![]), |m| {
+            if let CtMessage::New(c) = m
+                && let Some(n) = c.source_nat()
+            {
+                seeded.push(n);
+            }
+        })?;
+        for n in &seeded {
+            self.occupancy.insert(n);
+        }
+        Ok(())
+    }
+
+    fn read_stats(&mut self) -> Result<CpuStats, NatError> {
+        let mut total = CpuStats::default();
+        let asked = self.dump(
+            ConntrackMessage::Other {
+                message_type: IPCTNL_MSG_CT_GET_STATS_CPU,
+                attributes: vec![],
+            },
+            |m| {
+                if let CtMessage::Stats { stats, .. } = m {
+                    total.add(&stats);
+                }
+            },
+        );
+        match asked {
+            Ok(()) => Ok(total),
+            // Older kernels without the netlink request still have the proc file.
+            Err(e) => std::fs::read_to_string("/proc/net/stat/nf_conntrack")
+                .ok()
+                .and_then(|t| CpuStats::parse_proc(&t))
+                .ok_or(e),
+        }
+    }
+
+    /// Sends a dump request and hands every reply to `f` until the dump ends.
+    fn dump(
+        &mut self,
+        request: ConntrackMessage,
+        mut f: impl FnMut(CtMessage),
+    ) -> Result<(), NatError> {
+        self.seq += 1;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.seq;
+        let mut msg = NetlinkMessage::new(
+            header,
+            NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
+                request,
+            )
+            .into(),
+        );
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        self.requests.send(&buf, 0).map_err(NatError::from_io)?;
+        // A dump is finite; this bounds it should the kernel never say "done".
+        for _ in 0..1_000_000 {
+            let (data, _) = self.requests.recv_from_full().map_err(NatError::from_io)?;
+            for one in split(&data) {
+                match decode(one).map_err(NatError::Decode)? {
+                    CtMessage::Done => return Ok(()),
+                    CtMessage::Error(0) => {}
+                    CtMessage::Error(code) => {
+                        return Err(NatError::from_io(std::io::Error::from_raw_os_error(-code)));
+                    }
+                    m => f(m),
+                }
+            }
+        }
+        Err(NatError::Decode("a conntrack dump did not end".into()))
+    }
+
+    fn run(&mut self, tx: &mpsc::Sender<NatUpdate>, stop: &AtomicBool) {
+        let mut next_poll = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            match self.events.recv_from_full() {
+                Ok((data, _)) => {
+                    for one in split(&data) {
+                        match decode(one) {
+                            Ok(m) => self.on_message(m, tx),
+                            Err(_) => self.lost += 1,
+                        }
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    // Events were lost: the table is the truth again.
+                    self.lost += 1;
+                    let _ = self.resync();
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!(
+                        "port-trace: NAT watcher of namespace {} stopped: {e}",
+                        self.netns
+                    );
+                    return;
+                }
+            }
+            if Instant::now() >= next_poll {
+                next_poll = Instant::now() + self.opts.stats_interval;
+                self.poll(tx);
+            }
+        }
+    }
+
+    fn on_message(&mut self, m: CtMessage, tx: &mpsc::Sender<NatUpdate>) {
+        match m {
+            CtMessage::New(c) => {
+                let Some(n) = c.source_nat() else { return };
+                let in_use = self.occupancy.insert(&n);
+                let e = Event {
+                    ts_ns: wall_ns(),
+                    op: Op::Nat,
+                    proto: n.orig.proto,
+                    family: family(n.translated_addr),
+                    port: n.translated_port,
+                    saddr: n.translated_addr,
+                    daddr: Some(n.orig.dst),
+                    dport: Some(n.orig.dport),
+                    result: Outcome::Ok,
+                    pid: 0,
+                    tid: 0,
+                    comm: String::new(),
+                    uid: 0,
+                    cgroup_id: 0,
+                    netns: self.netns,
+                    hook: HookId::ConntrackNew,
+                    latency_ns: None,
+                    nat: Some(NatInfo {
+                        orig_saddr: Some(n.orig.src),
+                        orig_sport: Some(n.orig.sport),
+                        in_use,
+                        range: self.opts.range,
+                    }),
+                };
+                self.send(tx, NatUpdate::Event(e));
+            }
+            CtMessage::Destroy(c) => self.occupancy.remove(&c.orig),
+            _ => {}
+        }
+    }
+
+    /// Reads the counters; a rise of `insert_failed` is that many connections whose NAT
+    /// mapping failed, made into failure events charged to the full space, if one.
+    fn poll(&mut self, tx: &mpsc::Sender<NatUpdate>) {
+        let Ok(now) = self.read_stats() else { return };
+        let failed = self
+            .last
+            .map_or(0, |l| now.insert_failed.saturating_sub(l.insert_failed));
+        self.last = Some(now);
+        let space = self.occupancy.failing_space(&self.opts.range);
+        for _ in 0..failed.min(MAX_FAILURE_EVENTS_PER_POLL) {
+            let (proto, saddr, dest, in_use) = match space {
+                Some((k, c)) => (k.proto, k.translated, Some((k.daddr, k.dport)), c),
+                None => (
+                    crate::event::Proto::Tcp,
+                    IpAddr::from([0, 0, 0, 0]),
+                    None,
+                    0,
+                ),
+            };
+            let e = Event {
+                ts_ns: wall_ns(),
+                op: Op::Nat,
+                proto,
+                family: family(saddr),
+                port: 0,
+                saddr,
+                daddr: dest.map(|d| d.0),
+                dport: dest.map(|d| d.1),
+                result: Outcome::Err(Errno(libc::EADDRNOTAVAIL)),
+                pid: 0,
+                tid: 0,
+                comm: String::new(),
+                uid: 0,
+                cgroup_id: 0,
+                netns: self.netns,
+                hook: HookId::ConntrackStats,
+                latency_ns: None,
+                nat: Some(NatInfo {
+                    orig_saddr: None,
+                    orig_sport: None,
+                    in_use,
+                    range: self.opts.range,
+                }),
+            };
+            self.send(tx, NatUpdate::Event(e));
+        }
+        let status = NatUpdate::Status {
+            netns: self.netns,
+            stats: now,
+            range: self.opts.range,
+            top: self.occupancy.top(TOP_SPACES),
+            lost: self.lost,
+        };
+        self.send(tx, status);
+    }
+
+    fn send(&mut self, tx: &mpsc::Sender<NatUpdate>, u: NatUpdate) {
+        if tx.try_send(u).is_err() {
+            self.lost += 1;
+        }
+    }
+}
+
+fn family(a: IpAddr) -> Family {
+    match a {
+        IpAddr::V4(_) => Family::Inet,
+        IpAddr::V6(_) => Family::Inet6,
+    }
+}
+
+fn set_timeout(s: &Socket, d: Duration) -> Result<(), NatError> {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid socket fd and a timeval that lives across the call, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(NatError::from_io(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
