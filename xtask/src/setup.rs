@@ -29,6 +29,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // The TLS test: a self-signed certificate, and a client that checks it.
     ("openssl", "openssl"),
     ("curl", "curl"),
+    // The NAT test: a MASQUERADE rule, and conntrack's own view of the table.
+    ("iptables", "iptables"),
+    ("conntrack", "conntrack"),
 ];
 
 /// Installs what is missing; `for_tests` adds the programs the root tests drive.

@@ -3,6 +3,7 @@
 pub mod analyze;
 pub mod check;
 pub mod generate;
+pub mod nat_args;
 pub mod plot;
 pub mod record;
 pub mod serve;

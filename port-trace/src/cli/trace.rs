@@ -68,6 +68,8 @@ pub struct TraceArgs {
     /// How often to drain the ring buffer when it is not filling up.
     #[arg(long, default_value = "100ms", value_parser = crate::config::parse_drain_interval)]
     pub drain_interval: Duration,
+    #[command(flatten)]
+    pub nat: super::nat_args::NatArgs,
 }
 
 fn parse_proto(s: &str) -> Result<Proto, String> {
@@ -206,6 +208,13 @@ pub async fn trace(
         eprintln!("port-trace: {limits}");
     }
     eprintln!("tracing: {}", session.describe());
+    // NAT: the --netns namespace, else our own (docs/nat.md).
+    let nat_targets = match &args.netns {
+        Some(a) => vec![super::nat_args::target_of(a)?],
+        None => vec![super::nat_args::own_target()],
+    };
+    let mut nat = args.nat.start(&nat_targets)?;
+    let mut nat_stats = NatTotals::default();
 
     let mut shown = Shown {
         printer: Printer::new(io::BufWriter::new(out), args.format),
@@ -228,6 +237,7 @@ pub async fn trace(
             _ = session.ready() => {}
             _ = stop.recv() => break,
             _ = &mut deadline => break,
+            u = next_nat(&mut nat) => nat_stats.take(u, |e| shown.take(e, &filter)),
         }
         session.drain(|e| shown.take(e, &filter));
         shown.flush();
@@ -237,7 +247,14 @@ pub async fn trace(
     }
     // Everything submitted before we stopped is still in the ring buffer.
     session.drain(|e| shown.take(e, &filter));
+    if let Some(w) = &mut nat {
+        while let Ok(u) = w.rx.try_recv() {
+            nat_stats.take(Some(u), |e| shown.take(e, &filter));
+        }
+    }
     shown.flush();
+    drop(nat);
+    nat_stats.report();
     let losses = session.losses();
     eprintln!(
         "port-trace: {} events, {} shown, {} lost to a full ring buffer{}{}{}",
@@ -271,4 +288,61 @@ pub async fn trace(
         dropped_from_memory: shown.dropped_from_memory,
         netns_path: args.netns.as_deref().and_then(netns_path),
     })
+}
+
+/// The next NAT update, or never when NAT is not watched.
+async fn next_nat(w: &mut Option<crate::nat::Watchers>) -> Option<crate::nat::NatUpdate> {
+    match w {
+        Some(w) => w.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Conntrack's counters per watched namespace: at the first and the last report.
+#[derive(Default)]
+struct NatTotals {
+    seen: std::collections::BTreeMap<
+        u32,
+        (
+            crate::nat::decode::CpuStats,
+            crate::nat::decode::CpuStats,
+            u64,
+        ),
+    >,
+}
+
+impl NatTotals {
+    fn take(&mut self, u: Option<crate::nat::NatUpdate>, mut show: impl FnMut(Event)) {
+        match u {
+            Some(crate::nat::NatUpdate::Event(e)) => show(e),
+            Some(crate::nat::NatUpdate::Status {
+                netns, stats, lost, ..
+            }) => {
+                let s = self.seen.entry(netns).or_insert((stats, stats, 0));
+                s.1 = stats;
+                s.2 = lost;
+            }
+            None => {}
+        }
+    }
+
+    /// One line per namespace: what the counters that tell of NAT trouble did meanwhile.
+    fn report(&self) {
+        for (netns, (first, last, lost)) in &self.seen {
+            let d = |a: u64, b: u64| b.saturating_sub(a);
+            eprintln!(
+                "port-trace: conntrack in namespace {netns}: insert_failed +{}, drop +{}, clash_resolve +{}, search_restart +{}, early_drop +{}{}",
+                d(first.insert_failed, last.insert_failed),
+                d(first.drop, last.drop),
+                d(first.clash_resolve, last.clash_resolve),
+                d(first.search_restart, last.search_restart),
+                d(first.early_drop, last.early_drop),
+                if *lost > 0 {
+                    format!(", {lost} conntrack events lost")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
 }

@@ -15,6 +15,7 @@ use crate::{
     pressure::{Forecast, SocketRecord, UsableRange},
 };
 
+pub mod nat;
 pub mod summarizer;
 pub mod verdicts;
 
@@ -91,6 +92,9 @@ pub struct Summary {
     /// events after a newer one, analysed where they came instead of in time order.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub out_of_order: u64,
+    /// NAT port spaces (docs/nat.md), most pressing first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat: Vec<nat::NatSpaceSummary>,
 }
 
 /// Builds the summary. `default_range` is used for namespaces whose range is unknown.
@@ -252,6 +256,7 @@ pub fn render_table(s: &Summary) -> String {
             let _ = writeln!(out, "note: netns {}: {note}", n.netns);
         }
     }
+    out.push_str(&nat::render(&s.nat));
     out
 }
 

@@ -107,6 +107,8 @@ pub struct Summarizer {
     self_connects: Vec<SelfConnect>,
     self_connects_not_listed: u64,
     out_of_order: u64,
+    /// NAT events: their own port spaces, not the namespace's ephemeral range.
+    nat: super::nat::NatSummarizer,
 }
 
 impl Summarizer {
@@ -127,6 +129,7 @@ impl Summarizer {
             self_connects: Vec::new(),
             self_connects_not_listed: 0,
             out_of_order: 0,
+            nat: Default::default(),
         }
     }
 
@@ -134,6 +137,10 @@ impl Summarizer {
     pub fn push(&mut self, e: &Event) {
         self.events += 1;
         self.last_event = self.last_event.max(e.ts_ns);
+        if e.op == Op::Nat {
+            self.nat.push(e);
+            return;
+        }
         let key = StreamKey::of(e);
         let ok = e.is_ok();
         self.verdicts.push(&key, e.port, ok);
@@ -192,6 +199,7 @@ impl Summarizer {
             self_connects,
             self_connects_not_listed,
             out_of_order,
+            nat,
             ..
         } = self;
         let ns: HashMap<u32, &NetnsState> = namespaces.iter().map(|n| (n.netns, n)).collect();
@@ -244,6 +252,7 @@ impl Summarizer {
             hazards,
             namespaces,
             out_of_order,
+            nat: nat.finish(),
         }
     }
 }

@@ -53,7 +53,7 @@ pub fn table_row(e: &Event) -> String {
         Family::Inet => "v4",
         Family::Inet6 => "v6",
     };
-    format!(
+    let row = format!(
         "{:<12} {:<7} {:<16} {:<8} {:<5} {:<4} {:<5} {:<24} {:<31} {:<14} {}",
         hms(e.ts_ns),
         e.pid,
@@ -66,7 +66,20 @@ pub fn table_row(e: &Event) -> String {
         dest,
         e.result,
         e.hook
-    )
+    );
+    match &e.nat {
+        Some(n) => format!("{row}{}", nat_note(n)),
+        None => row,
+    }
+}
+
+/// A NAT event's original source and its space's occupancy, after the hook column.
+fn nat_note(n: &crate::event::NatInfo) -> String {
+    let from = match n.orig_saddr.zip(n.orig_sport) {
+        Some((a, p)) => format!(" from {}", endpoint(&a, p)),
+        None => String::new(),
+    };
+    format!("{from} ({}/{} NAT ports in use)", n.in_use, n.range.size())
 }
 
 /// Writes events; a closed stdout (`| head`) ends the trace quietly.
