@@ -164,7 +164,8 @@ impl CpuStats {
         Some(match name {
             "insert_failed" => &mut self.insert_failed,
             "drop" => &mut self.drop,
-            "clash_resolve" => &mut self.clash_resolve,
+            // The proc file's name for it.
+            "clash_resolve" | "clashres" => &mut self.clash_resolve,
             "search_restart" => &mut self.search_restart,
             "early_drop" => &mut self.early_drop,
             "insert" => &mut self.insert,
@@ -308,4 +309,113 @@ pub fn split(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
         rest = next.get(step - len..).unwrap_or(&[]);
         Some(one)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// Captured on Linux 6.18 from a "node" namespace that masquerades 192.0.2.0/24 with
+    /// `--to-ports 40000-40009`: a curl from 192.0.2.2 to 198.51.100.2:80 (NEW, then DESTROY)
+    /// and the per-CPU statistics dump of a 2-CPU machine.
+    const NEW: &str = "c400000000010006000000000000000002000000340001801400018008000100c000020208000200c63364021c000280050001000600000006000200c86200000600030000500000340002801400018008000100c633640208000200c63364011c00028005000100060000000600020000500000060003009c48000008000c00ac0b473508000300000001980800070000000078300004802c0001800500010001000000050002000a000000050003000000000006000400030000000600050000000000";
+    const DESTROY: &str = "a400000002010000000000000000000002000000340001801400018008000100c000020208000200c63364021c000280050001000600000006000200c86200000600030000500000340002801400018008000100c633640208000200c63364011c00028005000100060000000600020000500000060003009c48000008000c00ac0b473508000300000003980800070000000078100004800c0001800500010008000000";
+    const STATS: &str = "64000000040102000700000066d4dae000000000080002000000000008000400000000000800080000000000080009000000000008000a000000000008000b000000000008000c000000000008000d000000000008000e000000000008000f000000000064000000040102000700000066d4dae000000001080002000000000008000400000000000800080000000000080009000000000008000a000000000008000b000000000008000c000000000008000d000000000008000e000000000008000f0000000000";
+
+    fn bytes(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn new_event_gives_the_port_masquerade_chose() {
+        let data = bytes(NEW);
+        let CtMessage::New(c) = decode(&data).unwrap() else {
+            panic!("not a NEW event")
+        };
+        assert!(c.src_nat_flag);
+        let n = c.source_nat().unwrap();
+        assert_eq!(n.orig.src, IpAddr::from(Ipv4Addr::new(192, 0, 2, 2)));
+        assert_eq!(n.orig.sport, 51298);
+        assert_eq!(n.orig.dst, IpAddr::from(Ipv4Addr::new(198, 51, 100, 2)));
+        assert_eq!(n.orig.dport, 80);
+        assert_eq!(n.orig.proto, Proto::Tcp);
+        assert_eq!(n.translated_addr, IpAddr::from(Ipv4Addr::new(198, 51, 100, 1)));
+        assert_eq!(n.translated_port, 40008);
+    }
+
+    #[test]
+    fn destroy_event_names_the_same_connection() {
+        let (new, destroy) = (bytes(NEW), bytes(DESTROY));
+        let (CtMessage::New(a), CtMessage::Destroy(b)) =
+            (decode(&new).unwrap(), decode(&destroy).unwrap())
+        else {
+            panic!("not NEW then DESTROY")
+        };
+        assert_eq!(a.orig, b.orig);
+        assert_eq!(a.reply, b.reply);
+    }
+
+    #[test]
+    fn stats_dump_is_one_message_per_cpu() {
+        let data = bytes(STATS);
+        let cpus: Vec<_> = split(&data)
+            .map(|m| match decode(m).unwrap() {
+                CtMessage::Stats { cpu, stats } => (cpu, stats),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(cpus.len(), 2);
+        assert_eq!(cpus[0].0, 0);
+        assert_eq!(cpus[1].0, 1);
+        assert_eq!(cpus[0].1, CpuStats::default());
+    }
+
+    #[test]
+    fn an_unnatted_connection_is_no_source_nat() {
+        let t = Tuple5 {
+            proto: Proto::Udp,
+            src: Ipv4Addr::new(192, 0, 2, 2).into(),
+            sport: 5000,
+            dst: Ipv4Addr::new(198, 51, 100, 2).into(),
+            dport: 53,
+        };
+        let reply = Tuple5 {
+            src: t.dst,
+            sport: t.dport,
+            dst: t.src,
+            dport: t.sport,
+            ..t
+        };
+        let c = Connection {
+            orig: t,
+            reply,
+            src_nat_flag: false,
+        };
+        assert_eq!(c.source_nat(), None);
+    }
+
+    #[test]
+    fn proc_stats_sum_over_cpus() {
+        let text = "entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n\
+                    00000003  00000001 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000002 00000002 00000000 00000000  00000000 00000000 00000000 00000010\n\
+                    00000003  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000001 00000003 00000000 00000000  00000000 00000000 00000000 00000000\n";
+        let s = CpuStats::parse_proc(text).unwrap();
+        assert_eq!(s.insert_failed, 3);
+        assert_eq!(s.drop, 5);
+        assert_eq!(s.search_restart, 16);
+        assert_eq!(s.clash_resolve, 1, "the proc file calls it clashres");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let _ = decode(&[0xff; 20]);
+        assert_eq!(split(&[1, 2, 3]).count(), 0);
+        let mut short = bytes(NEW);
+        short.truncate(40);
+        let _ = decode(&short);
+    }
 }
