@@ -31,6 +31,10 @@ pub struct NatArgs {
     /// kernel's default for rules without `--to-ports`, 1024-65535.
     #[arg(long, value_name = "LOW-HIGH", value_parser = parse_nat_ports)]
     pub nat_ports: Option<NatRange>,
+    /// Also watch NAT in this network namespace (path, `ip netns` name or inode; repeatable):
+    /// a gateway namespace that forwards but opens no sockets of its own.
+    #[arg(long = "nat-netns", value_name = "PATH|INODE")]
+    pub nat_netns: Vec<String>,
 }
 
 /// How often the watchers read conntrack's statistics.
@@ -59,14 +63,27 @@ pub fn own_target() -> Target {
 }
 
 impl NatArgs {
-    /// Starts a watcher per target. In `auto` a namespace that cannot be watched is skipped
-    /// with one sentence on stderr; in `on` it is an error.
+    /// Starts a watcher per target (None with `--nat off`). In `auto` a namespace that
+    /// cannot be watched is skipped with one sentence on stderr; in `on` it is an error.
     pub fn start(&self, targets: &[Target]) -> anyhow::Result<Option<Watchers>> {
         if self.nat == NatMode::Off {
             return Ok(None);
         }
         let mut w = Watchers::new(self.nat_ports, STATS_INTERVAL);
+        let mut all = targets.to_vec();
+        for arg in &self.nat_netns {
+            all.push(target_of(arg)?);
+        }
+        self.watch_more(&mut w, &all)?;
+        Ok(Some(w))
+    }
+
+    /// Adds targets to running watchers, each tried once.
+    pub fn watch_more(&self, w: &mut Watchers, targets: &[Target]) -> anyhow::Result<()> {
         for t in targets {
+            if !w.tried.insert(t.netns) {
+                continue;
+            }
             if let Err(e) = w.watch(t.clone()) {
                 if self.nat == NatMode::On {
                     return Err(anyhow::Error::new(e).context(format!(
@@ -81,7 +98,15 @@ impl NatArgs {
                 );
             }
         }
-        Ok((!w.watched.is_empty()).then_some(w))
+        Ok(())
+    }
+}
+
+/// The next NAT update, or never when NAT is not watched.
+pub async fn next(w: &mut Option<Watchers>) -> Option<crate::nat::NatUpdate> {
+    match w {
+        Some(w) => w.rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -93,7 +118,14 @@ fn sentence(e: &NatError) -> String {
     }
 }
 
-/// A namespace file of a tracked namespace, for `serve`'s watchers.
-pub fn target_for_inode(netns: u32, path: Option<PathBuf>) -> Target {
-    Target { netns, path }
+/// Where to watch a namespace `serve` tracks, found from its newest event.
+pub fn target_of_event(e: &crate::event::Event) -> Option<Target> {
+    let path: Option<PathBuf> = match locate(e.netns, std::slice::from_ref(e), None)? {
+        NetnsRef::Path(p) => Some(p),
+        NetnsRef::Current => None,
+    };
+    Some(Target {
+        netns: e.netns,
+        path,
+    })
 }

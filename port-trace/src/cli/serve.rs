@@ -53,6 +53,8 @@ pub struct ServeArgs {
     /// Use this hook set instead of the automatic choice.
     #[arg(long, value_enum)]
     pub hooks: Option<HookSet>,
+    #[command(flatten)]
+    pub nat: super::nat_args::NatArgs,
 }
 
 impl ServeArgs {
@@ -158,6 +160,10 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig, web: WebConfig) -> anyhow:
     }
 
     let agg = Aggregator::new(cfg.window_events, cfg.top_destinations);
+    // NAT: our own namespace now, each namespace events come from as it appears (docs/nat.md).
+    let mut nat_agg = exporter::nat::NatAggregator::new(&agg.metrics.registry)
+        .context("cannot register the NAT metrics")?;
+    let mut nat = args.nat.start(&[super::nat_args::own_target()])?;
     let set = session.hook_set();
     agg.metrics
         .set_hooks(&set.to_string(), &set.coverage(&session.kernel));
@@ -192,6 +198,15 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig, web: WebConfig) -> anyhow:
                 // analysis is CPU work: both run off the event loop, which keeps draining.
                 let now = session.now_ns();
                 if let Ok(input) = shared.agg.lock().map(|mut a| a.refresh_input(now)) {
+                    if let Some(w) = &mut nat {
+                        let new: Vec<_> = input
+                            .newest_per_netns
+                            .iter()
+                            .filter(|e| !w.tried.contains(&e.netns))
+                            .filter_map(super::nat_args::target_of_event)
+                            .collect();
+                        args.nat.watch_more(w, &new)?;
+                    }
                     refreshing = Some(tokio::task::spawn_blocking(move || {
                         let namespaces = snapshot_with_own(&input.newest_per_netns);
                         let computed = exporter::compute(input, namespaces);
@@ -221,6 +236,11 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig, web: WebConfig) -> anyhow:
                 }
             }
             _ = stop.recv() => break,
+            u = super::nat_args::next(&mut nat) => {
+                if let Some(u) = u {
+                    nat_agg.apply(&u, crate::netns::snapshot::wall_ns());
+                }
+            }
         }
         if let Ok(mut a) = shared.agg.lock() {
             let fill = session.drain(|e| a.ingest(e));
@@ -235,6 +255,7 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig, web: WebConfig) -> anyhow:
     let _ = stop_tx.send(());
     let _ = server.await;
     drop(session);
+    drop(nat);
     eprintln!("port-trace: stopped");
     Ok(())
 }

@@ -237,7 +237,7 @@ pub async fn trace(
             _ = session.ready() => {}
             _ = stop.recv() => break,
             _ = &mut deadline => break,
-            u = next_nat(&mut nat) => nat_stats.take(u, |e| shown.take(e, &filter)),
+            u = super::nat_args::next(&mut nat) => nat_stats.take(u, |e| shown.take(e, &filter)),
         }
         session.drain(|e| shown.take(e, &filter));
         shown.flush();
@@ -288,14 +288,6 @@ pub async fn trace(
         dropped_from_memory: shown.dropped_from_memory,
         netns_path: args.netns.as_deref().and_then(netns_path),
     })
-}
-
-/// The next NAT update, or never when NAT is not watched.
-async fn next_nat(w: &mut Option<crate::nat::Watchers>) -> Option<crate::nat::NatUpdate> {
-    match w {
-        Some(w) => w.rx.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Conntrack's counters per watched namespace: at the first and the last report.

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod connections;
 pub mod http;
 pub mod metrics;
+pub mod nat;
 pub mod refresh;
 pub mod tls;
 pub mod web_config;

@@ -95,6 +95,8 @@ pub struct Watchers {
     opts: WatchOptions,
     /// Namespaces watched (inodes).
     pub watched: Vec<u32>,
+    /// Namespaces tried, watched or not: each is tried once.
+    pub tried: std::collections::HashSet<u32>,
 }
 
 impl Watchers {
@@ -110,6 +112,7 @@ impl Watchers {
                 stats_interval,
             },
             watched: Vec::new(),
+            tried: Default::default(),
         }
     }
 
