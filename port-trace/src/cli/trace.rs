@@ -207,14 +207,14 @@ pub async fn trace(
     if let Some(limits) = session.limits() {
         eprintln!("port-trace: {limits}");
     }
-    eprintln!("tracing: {}", session.describe());
-    // NAT: the --netns namespace, else our own (docs/nat.md).
+    // NAT: the --netns namespace, else our own (docs/nat.md); watching before `tracing:`.
     let nat_targets = match &args.netns {
         Some(a) => vec![super::nat_args::target_of(a)?],
         None => vec![super::nat_args::own_target()],
     };
     let mut nat = args.nat.start(&nat_targets)?;
     let mut nat_stats = NatTotals::default();
+    eprintln!("tracing: {}", session.describe());
 
     let mut shown = Shown {
         printer: Printer::new(io::BufWriter::new(out), args.format),
@@ -248,6 +248,7 @@ pub async fn trace(
     // Everything submitted before we stopped is still in the ring buffer.
     session.drain(|e| shown.take(e, &filter));
     if let Some(w) = &mut nat {
+        w.stop();
         while let Ok(u) = w.rx.try_recv() {
             nat_stats.take(Some(u), |e| shown.take(e, &filter));
         }

@@ -129,12 +129,19 @@ impl Watchers {
     }
 }
 
-impl Drop for Watchers {
-    fn drop(&mut self) {
+impl Watchers {
+    /// Stops every watcher and waits for it; their last updates stay in `rx`.
+    pub fn stop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        // Each thread wakes within its receive timeout and ends.
+        // Each thread wakes within its receive timeout, polls the counters once more, ends.
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

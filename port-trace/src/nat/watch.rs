@@ -272,6 +272,8 @@ impl Watcher {
                 self.poll(tx);
             }
         }
+        // The failures counted since the last poll are reported before the watcher ends.
+        self.poll(tx);
     }
 
     fn on_message(&mut self, m: CtMessage, tx: &mpsc::Sender<NatUpdate>) {
