@@ -113,6 +113,12 @@ pub fn spawn(
     Ok(handle)
 }
 
+/// Whether a receive handled anything.
+enum Received {
+    Some,
+    None,
+}
+
 struct Watcher {
     netns: u32,
     opts: WatchOptions,
@@ -243,29 +249,8 @@ impl Watcher {
     fn run(&mut self, tx: &mpsc::Sender<NatUpdate>, stop: &AtomicBool) {
         let mut next_poll = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            match self.events.recv_from_full() {
-                Ok((data, _)) => {
-                    for one in split(&data) {
-                        match decode(one) {
-                            Ok(m) => self.on_message(m, tx),
-                            Err(_) => self.lost += 1,
-                        }
-                    }
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    // Events were lost: the table is the truth again.
-                    self.lost += 1;
-                    let _ = self.resync();
-                }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    eprintln!(
-                        "port-trace: NAT watcher of namespace {} stopped: {e}",
-                        self.netns
-                    );
-                    return;
-                }
+            if self.receive(tx).is_err() {
+                return;
             }
             if Instant::now() >= next_poll {
                 next_poll = Instant::now() + self.opts.stats_interval;
@@ -274,6 +259,51 @@ impl Watcher {
         }
         // The failures counted since the last poll are reported before the watcher ends.
         self.poll(tx);
+    }
+
+    /// Handles one datagram of events, or none when the receive timeout passes first.
+    fn receive(&mut self, tx: &mpsc::Sender<NatUpdate>) -> Result<Received, ()> {
+        match self.events.recv_from_full() {
+            Ok((data, _)) => {
+                for one in split(&data) {
+                    match decode(one) {
+                        Ok(m) => self.on_message(m, tx),
+                        Err(_) => self.lost += 1,
+                    }
+                }
+                Ok(Received::Some)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                // Events were lost: the table is the truth again.
+                self.lost += 1;
+                let _ = self.resync();
+                Ok(Received::Some)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Received::None),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(Received::Some),
+            Err(e) => {
+                eprintln!(
+                    "port-trace: NAT watcher of namespace {} stopped: {e}",
+                    self.netns
+                );
+                Err(())
+            }
+        }
+    }
+
+    /// Handles every event already queued: a NAT failure the counters show next was caused by
+    /// mappings whose NEW events were queued before it.
+    fn catch_up(&mut self, tx: &mpsc::Sender<NatUpdate>) {
+        if self.events.set_non_blocking(true).is_err() {
+            return;
+        }
+        // Bounded: a queue refilling as fast as it drains must not starve the poll.
+        for _ in 0..100_000 {
+            if !matches!(self.receive(tx), Ok(Received::Some)) {
+                break;
+            }
+        }
+        let _ = self.events.set_non_blocking(false);
     }
 
     fn on_message(&mut self, m: CtMessage, tx: &mpsc::Sender<NatUpdate>) {
@@ -316,6 +346,7 @@ impl Watcher {
     /// Reads the counters; a rise of `insert_failed` is that many connections whose NAT
     /// mapping failed, made into failure events charged to the full space, if one.
     fn poll(&mut self, tx: &mpsc::Sender<NatUpdate>) {
+        self.catch_up(tx);
         let Ok(now) = self.read_stats() else { return };
         let failed = self
             .last
