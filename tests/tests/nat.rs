@@ -52,12 +52,34 @@ fn topology() -> Topology {
     };
     // Interface names are per namespace; the links are created right inside them.
     sh(&[
-        "ip", "link", "add", "eth0", "netns", &t.pod.name, "type", "veth", "peer", "name",
-        "inside", "netns", &t.node.name,
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        &t.pod.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "inside",
+        "netns",
+        &t.node.name,
     ]);
     sh(&[
-        "ip", "link", "add", "outside", "netns", &t.node.name, "type", "veth", "peer", "name",
-        "eth0", "netns", &t.server.name,
+        "ip",
+        "link",
+        "add",
+        "outside",
+        "netns",
+        &t.node.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &t.server.name,
     ]);
     for (ns, dev, addr) in [
         (&t.pod, "eth0", format!("{POD}/24")),
@@ -69,14 +91,32 @@ fn topology() -> Topology {
         sh(&["ip", "-n", &ns.name, "link", "set", dev, "up"]);
     }
     sh(&[
-        "ip", "-n", &t.pod.name, "route", "add", "default", "via", &NODE_INSIDE.to_string(),
+        "ip",
+        "-n",
+        &t.pod.name,
+        "route",
+        "add",
+        "default",
+        "via",
+        &NODE_INSIDE.to_string(),
     ]);
     t.node.sysctl("net.ipv4.ip_forward", "1").unwrap();
     let ports = format!("{NAT_LOW}-{NAT_HIGH}");
     t.node
         .exec(&[
-            "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "outside", "-p", "tcp", "-j",
-            "MASQUERADE", "--to-ports", &ports,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "outside",
+            "-p",
+            "tcp",
+            "-j",
+            "MASQUERADE",
+            "--to-ports",
+            &ports,
         ])
         .expect("iptables (Debian package iptables; `cargo xtask test` installs it)");
     t
@@ -86,7 +126,14 @@ fn topology() -> Topology {
 /// for TCP toward the server.
 fn conntrack_table(ns: &Netns) -> HashMap<u16, (Ipv4Addr, u16)> {
     let out = ns
-        .exec(&["conntrack", "-L", "-p", "tcp", "--dport", &SERVER_PORT.to_string()])
+        .exec(&[
+            "conntrack",
+            "-L",
+            "-p",
+            "tcp",
+            "--dport",
+            &SERVER_PORT.to_string(),
+        ])
         .expect("conntrack (Debian package conntrack; `cargo xtask test` installs it)");
     let mut table = HashMap::new();
     for line in out.lines() {
@@ -95,10 +142,15 @@ fn conntrack_table(ns: &Netns) -> HashMap<u16, (Ipv4Addr, u16)> {
             .filter_map(|w| w.split_once('='))
             .collect();
         let get = |key: &str, nth: usize| -> Option<&str> {
-            fields.iter().filter(|(k, _)| *k == key).nth(nth).map(|f| f.1)
+            fields
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .nth(nth)
+                .map(|f| f.1)
         };
         // The original tuple comes first, the reply tuple second.
-        if let (Some(sport), Some(rdst), Some(rdport)) = (get("sport", 0), get("dst", 1), get("dport", 1))
+        if let (Some(sport), Some(rdst), Some(rdport)) =
+            (get("sport", 0), get("dst", 1), get("dport", 1))
         {
             table.insert(
                 sport.parse().unwrap(),
@@ -155,14 +207,28 @@ fn masquerade_ports_and_failures_match_conntrack() {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     let listen = addr.to_string();
     let daemon = TraceProcess::spawn(&[
-        "serve", "--listen", &listen, "--refresh-interval", "1s", "--nat", "on", "--nat-ports",
-        &nat_ports, "--nat-netns", &node_path,
+        "serve",
+        "--listen",
+        &listen,
+        "--refresh-interval",
+        "1s",
+        "--nat",
+        "on",
+        "--nat-ports",
+        &nat_ports,
+        "--nat-netns",
+        &node_path,
     ])
     .expect("start port-trace serve");
     let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
     let prom = Prometheus::start("nat", addr, &rules);
     let trace = TraceProcess::start(&[
-        "--netns", &node_path, "--nat", "on", "--nat-ports", &nat_ports,
+        "--netns",
+        &node_path,
+        "--nat",
+        "on",
+        "--nat-ports",
+        &nat_ports,
     ])
     .expect("start port-trace trace");
     let failed_before = insert_failed(&t.node);
@@ -187,7 +253,11 @@ fn masquerade_ports_and_failures_match_conntrack() {
             (held, refused)
         })
         .unwrap();
-    assert_eq!(connected.len(), NAT_PORTS, "the NAT range holds ten connections");
+    assert_eq!(
+        connected.len(),
+        NAT_PORTS,
+        "the NAT range holds ten connections"
+    );
     assert_eq!(refused, 2, "the eleventh and twelfth find no NAT port");
     let client_ports: Vec<u16> = connected
         .iter()
@@ -198,14 +268,18 @@ fn masquerade_ports_and_failures_match_conntrack() {
     let table = conntrack_table(&t.node);
     assert_eq!(table.len(), NAT_PORTS, "{table:?}");
     let failed = insert_failed(&t.node) - failed_before;
-    assert!(failed >= 2, "each refused connection failed at least once: {failed}");
+    assert!(
+        failed >= 2,
+        "each refused connection failed at least once: {failed}"
+    );
 
     // serve: the daemon has caught up once its counter equals conntrack's.
     let failed_total = insert_failed(&t.node);
     let space = format!(
         "netns=\"{node_inode}\",proto=\"tcp\",saddr=\"{NODE_OUTSIDE}\",daddr=\"{SERVER}\",dport=\"{SERVER_PORT}\""
     );
-    let stat = format!("port_trace_conntrack_stat_total{{netns=\"{node_inode}\",stat=\"insert_failed\"}}");
+    let stat =
+        format!("port_trace_conntrack_stat_total{{netns=\"{node_inode}\",stat=\"insert_failed\"}}");
     let failures = format!("port_trace_nat_failures_total{{{}}}", sorted(&space));
     let scrape = scrape_until(addr, "conntrack's insert_failed", |s| {
         value(s, &stat) == Some(failed_total as f64)
@@ -214,15 +288,21 @@ fn masquerade_ports_and_failures_match_conntrack() {
         "serve: {}",
         scrape
             .lines()
-            .filter(|l| (l.starts_with("port_trace_nat") || l.starts_with("port_trace_conntrack"))
-                && l.contains(&node_inode))
+            .filter(
+                |l| (l.starts_with("port_trace_nat") || l.starts_with("port_trace_conntrack"))
+                    && l.contains(&node_inode)
+            )
             .collect::<Vec<_>>()
             .join("\n       ")
     );
     let in_use = format!("port_trace_nat_ports_in_use{{{}}}", sorted(&space));
     let pressure = format!("port_trace_nat_pressure_ratio{{{}}}", sorted(&space));
     let exhaustion = format!("port_trace_nat_exhaustion_seconds{{{}}}", sorted(&space));
-    assert_eq!(value(&scrape, &in_use), Some(table.len() as f64), "{in_use}");
+    assert_eq!(
+        value(&scrape, &in_use),
+        Some(table.len() as f64),
+        "{in_use}"
+    );
     assert_eq!(value(&scrape, &pressure), Some(1.0), "{pressure}");
     assert_eq!(value(&scrape, &exhaustion), Some(0.0), "{exhaustion}");
     assert_eq!(value(&scrape, &failures), Some(failed as f64), "{failures}");
@@ -244,7 +324,11 @@ fn masquerade_ports_and_failures_match_conntrack() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(firing["daddr"], SERVER.to_string(), "NatPortsExhausted: {firing}");
+    assert_eq!(
+        firing["daddr"],
+        SERVER.to_string(),
+        "NatPortsExhausted: {firing}"
+    );
     assert_eq!(firing["dport"], SERVER_PORT.to_string());
     assert_eq!(firing["saddr"], NODE_OUTSIDE.to_string());
     assert_eq!(firing["netns"], node_inode);
@@ -263,13 +347,21 @@ fn masquerade_ports_and_failures_match_conntrack() {
         assert_eq!(e["nat"]["orig_saddr"], POD.to_string());
         let (addr, port) = table[&sport];
         assert_eq!(e["saddr"], addr.to_string(), "{e}");
-        assert_eq!(e["port"].as_u64(), Some(u64::from(port)), "{e}: conntrack says {port}");
+        assert_eq!(
+            e["port"].as_u64(),
+            Some(u64::from(port)),
+            "{e}: conntrack says {port}"
+        );
         assert!((NAT_LOW..=NAT_HIGH).contains(&port));
         assert_eq!(e["daddr"], SERVER.to_string());
         assert_eq!(e["dport"].as_u64(), Some(u64::from(SERVER_PORT)));
         assert_eq!(e["netns"].as_u64(), Some(t.node.inode));
     }
-    assert_eq!(bad.len() as u64, failed, "one failure event per failed insert");
+    assert_eq!(
+        bad.len() as u64,
+        failed,
+        "one failure event per failed insert"
+    );
     for e in &bad {
         assert_eq!(e["result"], "EADDRNOTAVAIL");
         assert_eq!(e["daddr"], SERVER.to_string(), "{e}");
@@ -287,7 +379,11 @@ fn masquerade_ports_and_failures_match_conntrack() {
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&file);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = &summary["nat"][0];
     assert_eq!(row["space"]["daddr"], SERVER.to_string(), "{summary}");
@@ -297,7 +393,11 @@ fn masquerade_ports_and_failures_match_conntrack() {
     assert_eq!(row["pressure"].as_f64(), Some(1.0));
     eprintln!(
         "analyze: pattern {} ({}), {} allocations, {} failures, peak {}/{}",
-        row["pattern"], row["reason"], row["allocations"], row["failures"], row["peak_in_use"],
+        row["pattern"],
+        row["reason"],
+        row["allocations"],
+        row["failures"],
+        row["peak_in_use"],
         NAT_PORTS
     );
 
@@ -323,7 +423,13 @@ fn nat_on_in_a_missing_namespace_is_an_error() {
     }
     let out = Command::new(port_trace_bin())
         .args([
-            "trace", "--nat", "on", "--nat-netns", "/nonexistent/netns", "--duration", "1s",
+            "trace",
+            "--nat",
+            "on",
+            "--nat-netns",
+            "/nonexistent/netns",
+            "--duration",
+            "1s",
         ])
         .output()
         .unwrap();

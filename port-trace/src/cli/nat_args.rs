@@ -86,10 +86,8 @@ impl NatArgs {
             }
             if let Err(e) = w.watch(t.clone()) {
                 if self.nat == NatMode::On {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "cannot watch NAT in network namespace {}",
-                        t.netns
-                    )));
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("cannot watch NAT in network namespace {}", t.netns)));
                 }
                 eprintln!(
                     "port-trace: not watching NAT in network namespace {}: {}",

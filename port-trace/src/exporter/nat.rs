@@ -170,8 +170,7 @@ impl NatAggregator {
                     daddr,
                     dport,
                 };
-                if !self.rates.contains_key(&(e.netns, key))
-                    && self.rates.len() >= MAX_RATED_SPACES
+                if !self.rates.contains_key(&(e.netns, key)) && self.rates.len() >= MAX_RATED_SPACES
                 {
                     self.drop_idlest_rate();
                 }
@@ -186,7 +185,8 @@ impl NatAggregator {
             netns,
             e.proto.name().to_string(),
             e.saddr.to_string(),
-            e.daddr.map_or_else(|| "unknown".into(), |a: IpAddr| a.to_string()),
+            e.daddr
+                .map_or_else(|| "unknown".into(), |a: IpAddr| a.to_string()),
             e.dport.map_or_else(|| "unknown".into(), |p| p.to_string()),
         ];
         if !self.failure_spaces.contains(&l) {
@@ -260,7 +260,10 @@ impl NatAggregator {
         }
         for ((k, in_use), l) in top.iter().zip(&now) {
             let l = refs(l);
-            self.metrics.in_use.with_label_values(&l).set(i64::from(*in_use));
+            self.metrics
+                .in_use
+                .with_label_values(&l)
+                .set(i64::from(*in_use));
             let size = range.size();
             self.metrics
                 .pressure

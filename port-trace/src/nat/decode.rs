@@ -343,7 +343,10 @@ mod tests {
         assert_eq!(n.orig.dst, IpAddr::from(Ipv4Addr::new(198, 51, 100, 2)));
         assert_eq!(n.orig.dport, 80);
         assert_eq!(n.orig.proto, Proto::Tcp);
-        assert_eq!(n.translated_addr, IpAddr::from(Ipv4Addr::new(198, 51, 100, 1)));
+        assert_eq!(
+            n.translated_addr,
+            IpAddr::from(Ipv4Addr::new(198, 51, 100, 1))
+        );
         assert_eq!(n.translated_port, 40008);
     }
 

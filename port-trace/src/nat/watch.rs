@@ -199,11 +199,13 @@ impl Watcher {
         match asked {
             Ok(()) => Ok(total),
             // Older kernels without the netlink request still have the proc file.
-            Err(e) => std::fs::read_to_string(// This thread's namespace: /proc/net follows the process's main thread.
-                "/proc/thread-self/net/stat/nf_conntrack")
-                .ok()
-                .and_then(|t| CpuStats::parse_proc(&t))
-                .ok_or(e),
+            Err(e) => std::fs::read_to_string(
+                // This thread's namespace: /proc/net follows the process's main thread.
+                "/proc/thread-self/net/stat/nf_conntrack",
+            )
+            .ok()
+            .and_then(|t| CpuStats::parse_proc(&t))
+            .ok_or(e),
         }
     }
 

@@ -162,9 +162,7 @@ pub fn render(rows: &[NatSpaceSummary]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{
-        Errno, NatInfo, NatRangeSource, Outcome, test_event,
-    };
+    use crate::event::{Errno, NatInfo, NatRangeSource, Outcome, test_event};
     use std::net::Ipv4Addr;
 
     fn nat_event(port: u16, in_use: u32, ok: bool) -> Event {
@@ -191,9 +189,11 @@ mod tests {
     #[test]
     fn a_full_space_has_full_pressure_and_its_failures() {
         let mut s = NatSummarizer::default();
-        for (i, p) in [40003, 40007, 40001, 40009, 40000, 40005, 40002, 40008, 40004, 40006]
-            .into_iter()
-            .enumerate()
+        for (i, p) in [
+            40003, 40007, 40001, 40009, 40000, 40005, 40002, 40008, 40004, 40006,
+        ]
+        .into_iter()
+        .enumerate()
         {
             s.push(&nat_event(p, i as u32 + 1, true));
         }
