@@ -132,6 +132,11 @@ id_enum! {
         Sendmsg4 = 23 => "cgroup/sendmsg4",
         Sendmsg6 = 24 => "cgroup/sendmsg6",
         SockRelease = 25 => "cgroup/sock_release",
+        // Not programs: NAT events from conntrack netlink (userspace only).
+        /// A NAT mapping in a conntrack NEW event.
+        ConntrackNew = 40 => "conntrack/new",
+        /// A NAT failure counted in conntrack's per-CPU statistics.
+        ConntrackStats = 41 => "conntrack/stats",
         // The "fexit" hook set: fentry stashes the entry state, fexit reports.
         FexitInet6HashConnect = 12 => "fexit/inet6_hash_connect",
         FexitInetCskGetPort = 13 => "fexit/inet_csk_get_port",
@@ -154,11 +159,6 @@ id_enum! {
         SysExitSendmmsg = 10 => "tracepoint/sys_exit_sendmmsg",
         SysExitSendmsg = 9 => "tracepoint/sys_exit_sendmsg",
         SysExitSendto = 8 => "tracepoint/sys_exit_sendto",
-        // Not programs: NAT events from conntrack netlink (userspace only).
-        /// A NAT mapping in a conntrack NEW event.
-        ConntrackNew = 40 => "conntrack/new",
-        /// A NAT failure counted in conntrack's per-CPU statistics.
-        ConntrackStats = 41 => "conntrack/stats",
     }
 }
 
