@@ -64,6 +64,12 @@ pub struct FileConfig {
     pub ring_kib: Option<u32>,
     /// `--web.config.file`: TLS and basic auth (exporter-toolkit format, checked when loaded).
     pub web_config_file: Option<PathBuf>,
+    /// `--nat`: auto, on or off (docs/nat.md).
+    pub nat: Option<crate::nat::NatMode>,
+    /// `--nat-ports`: the NAT rule's port range, "LOW-HIGH".
+    pub nat_ports: Option<String>,
+    /// `--nat-netns`: more namespaces to watch for NAT.
+    pub nat_netns: Option<Vec<String>>,
 }
 
 /// What `serve` runs with.
@@ -77,6 +83,9 @@ pub struct ServeConfig {
     pub udp_send_hooks: bool,
     pub ring_kib: u32,
     pub web_config_file: Option<PathBuf>,
+    pub nat: crate::nat::NatMode,
+    pub nat_ports: Option<crate::event::NatRange>,
+    pub nat_netns: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -90,6 +99,9 @@ impl Default for ServeConfig {
             udp_send_hooks: false,
             ring_kib: 4096,
             web_config_file: None,
+            nat: crate::nat::NatMode::Auto,
+            nat_ports: None,
+            nat_netns: Vec::new(),
         }
     }
 }
@@ -179,6 +191,9 @@ impl FileConfig {
         if let Some(n) = self.window_events {
             check_count("window_events", n, limits::WINDOW_EVENTS).map_err(bad)?;
         }
+        if let Some(r) = &self.nat_ports {
+            crate::nat::parse_nat_ports(r).map_err(|e| bad(format!("nat_ports {e}")))?;
+        }
         Ok(())
     }
 }
@@ -228,12 +243,38 @@ pub fn merge(file: &FileConfig, flags: &FileConfig) -> ServeConfig {
             .web_config_file
             .clone()
             .or_else(|| file.web_config_file.clone()),
+        nat: flags.nat.or(file.nat).unwrap_or(d.nat),
+        nat_ports: flags
+            .nat_ports
+            .as_deref()
+            .or(file.nat_ports.as_deref())
+            .and_then(|r| crate::nat::parse_nat_ports(r).ok()),
+        nat_netns: flags
+            .nat_netns
+            .clone()
+            .or_else(|| file.nat_netns.clone())
+            .unwrap_or_default(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nat_keys_parse_and_a_bad_range_is_refused() {
+        let file = parse(
+            "nat = \"on\"\nnat_ports = \"40000-40009\"\nnat_netns = [\"gw\"]\n",
+            "f",
+        )
+        .unwrap();
+        let c = merge(&file, &FileConfig::default());
+        assert_eq!(c.nat, crate::nat::NatMode::On);
+        assert_eq!(c.nat_ports.map(|r| r.size()), Some(10));
+        assert_eq!(c.nat_netns, vec!["gw".to_string()]);
+        assert!(parse("nat_ports = \"9-1\"\n", "f").is_err());
+        assert!(parse("nat = \"sometimes\"\n", "f").is_err());
+    }
 
     #[test]
     fn flags_override_file_which_overrides_defaults() {
@@ -348,6 +389,9 @@ mod tests {
             udp_send_hooks,
             ring_kib,
             web_config_file,
+            nat,
+            nat_ports,
+            nat_netns,
         } = file.clone();
         assert!(
             listen.is_some()
@@ -357,12 +401,20 @@ mod tests {
                 && cgroup.is_some()
                 && udp_send_hooks.is_some()
                 && ring_kib.is_some()
-                && web_config_file.is_some(),
+                && web_config_file.is_some()
+                && nat.is_some()
+                && nat_ports.is_some()
+                && nat_netns.is_some(),
             "a key is missing from the example: {file:?}"
         );
         let defaults = ServeConfig {
             cgroup: file.cgroup.clone(),
             web_config_file: file.web_config_file.clone(),
+            // An example range: no range is the default.
+            nat_ports: file
+                .nat_ports
+                .as_deref()
+                .and_then(|r| crate::nat::parse_nat_ports(r).ok()),
             ..ServeConfig::default()
         };
         assert_eq!(merge(&file, &FileConfig::default()), defaults);

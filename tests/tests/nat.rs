@@ -15,7 +15,7 @@ use std::{
 
 use port_trace_tests::{
     Netns, SERIAL, TraceProcess, port_trace_bin, require_root,
-    scrape::{Prometheus, free_port, get, repo, value},
+    scrape::{Prometheus, expressions_without_data, free_port, get, repo, value},
 };
 use serde_json::Value;
 
@@ -333,6 +333,15 @@ fn masquerade_ports_and_failures_match_conntrack() {
     assert_eq!(firing["saddr"], NODE_OUTSIDE.to_string());
     assert_eq!(firing["netns"], node_inode);
     eprintln!("prometheus: NatPortsExhausted firing: {firing}");
+    // Every NAT dashboard query and alert reads series that exist here (serve.rs skips them).
+    let empty = expressions_without_data(&prom, |e| {
+        e.contains("port_trace_nat_") || e.contains("port_trace_conntrack_")
+    });
+    assert!(
+        empty.is_empty(),
+        "expressions without data:\n{}",
+        empty.join("\n")
+    );
 
     // trace: every NAT event against conntrack's reply tuple, and the failures.
     let (events, stderr) = trace.stop().unwrap();

@@ -2,31 +2,19 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use crate::{
     event::NatRange,
-    nat::{NatError, Target, Watchers, parse_nat_ports},
+    nat::{NatError, NatMode, Target, Watchers, parse_nat_ports},
     netns::{NetnsRef, locate, netns_path, own_netns, parse_netns},
 };
 
-/// Whether to watch conntrack for NAT-chosen ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum NatMode {
-    /// Watch where conntrack netlink is available; say so once where it is not.
-    #[default]
-    Auto,
-    /// Watch, or exit with an error.
-    On,
-    /// Do not watch.
-    Off,
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct NatArgs {
-    /// Report ports chosen by SNAT/MASQUERADE from conntrack (docs/nat.md).
-    #[arg(long, value_enum, default_value_t = NatMode::Auto)]
-    pub nat: NatMode,
+    /// Report ports chosen by SNAT/MASQUERADE from conntrack (docs/nat.md) [default: auto].
+    #[arg(long, value_enum)]
+    pub nat: Option<NatMode>,
     /// The NAT rule's port range (its `--to-ports`), for NAT pressure; without it the
     /// kernel's default for rules without `--to-ports`, 1024-65535.
     #[arg(long, value_name = "LOW-HIGH", value_parser = parse_nat_ports)]
@@ -63,10 +51,14 @@ pub fn own_target() -> Target {
 }
 
 impl NatArgs {
+    fn mode(&self) -> NatMode {
+        self.nat.unwrap_or_default()
+    }
+
     /// Starts a watcher per target (None with `--nat off`). In `auto` a namespace that
     /// cannot be watched is skipped with one sentence on stderr; in `on` it is an error.
     pub fn start(&self, targets: &[Target]) -> anyhow::Result<Option<Watchers>> {
-        if self.nat == NatMode::Off {
+        if self.mode() == NatMode::Off {
             return Ok(None);
         }
         let mut w = Watchers::new(self.nat_ports, STATS_INTERVAL);
@@ -85,7 +77,7 @@ impl NatArgs {
                 continue;
             }
             if let Err(e) = w.watch(t.clone()) {
-                if self.nat == NatMode::On {
+                if self.mode() == NatMode::On {
                     return Err(anyhow::Error::new(e)
                         .context(format!("cannot watch NAT in network namespace {}", t.netns)));
                 }

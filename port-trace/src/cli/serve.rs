@@ -68,6 +68,9 @@ impl ServeArgs {
             udp_send_hooks: self.udp_send_hooks.then_some(true),
             ring_kib: self.ring_kib,
             web_config_file: self.web_config_file.clone(),
+            nat: self.nat.nat,
+            nat_ports: self.nat.nat_ports.map(|r| format!("{}-{}", r.low, r.high)),
+            nat_netns: (!self.nat.nat_netns.is_empty()).then(|| self.nat.nat_netns.clone()),
         }
     }
 
@@ -163,7 +166,12 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig, web: WebConfig) -> anyhow:
     // NAT: our own namespace now, each namespace events come from as it appears (docs/nat.md).
     let mut nat_agg = exporter::nat::NatAggregator::new(&agg.metrics.registry)
         .context("cannot register the NAT metrics")?;
-    let mut nat = args.nat.start(&[super::nat_args::own_target()])?;
+    let nat_args = super::nat_args::NatArgs {
+        nat: Some(cfg.nat),
+        nat_ports: cfg.nat_ports,
+        nat_netns: cfg.nat_netns.clone(),
+    };
+    let mut nat = nat_args.start(&[super::nat_args::own_target()])?;
     let set = session.hook_set();
     agg.metrics
         .set_hooks(&set.to_string(), &set.coverage(&session.kernel));
@@ -205,7 +213,7 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig, web: WebConfig) -> anyhow:
                             .filter(|e| !w.tried.contains(&e.netns))
                             .filter_map(super::nat_args::target_of_event)
                             .collect();
-                        args.nat.watch_more(w, &new)?;
+                        nat_args.watch_more(w, &new)?;
                     }
                     refreshing = Some(tokio::task::spawn_blocking(move || {
                         let namespaces = snapshot_with_own(&input.newest_per_netns);

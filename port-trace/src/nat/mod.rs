@@ -69,6 +69,19 @@ impl NatError {
     }
 }
 
+/// Whether to watch conntrack for NAT-chosen ports (`--nat`, `nat` in the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatMode {
+    /// Watch where conntrack netlink is available; say so once where it is not.
+    #[default]
+    Auto,
+    /// Watch, or exit with an error.
+    On,
+    /// Do not watch.
+    Off,
+}
+
 /// Parses `LOW-HIGH` (the `--to-ports` of the NAT rule).
 pub fn parse_nat_ports(s: &str) -> Result<NatRange, String> {
     let (lo, hi) = s
