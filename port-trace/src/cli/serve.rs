@@ -172,6 +172,8 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig, web: WebConfig) -> anyhow:
         nat_netns: cfg.nat_netns.clone(),
     };
     let mut nat = nat_args.start(&[super::nat_args::own_target()])?;
+    // Watched for the daemon's whole life: its own namespace and each --nat-netns.
+    let pinned: Vec<u32> = nat.as_ref().map(|w| w.watched.clone()).unwrap_or_default();
     let set = session.hook_set();
     agg.metrics
         .set_hooks(&set.to_string(), &set.coverage(&session.kernel));
@@ -207,6 +209,13 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig, web: WebConfig) -> anyhow:
                 let now = session.now_ns();
                 if let Ok(input) = shared.agg.lock().map(|mut a| a.refresh_input(now)) {
                     if let Some(w) = &mut nat {
+                        // Namespaces no longer tracked are let go (a watcher keeps its
+                        // namespace alive); ours and --nat-netns ones stay.
+                        let tracked: std::collections::HashSet<u32> =
+                            input.newest_per_netns.iter().map(|e| e.netns).collect();
+                        for gone in w.retain(|n| tracked.contains(&n) || pinned.contains(&n)) {
+                            nat_agg.forget(gone);
+                        }
                         let new: Vec<_> = input
                             .newest_per_netns
                             .iter()

@@ -201,6 +201,37 @@ impl NatAggregator {
         self.metrics.failures.with_label_values(&refs(&l)).inc();
     }
 
+    /// Drops every series of a namespace no longer watched (the `netns` bound).
+    pub fn forget(&mut self, netns: u32) {
+        let ns = netns.to_string();
+        let m = &self.metrics;
+        for name in STAT_NAMES {
+            let _ = m.conntrack.remove_label_values(&[ns.as_str(), name]);
+        }
+        for p in crate::event::Proto::ALL {
+            let _ = m.allocations.remove_label_values(&[ns.as_str(), p.name()]);
+        }
+        for source in ["configured", "kernel-default"] {
+            let _ = m.range_ports.remove_label_values(&[ns.as_str(), source]);
+        }
+        let _ = m.lost.remove_label_values(&[ns.as_str()]);
+        for l in self.shown.remove(&netns).unwrap_or_default() {
+            let l = refs(&l);
+            let _ = m.in_use.remove_label_values(&l);
+            let _ = m.pressure.remove_label_values(&l);
+            let _ = m.exhaustion.remove_label_values(&l);
+        }
+        self.failure_spaces.retain(|l| {
+            let mine = l[0] == ns;
+            if mine {
+                let _ = m.failures.remove_label_values(&refs(l));
+            }
+            !mine
+        });
+        self.stats.remove(&netns);
+        self.rates.retain(|(n, _), _| *n != netns);
+    }
+
     fn drop_idlest_rate(&mut self) {
         if let Some(k) = self
             .rates

@@ -99,11 +99,25 @@ pub fn parse_nat_ports(s: &str) -> Result<NatRange, String> {
     })
 }
 
+/// One running watcher.
+struct Running {
+    netns: u32,
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // The thread wakes within its receive timeout, polls the counters once more, ends.
+        let _ = self.handle.join();
+    }
+}
+
 /// Running watchers: their updates arrive on `rx`; dropping this stops them.
 pub struct Watchers {
     pub rx: mpsc::Receiver<NatUpdate>,
-    stop: Arc<AtomicBool>,
-    handles: Vec<std::thread::JoinHandle<()>>,
+    running: Vec<Running>,
     tx: mpsc::Sender<NatUpdate>,
     opts: WatchOptions,
     /// Namespaces watched (inodes).
@@ -117,8 +131,7 @@ impl Watchers {
         let (tx, rx) = mpsc::channel(CHANNEL);
         Watchers {
             rx,
-            stop: Arc::new(AtomicBool::new(false)),
-            handles: Vec::new(),
+            running: Vec::new(),
             tx,
             opts: WatchOptions {
                 range: range.unwrap_or(KERNEL_DEFAULT_RANGE),
@@ -135,20 +148,44 @@ impl Watchers {
             return Ok(());
         }
         let netns = target.netns;
-        let h = watch::spawn(target, self.opts, self.tx.clone(), self.stop.clone())?;
-        self.handles.push(h);
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = watch::spawn(target, self.opts, self.tx.clone(), stop.clone())?;
+        self.running.push(Running {
+            netns,
+            stop,
+            handle,
+        });
         self.watched.push(netns);
         Ok(())
     }
-}
 
-impl Watchers {
+    /// Stops watching the namespaces `keep` refuses, and forgets that they were tried (a
+    /// namespace that comes back is watched again); returns them. A watcher's sockets keep
+    /// its namespace alive, so one that is no longer tracked must go.
+    pub fn retain(&mut self, keep: impl Fn(u32) -> bool) -> Vec<u32> {
+        let (kept, gone): (Vec<Running>, Vec<Running>) =
+            self.running.drain(..).partition(|r| keep(r.netns));
+        self.running = kept;
+        let gone: Vec<u32> = gone
+            .into_iter()
+            .map(|r| {
+                let n = r.netns;
+                r.stop();
+                n
+            })
+            .collect();
+        self.watched.retain(|n| !gone.contains(n));
+        self.tried.retain(|n| keep(*n));
+        gone
+    }
+
     /// Stops every watcher and waits for it; their last updates stay in `rx`.
     pub fn stop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        // Each thread wakes within its receive timeout, polls the counters once more, ends.
-        for h in self.handles.drain(..) {
-            let _ = h.join();
+        for r in &self.running {
+            r.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        for r in self.running.drain(..) {
+            r.stop();
         }
     }
 }
