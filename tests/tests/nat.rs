@@ -333,10 +333,18 @@ fn masquerade_ports_and_failures_match_conntrack() {
     assert_eq!(firing["saddr"], NODE_OUTSIDE.to_string());
     assert_eq!(firing["netns"], node_inode);
     eprintln!("prometheus: NatPortsExhausted firing: {firing}");
-    // Every NAT dashboard query and alert reads series that exist here (serve.rs skips them).
-    let empty = expressions_without_data(&prom, |e| {
-        e.contains("port_trace_nat_") || e.contains("port_trace_conntrack_")
-    });
+    // Every NAT dashboard query and alert reads series that exist here (serve.rs skips them);
+    // increase() and rate() need a second scrape, hence the wait.
+    let mut empty = Vec::new();
+    for _ in 0..60 {
+        empty = expressions_without_data(&prom, |e| {
+            e.contains("port_trace_nat_") || e.contains("port_trace_conntrack_")
+        });
+        if empty.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert!(
         empty.is_empty(),
         "expressions without data:\n{}",
