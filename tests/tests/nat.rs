@@ -455,3 +455,35 @@ fn nat_on_in_a_missing_namespace_is_an_error() {
     assert!(err.contains("/nonexistent/netns"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Without CAP_NET_ADMIN conntrack does not answer: `--nat on` is one sentence naming the
+/// capability and a non-zero exit; the default (`auto`) says so once and traces on.
+#[test]
+fn nat_without_cap_net_admin_is_one_sentence() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !require_root("nat_without_cap_net_admin_is_one_sentence") {
+        return;
+    }
+    let run = |nat: &str| {
+        Command::new("setpriv")
+            .args(["--inh-caps=-net_admin", "--bounding-set=-net_admin"])
+            .arg(port_trace_bin())
+            .args(["trace", "--nat", nat, "--duration", "1s"])
+            .output()
+            .expect("setpriv (Debian package util-linux)")
+    };
+    let on = run("on");
+    let err = String::from_utf8_lossy(&on.stderr);
+    assert_eq!(on.status.code(), Some(2), "{err}");
+    assert!(err.contains("CAP_NET_ADMIN"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let auto = run("auto");
+    let err = String::from_utf8_lossy(&auto.stderr);
+    assert!(auto.status.success(), "{err}");
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("not watching NAT"))
+        .collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(said[0].contains("CAP_NET_ADMIN"), "{err}");
+}

@@ -78,6 +78,19 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     line("cgroup_sock", &k.cgroup_sock);
     line("cgroup_sock_addr", &k.cgroup_sock_addr);
     line("raw_tracepoint", &k.raw_tracepoint);
+    line(
+        "conntrack netlink",
+        &match crate::nat::watch::probe() {
+            Ok(cpus) => Fact {
+                ok: true,
+                note: format!("NAT-chosen ports can be watched ({cpus} CPUs report statistics)"),
+            },
+            Err(e) => Fact {
+                ok: false,
+                note: format!("NAT-chosen ports not seen: {}", crate::errors::chain(&e)),
+            },
+        },
+    );
     if !k.missing_tracepoints.is_empty() {
         println!(
             "  missing tracepoints: {}",

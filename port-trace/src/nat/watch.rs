@@ -213,39 +213,10 @@ impl Watcher {
     fn dump(
         &mut self,
         request: ConntrackMessage,
-        mut f: impl FnMut(CtMessage),
+        f: impl FnMut(CtMessage),
     ) -> Result<(), NatError> {
         self.seq += 1;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = self.seq;
-        let mut msg = NetlinkMessage::new(
-            header,
-            NetfilterMessage::new(
-                NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
-                request,
-            )
-            .into(),
-        );
-        msg.finalize();
-        let mut buf = vec![0; msg.buffer_len()];
-        msg.serialize(&mut buf);
-        self.requests.send(&buf, 0).map_err(NatError::from_io)?;
-        // A dump is finite; this bounds it should the kernel never say "done".
-        for _ in 0..1_000_000 {
-            let (data, _) = self.requests.recv_from_full().map_err(NatError::from_io)?;
-            for one in split(&data) {
-                match decode(one).map_err(NatError::Decode)? {
-                    CtMessage::Done => return Ok(()),
-                    CtMessage::Error(0) => {}
-                    CtMessage::Error(code) => {
-                        return Err(NatError::from_io(std::io::Error::from_raw_os_error(-code)));
-                    }
-                    m => f(m),
-                }
-            }
-        }
-        Err(NatError::Decode("a conntrack dump did not end".into()))
+        dump(&self.requests, self.seq, request, f)
     }
 
     fn run(&mut self, tx: &mpsc::Sender<NatUpdate>, stop: &AtomicBool) {
@@ -407,6 +378,70 @@ impl Watcher {
             self.lost += 1;
         }
     }
+}
+
+/// Sends a dump request on `socket` and hands every reply to `f` until the dump ends.
+fn dump(
+    socket: &Socket,
+    seq: u32,
+    request: ConntrackMessage,
+    mut f: impl FnMut(CtMessage),
+) -> Result<(), NatError> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let mut msg = NetlinkMessage::new(
+        header,
+        NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
+            request,
+        )
+        .into(),
+    );
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    socket.send(&buf, 0).map_err(NatError::from_io)?;
+    // A dump is finite; this bounds it should the kernel never say "done".
+    for _ in 0..1_000_000 {
+        let (data, _) = socket.recv_from_full().map_err(NatError::from_io)?;
+        for one in split(&data) {
+            match decode(one).map_err(NatError::Decode)? {
+                CtMessage::Done => return Ok(()),
+                CtMessage::Error(0) => {}
+                CtMessage::Error(code) => {
+                    return Err(NatError::from_io(std::io::Error::from_raw_os_error(-code)));
+                }
+                m => f(m),
+            }
+        }
+    }
+    Err(NatError::Decode("a conntrack dump did not end".into()))
+}
+
+/// Whether conntrack netlink answers in the calling thread's namespace (`check`): the number
+/// of CPUs that reported statistics.
+pub fn probe() -> Result<usize, NatError> {
+    let socket = open_socket()?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(NatError::from_io)?;
+    set_timeout(&socket, Duration::from_secs(5))?;
+    let mut cpus = 0;
+    dump(
+        &socket,
+        1,
+        ConntrackMessage::Other {
+            message_type: IPCTNL_MSG_CT_GET_STATS_CPU,
+            attributes: vec![],
+        },
+        |m| {
+            if matches!(m, CtMessage::Stats { .. }) {
+                cpus += 1;
+            }
+        },
+    )?;
+    Ok(cpus)
 }
 
 fn family(a: IpAddr) -> Family {
