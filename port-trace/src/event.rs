@@ -33,7 +33,8 @@ pub struct Event {
     #[serde(default)]
     pub latency_ns: Option<u64>,
     /// For `op: nat` only: the connection before translation and the NAT port space it
-    /// landed in (`port`/`saddr` are then the translated source, docs/nat.md).
+    /// landed in (`port`/`saddr` are then the translated source and `daddr`/`dport` the peer
+    /// after any DNAT, docs/nat.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatInfo>,
 }
@@ -44,6 +45,12 @@ pub struct NatInfo {
     /// The source before translation; `None` for a failure (conntrack counts it, no tuple).
     pub orig_saddr: Option<IpAddr>,
     pub orig_sport: Option<u16>,
+    /// The destination the client asked for, when it was translated too (DNAT, e.g. a
+    /// Kubernetes service address): `daddr`/`dport` are then the peer really talked to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orig_daddr: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orig_dport: Option<u16>,
     /// Live mappings from this translated source address to this destination, this one
     /// included, as conntrack's table held them.
     pub in_use: u32,

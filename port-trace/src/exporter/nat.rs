@@ -339,6 +339,8 @@ mod tests {
             e.nat = Some(NatInfo {
                 orig_saddr: None,
                 orig_sport: None,
+                orig_daddr: None,
+                orig_dport: None,
                 in_use: 10,
                 range: NatRange {
                     low: 1,

@@ -43,6 +43,11 @@ pub struct SourceNat {
     pub orig: Tuple5,
     pub translated_addr: IpAddr,
     pub translated_port: u16,
+    /// The peer really talked to: the reply's source. It differs from the original
+    /// destination when the destination was translated too (a Kubernetes service address
+    /// DNATed to a pod), and it is what the translated tuple must be unique toward.
+    pub peer_addr: IpAddr,
+    pub peer_port: u16,
 }
 
 impl Connection {
@@ -54,6 +59,8 @@ impl Connection {
             orig: self.orig,
             translated_addr: addr,
             translated_port: port,
+            peer_addr: self.reply.src,
+            peer_port: self.reply.sport,
         })
     }
 }
@@ -399,6 +406,37 @@ mod tests {
             src_nat_flag: false,
         };
         assert_eq!(c.source_nat(), None);
+    }
+
+    #[test]
+    fn a_service_address_is_charged_to_the_backend_really_talked_to() {
+        // 192.0.2.2 -> service 203.0.113.10:80, DNATed to 198.51.100.7:8080 and masqueraded
+        // to 198.51.100.1:40001.
+        let orig = Tuple5 {
+            proto: Proto::Tcp,
+            src: Ipv4Addr::new(192, 0, 2, 2).into(),
+            sport: 5000,
+            dst: Ipv4Addr::new(203, 0, 113, 10).into(),
+            dport: 80,
+        };
+        let reply = Tuple5 {
+            proto: Proto::Tcp,
+            src: Ipv4Addr::new(198, 51, 100, 7).into(),
+            sport: 8080,
+            dst: Ipv4Addr::new(198, 51, 100, 1).into(),
+            dport: 40001,
+        };
+        let n = Connection {
+            orig,
+            reply,
+            src_nat_flag: true,
+        }
+        .source_nat()
+        .unwrap();
+        assert_eq!((n.peer_addr, n.peer_port), (reply.src, 8080));
+        assert_eq!(n.translated_port, 40001);
+        let key = crate::nat::occupancy::SpaceKey::of(&n);
+        assert_eq!((key.daddr, key.dport), (reply.src, 8080));
     }
 
     #[test]

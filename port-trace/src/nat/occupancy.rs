@@ -8,7 +8,8 @@ use super::decode::{SourceNat, Tuple5};
 use crate::event::{NatRange, Proto};
 
 /// One NAT port space: the kernel needs the whole translated tuple to be unique, so for a
-/// given translated source address and destination only the NAT range's ports are left.
+/// given translated source address and destination (after any DNAT) only the NAT range's
+/// ports are left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpaceKey {
     pub proto: Proto,
@@ -22,8 +23,8 @@ impl SpaceKey {
         SpaceKey {
             proto: n.orig.proto,
             translated: n.translated_addr,
-            daddr: n.orig.dst,
-            dport: n.orig.dport,
+            daddr: n.peer_addr,
+            dport: n.peer_port,
         }
     }
 }
@@ -123,6 +124,8 @@ mod tests {
             },
             translated_addr: Ipv4Addr::new(198, 51, 100, 1).into(),
             translated_port: tport,
+            peer_addr: Ipv4Addr::new(198, 51, 100, 2).into(),
+            peer_port: dport,
         }
     }
 

@@ -291,8 +291,8 @@ impl Watcher {
                     family: family(n.translated_addr),
                     port: n.translated_port,
                     saddr: n.translated_addr,
-                    daddr: Some(n.orig.dst),
-                    dport: Some(n.orig.dport),
+                    daddr: Some(n.peer_addr),
+                    dport: Some(n.peer_port),
                     result: Outcome::Ok,
                     pid: 0,
                     tid: 0,
@@ -305,6 +305,8 @@ impl Watcher {
                     nat: Some(NatInfo {
                         orig_saddr: Some(n.orig.src),
                         orig_sport: Some(n.orig.sport),
+                        orig_daddr: (n.orig.dst != n.peer_addr).then_some(n.orig.dst),
+                        orig_dport: (n.orig.dport != n.peer_port).then_some(n.orig.dport),
                         in_use,
                         range: self.opts.range,
                     }),
@@ -357,6 +359,8 @@ impl Watcher {
                 nat: Some(NatInfo {
                     orig_saddr: None,
                     orig_sport: None,
+                    orig_daddr: None,
+                    orig_dport: None,
                     in_use,
                     range: self.opts.range,
                 }),

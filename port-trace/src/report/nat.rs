@@ -176,6 +176,8 @@ mod tests {
         e.nat = Some(NatInfo {
             orig_saddr: None,
             orig_sport: None,
+            orig_daddr: None,
+            orig_dport: None,
             in_use,
             range: NatRange {
                 low: 40000,

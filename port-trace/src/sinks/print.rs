@@ -79,7 +79,21 @@ fn nat_note(n: &crate::event::NatInfo) -> String {
         Some((a, p)) => format!(" from {}", endpoint(&a, p)),
         None => String::new(),
     };
-    format!("{from} ({}/{} NAT ports in use)", n.in_use, n.range.size())
+    let asked = match (n.orig_daddr, n.orig_dport) {
+        (None, None) => String::new(),
+        (a, p) => format!(
+            " asked for {}",
+            endpoint(
+                &a.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+                p.unwrap_or(0)
+            )
+        ),
+    };
+    format!(
+        "{from}{asked} ({}/{} NAT ports in use)",
+        n.in_use,
+        n.range.size()
+    )
 }
 
 /// Writes events; a closed stdout (`| head`) ends the trace quietly.
