@@ -1,6 +1,8 @@
 //! Ports chosen by NAT, judged by conntrack and by the client: a "pod" namespace behind a
-//! "node" namespace that masquerades with `--to-ports 40000-40009` toward a "server" namespace.
-//! Ten connections fill the NAT range toward the server; two more cannot be mapped. Every NAT
+//! "node" namespace that masquerades with `--to-ports 40000-40009` toward a "server" namespace,
+//! and DNATs a "service" address to the server as kube-proxy does. Ten connections, half of
+//! them through the service address, fill the one NAT space toward the server; two more (one
+//! each way) cannot be mapped. Every NAT
 //! event must match conntrack's own table (`conntrack -L`), the failures must match conntrack's
 //! `insert_failed` (`conntrack -S`) and name the server, and a real scrape of `serve` and a
 //! real Prometheus evaluating deploy/prometheus/alerts.yml must say the same.
@@ -24,6 +26,9 @@ const NODE_INSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const NODE_OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const SERVER_PORT: u16 = 8080;
+/// A service address the node DNATs to the server.
+const SERVICE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const SERVICE_PORT: u16 = 80;
 const NAT_LOW: u16 = 40000;
 const NAT_HIGH: u16 = 40009;
 const NAT_PORTS: usize = 10;
@@ -119,21 +124,45 @@ fn topology() -> Topology {
             &ports,
         ])
         .expect("iptables (Debian package iptables; `cargo xtask test` installs it)");
-    t
-}
-
-/// conntrack's table in `ns`: original source port -> the translated (reply destination) port,
-/// for TCP toward the server.
-fn conntrack_table(ns: &Netns) -> HashMap<u16, (Ipv4Addr, u16)> {
-    let out = ns
+    // A "service" address the node translates to the server, as kube-proxy does.
+    let backend = format!("{SERVER}:{SERVER_PORT}");
+    let service = SERVICE.to_string();
+    let service_port = SERVICE_PORT.to_string();
+    t.node
         .exec(&[
-            "conntrack",
-            "-L",
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            &service,
             "-p",
             "tcp",
             "--dport",
-            &SERVER_PORT.to_string(),
+            &service_port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &backend,
         ])
+        .unwrap();
+    t
+}
+
+/// One conntrack entry, as `conntrack -L` prints it.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// The reply's source: the peer after any DNAT.
+    peer: (Ipv4Addr, u16),
+    /// The reply's destination: the translated source.
+    translated: (Ipv4Addr, u16),
+}
+
+/// conntrack's TCP table in `ns`, by original source port.
+fn conntrack_table(ns: &Netns) -> HashMap<u16, Entry> {
+    let out = ns
+        .exec(&["conntrack", "-L", "-p", "tcp"])
         .expect("conntrack (Debian package conntrack; `cargo xtask test` installs it)");
     let mut table = HashMap::new();
     for line in out.lines() {
@@ -149,12 +178,19 @@ fn conntrack_table(ns: &Netns) -> HashMap<u16, (Ipv4Addr, u16)> {
                 .map(|f| f.1)
         };
         // The original tuple comes first, the reply tuple second.
-        if let (Some(sport), Some(rdst), Some(rdport)) =
-            (get("sport", 0), get("dst", 1), get("dport", 1))
-        {
+        if let (Some(sport), Some(rsrc), Some(rsport), Some(rdst), Some(rdport)) = (
+            get("sport", 0),
+            get("src", 1),
+            get("sport", 1),
+            get("dst", 1),
+            get("dport", 1),
+        ) {
             table.insert(
                 sport.parse().unwrap(),
-                (rdst.parse().unwrap(), rdport.parse().unwrap()),
+                Entry {
+                    peer: (rsrc.parse().unwrap(), rsport.parse().unwrap()),
+                    translated: (rdst.parse().unwrap(), rdport.parse().unwrap()),
+                },
             );
         }
     }
@@ -238,12 +274,15 @@ fn masquerade_ports_and_failures_match_conntrack() {
     let (connected, refused) = t
         .pod
         .within(|| {
-            let dest = SocketAddr::from((SERVER, SERVER_PORT));
+            let direct = SocketAddr::from((SERVER, SERVER_PORT));
+            let service = SocketAddr::from((SERVICE, SERVICE_PORT));
             let mut held = Vec::new();
             let mut refused = 0;
-            for _ in 0..NAT_PORTS + 2 {
+            // Every other one through the service address: the same backend, the same space.
+            for i in 0..NAT_PORTS + 2 {
+                let dest = if i % 2 == 0 { direct } else { service };
                 match TcpStream::connect_timeout(&dest, Duration::from_secs(2)) {
-                    Ok(s) => held.push(s),
+                    Ok(s) => held.push((s, dest)),
                     Err(e) => {
                         assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
                         refused += 1;
@@ -258,10 +297,14 @@ fn masquerade_ports_and_failures_match_conntrack() {
         NAT_PORTS,
         "the NAT range holds ten connections"
     );
-    assert_eq!(refused, 2, "the eleventh and twelfth find no NAT port");
-    let client_ports: Vec<u16> = connected
+    assert_eq!(
+        refused, 2,
+        "the eleventh (direct) and twelfth (through the service) find no NAT port"
+    );
+    // The port each connection had in the pod, and the address it asked for.
+    let asked: HashMap<u16, SocketAddr> = connected
         .iter()
-        .map(|s| s.local_addr().unwrap().port())
+        .map(|(s, dest)| (s.local_addr().unwrap().port(), *dest))
         .collect();
 
     // Ground truth: conntrack's table and counters.
@@ -360,9 +403,10 @@ fn masquerade_ports_and_failures_match_conntrack() {
     assert_eq!(ok.len(), NAT_PORTS, "{nat:?}");
     for e in &ok {
         let sport = e["nat"]["orig_sport"].as_u64().unwrap() as u16;
-        assert!(client_ports.contains(&sport), "{e}: not a client's port");
+        let dest = asked[&sport];
         assert_eq!(e["nat"]["orig_saddr"], POD.to_string());
-        let (addr, port) = table[&sport];
+        let entry = table[&sport];
+        let (addr, port) = entry.translated;
         assert_eq!(e["saddr"], addr.to_string(), "{e}");
         assert_eq!(
             e["port"].as_u64(),
@@ -370,8 +414,19 @@ fn masquerade_ports_and_failures_match_conntrack() {
             "{e}: conntrack says {port}"
         );
         assert!((NAT_LOW..=NAT_HIGH).contains(&port));
+        // The peer is conntrack's reply source: the server, also behind the service address.
+        assert_eq!(entry.peer, (SERVER, SERVER_PORT));
         assert_eq!(e["daddr"], SERVER.to_string());
         assert_eq!(e["dport"].as_u64(), Some(u64::from(SERVER_PORT)));
+        if dest.ip() == std::net::IpAddr::V4(SERVICE) {
+            assert_eq!(e["nat"]["orig_daddr"], SERVICE.to_string(), "{e}");
+            assert_eq!(
+                e["nat"]["orig_dport"].as_u64(),
+                Some(u64::from(SERVICE_PORT))
+            );
+        } else {
+            assert!(e["nat"]["orig_daddr"].is_null(), "{e}");
+        }
         assert_eq!(e["netns"].as_u64(), Some(t.node.inode));
     }
     assert_eq!(
