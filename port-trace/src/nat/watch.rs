@@ -220,7 +220,11 @@ impl Watcher {
     }
 
     fn run(&mut self, tx: &mpsc::Sender<NatUpdate>, stop: &AtomicBool) {
-        let mut next_poll = Instant::now();
+        // The counters failures are measured from, first: consumers count from them.
+        if let Some(baseline) = self.last {
+            self.status(tx, baseline);
+        }
+        let mut next_poll = Instant::now() + self.opts.stats_interval;
         while !stop.load(Ordering::Relaxed) {
             if self.receive(tx).is_err() {
                 return;
@@ -367,9 +371,14 @@ impl Watcher {
             };
             self.send(tx, NatUpdate::Event(e));
         }
+        self.status(tx, now);
+    }
+
+    /// Reports the counters and the fullest spaces.
+    fn status(&mut self, tx: &mpsc::Sender<NatUpdate>, stats: CpuStats) {
         let status = NatUpdate::Status {
             netns: self.netns,
-            stats: now,
+            stats,
             range: self.opts.range,
             top: self.occupancy.top(TOP_SPACES),
             lost: self.lost,
