@@ -23,6 +23,7 @@ mod build;
 mod dist;
 mod fuzz;
 mod lint;
+mod netns;
 mod run;
 mod setup;
 mod shell;
