@@ -24,6 +24,7 @@ mod dist;
 mod fuzz;
 mod lint;
 mod netns;
+mod progress;
 mod run;
 mod setup;
 mod shell;
