@@ -90,6 +90,9 @@ pub fn decode(raw: &PortEvent, clock: &Clock) -> Result<Event, DecodeError> {
         netns: raw.netns,
         hook: HookId::try_from(raw.hook)?,
         latency_ns: (raw.latency_ns != 0).then_some(raw.latency_ns),
+        // Filled in by the session's attributor, which may look the id up.
+        cgroup: None,
+        workload: None,
     })
 }
 
