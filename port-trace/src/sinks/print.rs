@@ -32,7 +32,7 @@ fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
 
 /// A command name as it may be shown on a terminal: control characters (a newline that would
 /// forge a row, an escape sequence) are written escaped. Process names are chosen by anyone.
-fn printable(comm: &str) -> String {
+pub fn printable(comm: &str) -> String {
     comm.chars()
         .flat_map(|c| {
             let escaped = c.is_control().then(|| c.escape_default());
