@@ -52,6 +52,8 @@ pub enum QosClass {
     /// Directly under `kubepods`: requests equal limits.
     Guaranteed,
     Burstable,
+    /// Spelled as the kubelet's cgroup names it (and as `name()` gives it).
+    #[serde(rename = "besteffort")]
     BestEffort,
 }
 
@@ -492,6 +494,13 @@ mod tests {
         let u: Workload =
             serde_json::from_str(r#"{"kind":"unit","unit":"a.service","user_unit":null}"#).unwrap();
         assert_eq!(u.label(None), "a.service");
+        for q in [
+            QosClass::Guaranteed,
+            QosClass::Burstable,
+            QosClass::BestEffort,
+        ] {
+            assert_eq!(serde_json::to_value(q).unwrap(), q.name());
+        }
         assert_eq!(
             serde_json::to_string(&Workload::Removed).unwrap(),
             r#"{"kind":"removed"}"#

@@ -166,7 +166,7 @@ fn render_workloads(out: &mut String, rows: &[WorkloadSummary]) {
     }
     let _ = writeln!(
         out,
-        "{:<48} {:<10} {:>7} {:>8} {:<18} {:>8} TOP STREAMS (its share, pressure)",
+        "{:<64} {:<10} {:>7} {:>8} {:<18} {:>8} TOP STREAMS (its share, pressure)",
         "WORKLOAD", "KIND", "N", "RATE/S", "FAILURES", "PRESSURE"
     );
     for w in rows {
@@ -194,7 +194,7 @@ fn render_workloads(out: &mut String, rows: &[WorkloadSummary]) {
             .join("; ");
         let _ = writeln!(
             out,
-            "{:<48} {:<10} {:>7} {:>8.1} {:<18} {:>8} {}",
+            "{:<64} {:<10} {:>7} {:>8.1} {:<18} {:>8} {}",
             crate::sinks::print::printable(&w.label),
             w.workload.as_ref().map_or("-", |k| k.kind()),
             w.allocations,
