@@ -6,13 +6,16 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::{TcpListener, TcpStream, UdpSocket},
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use port_trace_tests::{Netns, SERIAL, TraceProcess, port_trace_bin, require_root};
+use port_trace_tests::{
+    Netns, SERIAL, TraceProcess, port_trace_bin, require_root,
+    scrape::{free_port, get, value},
+};
 use serde_json::{Value, json};
 
 /// Set in the workload process: the test binary re-run as the workload.
@@ -26,9 +29,9 @@ const FS_ID: &str = "0badc0de0badc0de0badc0de0badc0de0badc0de0badc0de0badc0de0ba
 const POD_UID: &str = "6a1c8e2f-3b4d-4e5f-8a9b-0c1d2e3f4a5b";
 const FS_POD_UID: &str = "0f9e8d7c-6b5a-4c3d-9e2f-1a0b9c8d7e6f";
 
-/// Not a test on its own: the workload, when the test below runs this binary with
+/// Not a test on its own: the workload, when the tests below run this binary with
 /// [`CHILD_ENV`] set. It waits for "go" (it has been moved into its cgroup by then), picks
-/// three ports and prints them with the cgroup it was in.
+/// three ports, prints them with the cgroup it was in, and waits for a second line to exit.
 #[test]
 fn workload_process() {
     if std::env::var_os(CHILD_ENV).is_none() {
@@ -48,6 +51,9 @@ fn workload_process() {
     ];
     let line = json!({"pid": std::process::id(), "cgroup": cgroup, "ports": ports});
     println!("{RESULT}{line}");
+    // Stay (holding the namespace and the sockets) until told to go.
+    let mut exit = String::new();
+    std::io::stdin().read_line(&mut exit).unwrap();
 }
 
 /// The cgroup v2 path of process `pid` ("self" for this one), from /proc: what the kernel
@@ -113,9 +119,28 @@ struct Ran {
     workload: Value,
 }
 
-/// Runs the workload in `ns`, moves it into cgroup `rel` before it picks its ports, and
-/// returns what it did and where it was.
-fn run_in(cg: &Cgroups, rel: &str, ns: &Netns, workload: Value) -> Ran {
+/// A workload process that has picked its ports and waits to be told to exit.
+struct Running {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+    ran: Ran,
+}
+
+impl Running {
+    /// Tells it to exit and waits for it.
+    fn finish(mut self) -> Ran {
+        writeln!(self.child.stdin.as_mut().unwrap(), "exit").unwrap();
+        // Read to the end: a reader that stopped early would break the workload's pipe.
+        let mut rest = String::new();
+        self.out.read_to_string(&mut rest).unwrap();
+        assert!(self.child.wait().unwrap().success(), "{rest}");
+        self.ran
+    }
+}
+
+/// Starts the workload in `ns`, moves it into cgroup `rel` before it picks its ports, and
+/// returns once it has: what it did and where it was.
+fn start_in(cg: &Cgroups, rel: &str, ns: &Netns, workload: Value) -> Running {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name])
@@ -135,23 +160,22 @@ fn run_in(cg: &Cgroups, rel: &str, ns: &Netns, workload: Value) -> Ran {
     let pid = child.id();
     fs::write(cg.procs(rel), pid.to_string()).unwrap();
     assert_eq!(own_cgroup(&pid.to_string()), rel, "the kernel moved it");
-    writeln!(child.stdin.take().unwrap(), "go").unwrap();
-    // Read to the end: a reader that stopped early would break the workload's pipe.
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let line = out
-        .lines()
-        .find_map(|l| l.split_once(RESULT).map(|(_, r)| r.to_string()))
-        .expect("the workload's result line");
-    assert!(child.wait().unwrap().success());
+    writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    // Bounded by the workload's own output: it prints its result line, then waits.
+    let line = loop {
+        let mut l = String::new();
+        assert!(
+            out.read_line(&mut l).unwrap() > 0,
+            "the workload's result line"
+        );
+        if let Some((_, r)) = l.split_once(RESULT) {
+            break r.trim().to_string();
+        }
+    };
     let v: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["pid"].as_u64(), Some(pid as u64));
-    Ran {
+    let ran = Ran {
         pid: pid as u64,
         cgroup: v["cgroup"].as_str().unwrap().to_string(),
         ports: v["ports"]
@@ -161,7 +185,13 @@ fn run_in(cg: &Cgroups, rel: &str, ns: &Netns, workload: Value) -> Ran {
             .map(|p| p.as_u64().unwrap())
             .collect(),
         workload,
-    }
+    };
+    Running { child, out, ran }
+}
+
+/// [`start_in`], then let it exit.
+fn run_in(cg: &Cgroups, rel: &str, ns: &Netns, workload: Value) -> Ran {
+    start_in(cg, rel, ns, workload).finish()
 }
 
 /// The recording's events (not its namespace lines).
@@ -300,4 +330,53 @@ fn every_event_names_the_cgroup_its_process_was_in() {
 /// The path as the tracer reports it: relative to the hierarchy's root, starting with '/'.
 fn cg_rel(p: &str) -> String {
     format!("/{}", p.trim_start_matches('/'))
+}
+
+/// `serve`: the workload's allocations appear under its name, and its namespace is named after
+/// it while it holds it.
+#[test]
+fn serve_names_workloads_and_namespace_owners() {
+    if !require_root("serve_names_workloads_and_namespace_owners") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cg = Cgroups::new();
+    let ns = Netns::new().expect("create network namespace");
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let listen = addr.to_string();
+    let daemon = TraceProcess::spawn(&["serve", "--listen", &listen, "--refresh-interval", "1s"])
+        .expect("start port-trace serve");
+    let unit = cg.make("pt-demo.slice/pt-api.service");
+    let running = start_in(
+        &cg,
+        &unit,
+        &ns,
+        json!({"kind": "unit", "unit": "pt-api.service", "user_unit": null}),
+    );
+    let inode = ns.inode;
+    let rate = "port_trace_workload_allocation_rate{kind=\"unit\",workload=\"pt-api.service\"}";
+    let owner = format!(
+        "port_trace_netns_workload_info{{kind=\"unit\",netns=\"{inode}\",workload=\"pt-api.service\"}}"
+    );
+    // Waits for a state (the daemon refreshes on a timer); the bound only keeps a broken
+    // daemon from hanging CI.
+    let mut body = String::new();
+    for _ in 0..300 {
+        body = get(addr, "/metrics").expect("the daemon answers").1;
+        if value(&body, rate).is_some() && value(&body, &owner).is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let shown: Vec<&str> = body.lines().filter(|l| l.contains("workload")).collect();
+    eprintln!("{}", shown.join("\n"));
+    // Three ports in the last minute, as a per-second rate over the minute.
+    assert_eq!(value(&body, rate), Some(3.0 / 60.0), "{rate}");
+    assert_eq!(value(&body, &owner), Some(1.0), "{owner}");
+    let ran = running.finish();
+    assert_eq!(ran.ports.len(), 3);
+    let (_, stderr) = daemon
+        .stop_with(nix::sys::signal::Signal::SIGTERM)
+        .expect("serve exits 0");
+    assert!(stderr.contains("stopped"), "{stderr}");
 }
