@@ -1,6 +1,12 @@
 //! The event users read: one kernel port choice or failure, typed end to end.
 
-use std::{borrow::Cow, collections::HashMap, fmt, net::IpAddr, sync::OnceLock};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    sync::{Arc, OnceLock},
+};
 
 pub use port_trace_common::{Family, HookId, Op, Proto};
 
@@ -38,11 +44,11 @@ pub struct Event {
     /// (`/system.slice/nginx.service`); `null` when it could not be resolved (see `workload`)
     /// and in recordings made before the field existed.
     #[serde(default)]
-    pub cgroup: Option<String>,
+    pub cgroup: Option<Arc<str>>,
     /// Who runs in that cgroup: unit, container or pod (docs/attribution.md); `null` in
     /// recordings made before the field existed.
     #[serde(default)]
-    pub workload: Option<Workload>,
+    pub workload: Option<Arc<Workload>>,
 }
 
 impl Event {

@@ -7,7 +7,7 @@ pub mod netns_owner;
 pub mod resolver;
 pub mod workload;
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 pub use netns_owner::{NetnsOwner, scan_proc};
 pub use resolver::{CgroupResolver, Resolved};
@@ -33,8 +33,11 @@ impl Attributor {
             Some(r) => r.resolve(e.cgroup_id),
             None => Resolved::Unresolved,
         };
-        e.cgroup = r.path().map(str::to_string);
-        e.workload = Some(r.workload());
+        // Shared with the cache: an event costs two reference counts, not a copy.
+        (e.cgroup, e.workload) = match r {
+            Resolved::Path(path, workload) => (Some(path), Some(workload)),
+            other => (None, Some(Arc::new(other.workload()))),
+        };
     }
 
     pub fn resolver(&self) -> Option<&CgroupResolver> {

@@ -256,8 +256,8 @@ mod tests {
         let dest = Some((Ipv4Addr::LOCALHOST, 80));
         let mut e = test_event(Op::Connect, Proto::Tcp, 40000, dest, result, ts);
         let path = format!("/system.slice/{unit}");
-        e.workload = Some(classify(&path));
-        e.cgroup = Some(path);
+        e.workload = Some(classify(&path).into());
+        e.cgroup = Some(path.into());
         e
     }
 

@@ -71,8 +71,8 @@ struct Tally {
 impl Tally {
     fn new(e: &Event) -> Self {
         Self {
-            workload: e.workload.clone(),
-            cgroup: e.cgroup.clone(),
+            workload: e.workload.as_deref().cloned(),
+            cgroup: e.cgroup.as_deref().map(str::to_string),
             allocations: 0,
             recent: None,
             failures: BTreeMap::new(),
@@ -146,7 +146,7 @@ impl Workloads {
             .by_label
             .into_iter()
             .map(|(label, mut t)| {
-                t.streams.sort_by(|a, b| b.1.cmp(&a.1));
+                t.streams.sort_by_key(|s| std::cmp::Reverse(s.1));
                 t.streams.truncate(TOP_STREAMS);
                 let top_streams: Vec<WorkloadStream> = t
                     .streams
@@ -215,7 +215,7 @@ mod tests {
             ts,
         );
         e.cgroup = Some(path.into());
-        e.workload = Some(classify(path));
+        e.workload = Some(classify(path).into());
         e
     }
 

@@ -186,7 +186,7 @@ mod tests {
             "old recording: {row}"
         );
         e.cgroup = Some("/system.slice/nginx.service".into());
-        e.workload = Some(crate::attribution::classify("/system.slice/nginx.service"));
+        e.workload = Some(crate::attribution::classify("/system.slice/nginx.service").into());
         let row = table_row(&e);
         assert!(col(&row, "WORKLOAD").starts_with("nginx.service "), "{row}");
         assert_eq!(col(&row, "CGROUP"), "/system.slice/nginx.service");
