@@ -174,7 +174,12 @@ impl fmt::Display for Workload {
 /// The innermost pod, container and unit win: a kind node (`docker-<id>.scope/…/kubepods…`)
 /// is attributed to the pod inside it.
 pub fn classify(path: &str) -> Workload {
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    // `..` steps: /proc/PID/cgroup read from a cgroup namespace other than the process's
+    // (a DaemonSet's) shows the path from our own cgroup (`/../../kubepods.slice/…`).
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != "..")
+        .collect();
     if parts.is_empty() {
         return Workload::Root;
     }
@@ -464,6 +469,16 @@ mod tests {
         }
         // `pod…` outside kubepods is not a pod.
         assert_eq!(classify(&format!("/pod{UID}")), Workload::Other);
+    }
+
+    #[test]
+    fn paths_seen_from_another_cgroup_namespace() {
+        let u = uid_underscored();
+        let w = classify(&format!(
+            "/../../kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope"
+        ));
+        assert_eq!(w.kind(), "pod");
+        assert_eq!(classify("/../.."), Workload::Root);
     }
 
     #[test]
