@@ -209,6 +209,28 @@ fn every_event_names_the_cgroup_its_process_was_in() {
     if !require_root("every_event_names_the_cgroup_its_process_was_in") {
         return;
     }
+    attributed(&[]);
+}
+
+/// The same without `CAP_DAC_READ_SEARCH` (the packaged unit's and the DaemonSet's case): ids
+/// are resolved by walking the hierarchy, and cgroups made while tracing are still found.
+#[test]
+fn every_event_names_its_cgroup_when_resolved_by_walking() {
+    if !require_root("every_event_names_its_cgroup_when_resolved_by_walking") {
+        return;
+    }
+    attributed(&[
+        "setpriv",
+        "--bounding-set",
+        "-dac_read_search",
+        "--inh-caps",
+        "-dac_read_search",
+    ]);
+}
+
+/// Records while workloads run in cgroups of every kind, the tracer started under `wrap`
+/// (a command prefix), and checks each event against where its process was.
+fn attributed(wrap: &[&str]) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut cg = Cgroups::new();
     let ns = Netns::new().expect("create network namespace");
@@ -224,7 +246,23 @@ fn every_event_names_the_cgroup_its_process_was_in() {
     if !hooks.is_empty() {
         args.extend_from_slice(&["--hooks", &hooks]);
     }
-    let tracer = TraceProcess::spawn(&args).expect("start port-trace record");
+    let mut cmd = match wrap.split_first() {
+        Some((prog, rest)) => {
+            let mut c = Command::new(prog);
+            c.args(rest).arg(port_trace_bin());
+            c
+        }
+        None => Command::new(port_trace_bin()),
+    };
+    cmd.args(&args);
+    let tracer = TraceProcess::spawn_command(cmd).expect("start port-trace record");
+    // The tracer says how it resolves: by handle as root, by walking without the capability.
+    assert_eq!(
+        tracer.banner.contains("resolved by walking"),
+        !wrap.is_empty(),
+        "{}",
+        tracer.banner
+    );
 
     // Made while tracing: the resolver has never seen them.
     let docker = cg.make(&format!("system.slice/docker-{DOCKER_ID}.scope"));

@@ -43,4 +43,15 @@ impl Attributor {
     pub fn resolver(&self) -> Option<&CgroupResolver> {
         self.resolver.as_ref()
     }
+
+    /// How cgroup ids are resolved, when not one by one: for the `tracing:` line.
+    pub fn limits(&self) -> Option<&'static str> {
+        match &self.resolver {
+            None => Some("no cgroup v2 mount: workloads are not resolved"),
+            Some(r) if !r.resolves_by_handle() => Some(
+                "cgroups resolved by walking the hierarchy (open_by_handle_at needs CAP_DAC_READ_SEARCH)",
+            ),
+            Some(_) => None,
+        }
+    }
 }

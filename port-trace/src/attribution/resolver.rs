@@ -6,10 +6,13 @@
 //! kernel/cgroup/cgroup.c sets `KERNFS_ROOT_SUPPORT_EXPORTOP`). So one id is resolved with one
 //! `open_by_handle_at` and a `readlink` of the descriptor: no directory walk, and cgroups made
 //! after tracing started are found the first time they are seen. Where that is not permitted
-//! (it needs `CAP_DAC_READ_SEARCH`) the resolver walks the hierarchy instead, at most once per
-//! [`WALK_INTERVAL`] and over at most [`WALK_MAX_DIRS`] directories, so a burst of unknown ids
-//! costs one walk, not one per event. Ids are never reused (a 64-bit counter), so an answer
-//! never goes stale: entries leave the cache only to keep it within [`CACHE_ENTRIES`].
+//! (it needs `CAP_DAC_READ_SEARCH`) the resolver walks the hierarchy instead, over at most
+//! [`WALK_MAX_DIRS`] directories. Ids grow with each cgroup made (kernfs allocates them
+//! cyclically with a generation above: fs/kernfs/dir.c), so an id above every id of the last
+//! walk is a cgroup made since: it gets a walk at once (at most one per [`NEW_ID_WALK_INTERVAL`]);
+//! any other unknown id waits for the next walk due ([`WALK_INTERVAL`]), so a burst of unknown
+//! ids costs one walk, not one per event. Ids are never reused, so an answer never goes stale:
+//! entries leave the cache only to keep it within [`CACHE_ENTRIES`].
 
 use std::{
     collections::HashMap,
@@ -30,6 +33,8 @@ use super::workload::{Workload, classify};
 pub const CACHE_ENTRIES: usize = 16_384;
 /// Least time between two walks of the hierarchy (the fallback).
 pub const WALK_INTERVAL: Duration = Duration::from_secs(1);
+/// Least time between two walks for ids made since the last one.
+pub const NEW_ID_WALK_INTERVAL: Duration = Duration::from_millis(10);
 /// Most directories one walk visits.
 pub const WALK_MAX_DIRS: usize = 100_000;
 
@@ -114,10 +119,17 @@ impl ByHandle {
                 libc::AT_EMPTY_PATH,
             )
         };
-        (rc == 0 && h.handle_bytes == 8).then(|| Self {
+        if rc != 0 || h.handle_bytes != 8 {
+            return None;
+        }
+        let me = Self {
             mount_fd: dir.into(),
             handle_type: h.handle_type,
-        })
+        };
+        // Opening by handle needs CAP_DAC_READ_SEARCH: find out now, on the root (id 1 is in
+        // the handle just made), rather than at the first event.
+        let root = u64::from_ne_bytes(h.id);
+        me.path(root).is_ok().then_some(me)
     }
 
     /// The absolute path of cgroup `id`; Err(errno) when the kernel refuses.
@@ -182,6 +194,8 @@ pub struct CgroupResolver {
     cache: Cache,
     /// Ids that were unresolved, and when: asked again after [`WALK_INTERVAL`].
     last_walk: Option<Instant>,
+    /// The highest id the last walk met: ids above it were made since.
+    max_walked: u64,
     pub stats: ResolverStats,
 }
 
@@ -194,6 +208,7 @@ impl CgroupResolver {
             by_handle: ByHandle::open(mount),
             cache: Cache::default(),
             last_walk: None,
+            max_walked: 0,
             stats: ResolverStats::default(),
         }
     }
@@ -212,7 +227,7 @@ impl CgroupResolver {
     pub fn resolve(&mut self, id: u64) -> Resolved {
         if let Some(r) = self.cache.get(id) {
             match r {
-                Resolved::Unresolved if self.walk_due() => {}
+                Resolved::Unresolved if self.walk_allowed(id) => {}
                 r => return r,
             }
         }
@@ -241,19 +256,23 @@ impl CgroupResolver {
                 Err(_) => self.by_handle = None,
             }
         }
-        if !self.walk_due() {
+        if !self.walk_allowed(id) {
             return Resolved::Unresolved;
         }
-        self.walk();
+        let complete = self.walk();
         match self.cache.get(id) {
             Some(r) => r,
             // A complete walk that did not meet it: the cgroup is gone.
-            None => Resolved::Removed,
+            None if complete => Resolved::Removed,
+            None => Resolved::Unresolved,
         }
     }
 
-    fn walk_due(&self) -> bool {
-        self.last_walk.is_none_or(|t| t.elapsed() >= WALK_INTERVAL)
+    /// A walk may look for `id`: one is due, or `id` is newer than the last walk and the
+    /// last walk was not just now.
+    fn walk_allowed(&self, id: u64) -> bool {
+        let since = |d| self.last_walk.is_none_or(|t| t.elapsed() >= d);
+        since(WALK_INTERVAL) || (id > self.max_walked && since(NEW_ID_WALK_INTERVAL))
     }
 
     /// `abs` relative to the mount, classified; None if it is not under the mount.
@@ -268,15 +287,16 @@ impl CgroupResolver {
         Some(Resolved::Path(path.into(), Arc::new(workload)))
     }
 
-    /// Records the inode of every directory under the mount (bounded).
-    fn walk(&mut self) {
+    /// Records the inode of every directory under the mount (bounded); false when the bound
+    /// cut it short.
+    fn walk(&mut self) -> bool {
         self.last_walk = Some(Instant::now());
         self.stats.walks += 1;
         let mut stack = vec![self.mount.clone()];
         let mut seen = 0;
         while let Some(dir) = stack.pop() {
             if seen >= WALK_MAX_DIRS {
-                break;
+                return false;
             }
             seen += 1;
             // A directory removed during the walk is simply not there.
@@ -284,6 +304,7 @@ impl CgroupResolver {
                 continue;
             };
             if let Some(r) = self.entry(&dir) {
+                self.max_walked = self.max_walked.max(meta.ino());
                 self.cache.insert(meta.ino(), r);
             }
             let Ok(entries) = fs::read_dir(&dir) else {
@@ -295,6 +316,7 @@ impl CgroupResolver {
                 }
             }
         }
+        true
     }
 }
 
@@ -334,10 +356,21 @@ mod tests {
         // An id no directory has: removed (a complete walk did not meet it).
         r.last_walk = Some(Instant::now() - WALK_INTERVAL);
         assert_eq!(r.resolve(u64::MAX), Resolved::Removed);
-        // A second unknown id right after: no walk is due, so it is unresolved for now.
+        // An old unknown id right after: no walk is due, so it is unresolved for now.
         let walks = r.stats.walks;
-        assert_eq!(r.resolve(u64::MAX - 1), Resolved::Unresolved);
+        assert_eq!(r.resolve(1), Resolved::Unresolved);
         assert_eq!(r.stats.walks, walks);
+        // A directory made since the last walk has a higher inode: walked for at once (once
+        // the short interval has passed), without waiting for the next walk due.
+        let late = root.join("system.slice/late.service");
+        fs::create_dir_all(&late).unwrap();
+        if ino(&late) > r.max_walked {
+            r.last_walk = Some(Instant::now() - NEW_ID_WALK_INTERVAL);
+            assert_eq!(
+                r.resolve(ino(&late)).path(),
+                Some("/system.slice/late.service")
+            );
+        }
         fs::remove_dir_all(&root).unwrap();
     }
 

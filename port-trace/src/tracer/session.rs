@@ -169,8 +169,10 @@ impl Session {
         let note = self
             .tracer
             .note
+            .into_iter()
+            .chain(self.attributor.limits())
             .map(|n| format!("; {n}"))
-            .unwrap_or_default();
+            .collect::<String>();
         format!(
             "hook set {set} ({} programs{on}){blind}{note}",
             self.tracer.programs.len()
