@@ -1,8 +1,16 @@
 //! The event users read: one kernel port choice or failure, typed end to end.
 
-use std::{borrow::Cow, collections::HashMap, fmt, net::IpAddr, sync::OnceLock};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    sync::{Arc, OnceLock},
+};
 
 pub use port_trace_common::{Family, HookId, Op, Proto};
+
+use crate::attribution::Workload;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One kernel port choice or failure, as printed by `trace --format json`.
@@ -32,6 +40,15 @@ pub struct Event {
     /// recordings made before the field existed.
     #[serde(default)]
     pub latency_ns: Option<u64>,
+    /// The cgroup v2 path of `cgroup_id`, relative to the cgroup2 mount
+    /// (`/system.slice/nginx.service`); `null` when it could not be resolved (see `workload`)
+    /// and in recordings made before the field existed.
+    #[serde(default)]
+    pub cgroup: Option<Arc<str>>,
+    /// Who runs in that cgroup: unit, container or pod (docs/attribution.md); `null` in
+    /// recordings made before the field existed.
+    #[serde(default)]
+    pub workload: Option<Arc<Workload>>,
     /// For `op: nat` only: the connection before translation and the NAT port space it
     /// landed in (`port`/`saddr` are then the translated source and `daddr`/`dport` the peer
     /// after any DNAT, docs/nat.md).
@@ -240,6 +257,8 @@ pub(crate) fn test_event(
         netns: 7,
         hook: HookId::SockOpsConnect,
         latency_ns: None,
+        cgroup: None,
+        workload: None,
         nat: None,
     }
 }
@@ -277,5 +296,6 @@ mod tests {
         let line = r#"{"ts_ns":1,"op":"bind","proto":"udp","family":"ipv4","port":40000,"saddr":"0.0.0.0","daddr":null,"dport":null,"result":"ok","pid":1,"tid":1,"comm":"x","uid":0,"cgroup_id":1,"netns":9,"hook":"cgroup/post_bind4"}"#;
         let e: Event = serde_json::from_str(line).unwrap();
         assert_eq!(e.latency_ns, None);
+        assert_eq!((e.cgroup, e.workload), (None, None));
     }
 }

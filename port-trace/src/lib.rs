@@ -2,6 +2,7 @@
 //!
 //! Which modules touch the kernel and which are pure:
 //! - kernel side: [`kernel`] (what the running kernel offers: probes, BTF layout),
+//!   [`attribution`] (cgroup id → path and workload; its classifier is pure),
 //!   [`hook_set`] (which programs see which path; choice and attach per set), [`tracer`]
 //!   (load, capture session, decoding), [`netns`] (namespace ranges and socket tables);
 //! - pure: [`event`] (the typed event), [`analysis`] (pattern classifier), [`pressure`]
@@ -10,6 +11,7 @@
 //!   [`cli`].
 
 pub mod analysis;
+pub mod attribution;
 pub mod cli;
 pub mod config;
 pub mod errors;

@@ -377,6 +377,8 @@ mod tests {
             netns: 1,
             hook: HookId::PostBind4,
             latency_ns: None,
+            cgroup: None,
+            workload: None,
             nat: None,
         }
     }

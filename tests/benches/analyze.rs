@@ -130,6 +130,8 @@ fn write_recording(path: &Path, events: u64, destinations: u32) -> std::io::Resu
             netns: NETNS,
             hook,
             latency_ns: None,
+            cgroup: None,
+            workload: None,
             nat: None,
         };
         // One event in a hundred is written after its successor.

@@ -322,6 +322,8 @@ fn prometheus_evaluates_dashboard_and_alerts() {
     });
     // Wait until Prometheus has scraped the exhausted state and evaluated the rules.
     let mut fired = Vec::new();
+    // The workload the failure alert names: the one this test process's cgroup stands for.
+    let mut named = Vec::new();
     for _ in 0..600 {
         let (status, body) = get(prom.addr, "/api/v1/alerts").unwrap_or((0, String::new()));
         if status == 200 {
@@ -333,15 +335,27 @@ fn prometheus_evaluates_dashboard_and_alerts() {
                 .filter(|a| a["state"] == "firing")
                 .map(|a| a["labels"]["alertname"].as_str().unwrap_or("").to_string())
                 .collect();
+            named = v["data"]["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["labels"]["alertname"] == "PortAllocationFailuresByWorkload")
+                .map(|a| a["labels"]["workload"].as_str().unwrap_or("").to_string())
+                .collect();
             if fired.iter().any(|a| a == "PortRangeExhaustionImminent")
                 && fired.iter().any(|a| a == "PortAllocationFailures")
+                && !named.is_empty()
             {
                 break;
             }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("firing: {fired:?}");
+    eprintln!("firing: {fired:?}; failures named: {named:?}");
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    let label = port_trace::attribution::classify(own).label(Some(own));
+    assert!(named.contains(&label), "{named:?} names {label} ({own})");
     assert!(
         fired.iter().any(|a| a == "PortRangeExhaustionImminent"),
         "{fired:?}"

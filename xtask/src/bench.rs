@@ -33,7 +33,6 @@ use crate::{
 pub mod events;
 pub mod loops;
 pub mod metrics;
-pub mod netns;
 pub mod progstats;
 pub mod quiet;
 pub mod report;

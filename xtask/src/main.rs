@@ -23,6 +23,8 @@ mod build;
 mod dist;
 mod fuzz;
 mod lint;
+mod netns;
+mod progress;
 mod run;
 mod setup;
 mod shell;

@@ -392,6 +392,8 @@ fn ipv4_mapped_destination_is_the_ipv4_stream() {
         netns: 7,
         hook: HookId::SockOpsConnect,
         latency_ns: None,
+        cgroup: None,
+        workload: None,
         nat: None,
     };
     let v4 = event("127.0.0.1", Family::Inet);

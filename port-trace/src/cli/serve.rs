@@ -226,7 +226,9 @@ async fn serve(args: ServeArgs, mut cfg: ServeConfig, web: WebConfig) -> anyhow:
                     }
                     refreshing = Some(tokio::task::spawn_blocking(move || {
                         let namespaces = snapshot_with_own(&input.newest_per_netns);
-                        let computed = exporter::compute(input, namespaces);
+                        let mut computed = exporter::compute(input, namespaces);
+                        // Who holds each namespace: the `netns` labels' readable companion.
+                        computed.netns_owners = crate::attribution::scan_proc();
                         // The socket tables and the analysis are gone by now.
                         release_freed_memory();
                         computed

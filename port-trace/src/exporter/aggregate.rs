@@ -8,6 +8,7 @@ use super::{
     metrics::Metrics,
     refresh::{Computed, RefreshInput},
     window::{Seen, Window},
+    workloads::WorkloadRates,
 };
 use crate::{
     analysis::{DEFAULT_RANGE, StreamKey},
@@ -77,6 +78,8 @@ pub struct Aggregator {
     /// Ports the kernel chose for TCP bind/listen (not hazards when listened on).
     chosen: HashSet<(u32, u16)>,
     rates: Rates,
+    /// Recent allocations and failures per workload.
+    workloads: WorkloadRates,
     pub top_destinations: usize,
 }
 
@@ -98,6 +101,7 @@ impl Aggregator {
             dirty: false,
             chosen: HashSet::new(),
             rates: Rates::default(),
+            workloads: WorkloadRates::default(),
             top_destinations,
         }
     }
@@ -107,6 +111,7 @@ impl Aggregator {
     }
 
     pub fn ingest(&mut self, e: Event) {
+        self.workloads.ingest(&e);
         if e.is_ok() {
             self.observe_step(&e);
             self.count_allocation(&e);
@@ -249,6 +254,11 @@ impl Aggregator {
             self.spans.insert(ns.netns, ns.range.span());
         }
         c.apply(&self.metrics);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let rows = self.workloads.rows(now, &c.destination_pressures());
+        self.metrics.workloads.set(&rows, &c.netns_owners());
     }
 
     /// Compute and apply in one go (tests, small windows).

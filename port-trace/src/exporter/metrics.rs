@@ -27,6 +27,8 @@ pub struct Metrics {
     pub destinations: DestinationMetrics,
     pub patterns: PatternMetrics,
     pub health: HealthMetrics,
+    /// Who allocates (exporter/workloads.rs).
+    pub workloads: super::workloads::WorkloadMetrics,
 }
 
 /// Fed by every event.
@@ -367,6 +369,7 @@ impl Metrics {
             destinations: DestinationMetrics::register(&r),
             patterns: PatternMetrics::register(&r),
             health: HealthMetrics::register(&r),
+            workloads: super::workloads::WorkloadMetrics::register(&registry),
             registry: registry.clone(),
         };
         let build = r.int_gauges("port_trace_build_info", "Build information.", &["version"]);

@@ -11,6 +11,7 @@
 //! * [`web_config`]: `--web.config.file` (exporter-toolkit format), with [`tls`] (rustls) and
 //!   [`auth`] (bcrypt basic auth).
 //! * [`window`]: the recent events a refresh analyses, shared with it rather than copied.
+//! * [`workloads`]: the top workloads (units, containers, pods) and namespace owners.
 
 pub mod aggregate;
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod refresh;
 pub mod tls;
 pub mod web_config;
 pub mod window;
+pub mod workloads;
 
 pub use aggregate::Aggregator;
 pub use metrics::Metrics;

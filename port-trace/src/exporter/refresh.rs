@@ -46,6 +46,8 @@ pub struct Computed {
     patterns: Option<Vec<PatternRow>>,
     /// The most pressed destinations across namespaces, at most `top_destinations`.
     top: Vec<TopDest>,
+    /// Who holds each namespace (`serve` reads /proc after computing; empty otherwise).
+    pub netns_owners: HashMap<u32, crate::attribution::NetnsOwner>,
 }
 
 pub(super) struct NsGauges {
@@ -103,6 +105,7 @@ pub fn compute(input: RefreshInput, namespaces: Vec<NetnsState>) -> Computed {
         namespaces: gauges,
         patterns,
         top,
+        netns_owners: HashMap::new(),
     }
 }
 
@@ -249,6 +252,28 @@ fn patterns(window: &Snapshot, namespaces: &[NetnsState]) -> Vec<PatternRow> {
 
 impl Computed {
     /// Sets every gauge (cheap; under the aggregator's lock).
+    /// The top destinations' pressure, by (netns, address, port).
+    pub(super) fn destination_pressures(&self) -> HashMap<(u32, IpAddr, u16), f64> {
+        self.top
+            .iter()
+            .map(|t| {
+                let p = pressure::ratio(t.dest.in_use, t.dest.usable);
+                ((t.netns, t.dest.daddr, t.dest.dport), p)
+            })
+            .collect()
+    }
+
+    /// The owners of the namespaces this refresh read, in namespace order.
+    pub(super) fn netns_owners(&self) -> Vec<(u32, crate::attribution::NetnsOwner)> {
+        let mut v: Vec<_> = self
+            .namespaces
+            .iter()
+            .filter_map(|n| Some((n.netns, self.netns_owners.get(&n.netns)?.clone())))
+            .collect();
+        v.sort_by_key(|(n, _)| *n);
+        v
+    }
+
     pub(super) fn apply(&self, m: &Metrics) {
         m.namespaces.reset();
         m.destinations.reset();

@@ -306,6 +306,8 @@ impl Watcher {
                     netns: self.netns,
                     hook: HookId::ConntrackNew,
                     latency_ns: None,
+                    cgroup: None,
+                    workload: None,
                     nat: Some(NatInfo {
                         orig_saddr: Some(n.orig.src),
                         orig_sport: Some(n.orig.sport),
@@ -360,6 +362,8 @@ impl Watcher {
                 netns: self.netns,
                 hook: HookId::ConntrackStats,
                 latency_ns: None,
+                cgroup: None,
+                workload: None,
                 nat: Some(NatInfo {
                     orig_saddr: None,
                     orig_sport: None,

@@ -3,6 +3,7 @@
 //!
 //! * [`verdicts`]: each stream's pattern verdict, from events fed one at a time.
 //! * [`summarizer`]: the rest of the summary, the same way: state per stream, not per event.
+//! * [`workloads`]: the per-workload view (unit, container, pod), bounded the same way.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -18,9 +19,11 @@ use crate::{
 pub mod nat;
 pub mod summarizer;
 pub mod verdicts;
+pub mod workloads;
 
 pub use summarizer::Summarizer;
 pub use verdicts::Verdicts;
+pub use workloads::WorkloadSummary;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamSummary {
@@ -92,6 +95,9 @@ pub struct Summary {
     /// events after a newer one, analysed where they came instead of in time order.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub out_of_order: u64,
+    /// Who allocated: one row per workload, busiest first.
+    #[serde(default)]
+    pub workloads: Vec<WorkloadSummary>,
     /// NAT port spaces (docs/nat.md), most pressing first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat: Vec<nat::NatSpaceSummary>,
@@ -154,6 +160,54 @@ pub fn forecast_text(f: &Forecast) -> String {
 fn pct(v: Option<f64>) -> String {
     v.map(|v| format!("{:.1}%", v * 100.0))
         .unwrap_or_else(|| "-".into())
+}
+
+/// The per-workload rows, under the streams.
+fn render_workloads(out: &mut String, rows: &[WorkloadSummary]) {
+    use std::fmt::Write;
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{:<64} {:<10} {:>7} {:>8} {:<18} {:>8} TOP STREAMS (its share, pressure)",
+        "WORKLOAD", "KIND", "N", "RATE/S", "FAILURES", "PRESSURE"
+    );
+    for w in rows {
+        let failures = if w.failures.is_empty() {
+            "-".to_string()
+        } else {
+            w.failures
+                .iter()
+                .map(|(k, v)| format!("{k}x{v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let streams = w
+            .top_streams
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} ({}, {})",
+                    key_text(&s.key),
+                    pct(s.share),
+                    pct(s.pressure)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let _ = writeln!(
+            out,
+            "{:<64} {:<10} {:>7} {:>8.1} {:<18} {:>8} {}",
+            crate::sinks::print::printable(&w.label),
+            w.workload.as_ref().map_or("-", |k| k.kind()),
+            w.allocations,
+            w.rate_per_s,
+            failures,
+            pct(w.worst_pressure),
+            streams
+        );
+    }
 }
 
 /// The human-readable summary table.
@@ -243,6 +297,7 @@ pub fn render_table(s: &Summary) -> String {
             s.hazards.self_connects_not_listed
         );
     }
+    render_workloads(&mut out, &s.workloads);
     if s.out_of_order > 0 {
         let _ = writeln!(
             out,

@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{Hazards, SelfConnect, StreamSummary, Summary, Verdicts};
+use super::{Hazards, SelfConnect, StreamSummary, Summary, Verdicts, workloads::Workloads};
 use crate::{
     analysis::{StreamAnalysis, StreamKey, StreamMap},
     event::{Event, Op, Outcome, Proto},
@@ -107,6 +107,8 @@ pub struct Summarizer {
     self_connects: Vec<SelfConnect>,
     self_connects_not_listed: u64,
     out_of_order: u64,
+    /// The per-workload view.
+    workloads: Workloads,
     /// NAT events: their own port spaces, not the namespace's ephemeral range.
     nat: super::nat::NatSummarizer,
 }
@@ -129,6 +131,7 @@ impl Summarizer {
             self_connects: Vec::new(),
             self_connects_not_listed: 0,
             out_of_order: 0,
+            workloads: Workloads::default(),
             nat: Default::default(),
         }
     }
@@ -144,6 +147,7 @@ impl Summarizer {
         let key = StreamKey::of(e);
         let ok = e.is_ok();
         self.verdicts.push(&key, e.port, ok);
+        self.workloads.push(e);
         let t = self.streams.entry(key).or_default();
         if ok {
             t.recent
@@ -199,6 +203,7 @@ impl Summarizer {
             self_connects,
             self_connects_not_listed,
             out_of_order,
+            workloads,
             nat,
             ..
         } = self;
@@ -234,6 +239,7 @@ impl Summarizer {
             ));
         });
         sort_most_pressing_first(&mut rows);
+        let workloads = workloads.finish(&rows);
         let mut hazards = Hazards {
             self_connects,
             self_connects_not_listed,
@@ -252,6 +258,7 @@ impl Summarizer {
             hazards,
             namespaces,
             out_of_order,
+            workloads,
             nat: nat.finish(),
         }
     }

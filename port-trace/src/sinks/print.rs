@@ -12,7 +12,7 @@ pub enum Format {
     Json,
 }
 
-pub const TABLE_HEADER: &str = "TIME         PID     COMM             OP       PROTO FAM  PORT  LOCAL                    DESTINATION                     RESULT         HOOK";
+pub const TABLE_HEADER: &str = "TIME         PID     COMM             OP       PROTO FAM  PORT  LOCAL                    DESTINATION                     RESULT         HOOK                     WORKLOAD                         CGROUP";
 
 fn hms(ts_ns: u64) -> String {
     let secs = (ts_ns / 1_000_000_000) as i64;
@@ -32,7 +32,7 @@ fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
 
 /// A command name as it may be shown on a terminal: control characters (a newline that would
 /// forge a row, an escape sequence) are written escaped. Process names are chosen by anyone.
-fn printable(comm: &str) -> String {
+pub fn printable(comm: &str) -> String {
     comm.chars()
         .flat_map(|c| {
             let escaped = c.is_control().then(|| c.escape_default());
@@ -42,6 +42,15 @@ fn printable(comm: &str) -> String {
                 .chain((!c.is_control()).then_some(c))
         })
         .collect()
+}
+
+/// The workload's short name; `-` when the event carries none (an old recording). Cgroup
+/// names are chosen by whoever made them, so they are escaped like command names.
+fn workload_column(e: &Event) -> String {
+    match &e.workload {
+        Some(w) => printable(&w.label(e.cgroup.as_deref())),
+        None => "-".into(),
+    }
 }
 
 pub fn table_row(e: &Event) -> String {
@@ -54,7 +63,7 @@ pub fn table_row(e: &Event) -> String {
         Family::Inet6 => "v6",
     };
     let row = format!(
-        "{:<12} {:<7} {:<16} {:<8} {:<5} {:<4} {:<5} {:<24} {:<31} {:<14} {}",
+        "{:<12} {:<7} {:<16} {:<8} {:<5} {:<4} {:<5} {:<24} {:<31} {:<14} {:<24} {:<32} {}",
         hms(e.ts_ns),
         e.pid,
         printable(&e.comm),
@@ -65,7 +74,12 @@ pub fn table_row(e: &Event) -> String {
         endpoint(&e.saddr, e.port),
         dest,
         e.result,
-        e.hook
+        e.hook.to_string(),
+        workload_column(e),
+        e.cgroup
+            .as_deref()
+            .map(printable)
+            .unwrap_or_else(|| "-".into())
     );
     match &e.nat {
         Some(n) => format!("{row}{}", nat_note(n)),
@@ -73,7 +87,7 @@ pub fn table_row(e: &Event) -> String {
     }
 }
 
-/// A NAT event's original source and its space's occupancy, after the hook column.
+/// A NAT event's original source and its space's occupancy, after the last column.
 fn nat_note(n: &crate::event::NatInfo) -> String {
     let from = match n.orig_saddr.zip(n.orig_sport) {
         Some((a, p)) => format!(" from {}", endpoint(&a, p)),
@@ -186,6 +200,27 @@ mod tests {
         assert!(col(row, "PORT").starts_with("41000"));
         assert!(col(row, "DESTINATION").starts_with("127.0.0.2:80 "));
         assert!(col(row, "RESULT").starts_with("ok "));
+    }
+
+    #[test]
+    fn table_names_the_workload_and_cgroup() {
+        let mut e = event();
+        let row = table_row(&e);
+        let header = TABLE_HEADER;
+        let col = |l: &str, name: &str| header.find(name).map(|i| l[i..].to_string()).unwrap();
+        assert!(
+            col(&row, "WORKLOAD").starts_with("- "),
+            "old recording: {row}"
+        );
+        e.cgroup = Some("/system.slice/nginx.service".into());
+        e.workload = Some(crate::attribution::classify("/system.slice/nginx.service").into());
+        let row = table_row(&e);
+        assert!(col(&row, "WORKLOAD").starts_with("nginx.service "), "{row}");
+        assert_eq!(col(&row, "CGROUP"), "/system.slice/nginx.service");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["cgroup"], "/system.slice/nginx.service");
+        assert_eq!(v["workload"]["kind"], "unit");
+        assert_eq!(v["workload"]["unit"], "nginx.service");
     }
 
     /// Issue row 6: a comm with a newline or an escape sequence cannot forge a row or reach

@@ -90,6 +90,9 @@ pub fn decode(raw: &PortEvent, clock: &Clock) -> Result<Event, DecodeError> {
         netns: raw.netns,
         hook: HookId::try_from(raw.hook)?,
         latency_ns: (raw.latency_ns != 0).then_some(raw.latency_ns),
+        // Filled in by the session's attributor, which may look the id up.
+        cgroup: None,
+        workload: None,
         nat: None,
     })
 }
@@ -183,7 +186,7 @@ mod tests {
         let e = decode(&r, &Clock::identity()).unwrap();
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
-            r#"{"ts_ns":5,"op":"connect","proto":"tcp","family":"ipv4","port":0,"saddr":"127.0.0.1","daddr":"10.1.2.3","dport":443,"result":"EADDRNOTAVAIL","pid":10,"tid":11,"comm":"curl","uid":1000,"cgroup_id":0,"netns":4026531840,"hook":"sock_ops/tcp_connect_cb","latency_ns":1234}"#
+            r#"{"ts_ns":5,"op":"connect","proto":"tcp","family":"ipv4","port":0,"saddr":"127.0.0.1","daddr":"10.1.2.3","dport":443,"result":"EADDRNOTAVAIL","pid":10,"tid":11,"comm":"curl","uid":1000,"cgroup_id":0,"netns":4026531840,"hook":"sock_ops/tcp_connect_cb","latency_ns":1234,"cgroup":null,"workload":null}"#
         );
         assert_eq!(
             serde_json::from_str::<Event>(&serde_json::to_string(&e).unwrap()).unwrap(),
@@ -214,10 +217,12 @@ mod tests {
             "netns",
             "hook",
             "latency_ns",
+            "cgroup",
+            "workload",
         ] {
             assert!(keys.contains(&k), "missing {k}");
         }
-        assert_eq!(keys.len(), 17);
+        assert_eq!(keys.len(), 19);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::{
     load::{LoadError, LoadOptions, Tracer, can_load, start_first},
 };
 use crate::{
+    attribution::Attributor,
     event::Event,
     hook_set::{self, HookSet, NoHookSet},
     kernel::probe::KernelSupport,
@@ -85,6 +86,8 @@ pub struct Session {
     tick: Interval,
     /// Why hook sets preferred to the one running were refused.
     pub skipped: Vec<String>,
+    /// Names each event's cgroup and workload.
+    attributor: Attributor,
 }
 
 impl Session {
@@ -113,7 +116,9 @@ impl Session {
             unsafe { AsyncFd::register(dup) }.map_err(|e| SessionError::Poll(e.into_parts().1))?;
         let mut tick = tokio::time::interval(opts.drain_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let attributor = Attributor::new(kernel.cgroup2.as_deref());
         Ok(Self {
+            attributor,
             tracer,
             kernel,
             clock: Clock::now(),
@@ -164,8 +169,10 @@ impl Session {
         let note = self
             .tracer
             .note
+            .into_iter()
+            .chain(self.attributor.limits())
             .map(|n| format!("; {n}"))
-            .unwrap_or_default();
+            .collect::<String>();
         format!(
             "hook set {set} ({} programs{on}){blind}{note}",
             self.tracer.programs.len()
@@ -189,8 +196,12 @@ impl Session {
     pub fn drain(&mut self, mut f: impl FnMut(Event)) -> f64 {
         let clock = self.clock;
         let mut failed = 0;
+        let attributor = &mut self.attributor;
         let n = self.tracer.drain(|raw| match decode(&raw, &clock) {
-            Ok(e) => f(e),
+            Ok(mut e) => {
+                attributor.attribute(&mut e);
+                f(e)
+            }
             Err(_) => failed += 1,
         });
         self.tracer.count_undecodable(failed);
@@ -205,6 +216,11 @@ impl Session {
             unresolved: self.tracer.unresolved(),
             undecodable: self.tracer.undecodable(),
         }
+    }
+
+    /// The attributor, for its resolver's counters.
+    pub fn attributor(&self) -> &Attributor {
+        &self.attributor
     }
 
     /// Wall-clock nanoseconds now, on the clock events are stamped with.

@@ -8,7 +8,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{created, netns::Netns};
+use super::created;
+use crate::netns::Netns;
 use crate::shell::{step, workspace_root};
 
 /// One loop: its binary (also its `comm`, which is how `trace` tells the loops' events apart),

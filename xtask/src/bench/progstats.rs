@@ -11,10 +11,11 @@ use std::{collections::HashMap, fs, process::Command};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::netns::Netns;
+
 use super::{
     Env,
     loops::{self, LOOPS},
-    netns::Netns,
     tracers::{Column, Config, Tracer},
 };
 
@@ -37,7 +38,7 @@ pub struct ProgCost {
 
 pub fn measure(env: &Env, hooks: &[String], seconds: f64) -> Result<Vec<ProgCost>> {
     let _stats = StatsEnabled::on()?;
-    let ns = Netns::new("stats")?;
+    let ns = Netns::create("bench", "stats")?;
     let mut costs = Vec::new();
     for h in hooks {
         let cfg = Config {

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::netns::Netns;
+
 use super::{
     Env,
     loops::{self, LOOPS},
-    netns::Netns,
     quiet, sched,
     tracers::{Column, Config, Tracer},
 };
@@ -72,7 +73,7 @@ pub struct Run {
 }
 
 pub fn run(plan: &Plan, env: &Env) -> Result<Vec<Run>> {
-    let ns = Netns::new("loops")?;
+    let ns = Netns::create("bench", "loops")?;
     let mut runs = Vec::new();
     let quiet_by = Instant::now() + QUIET_BUDGET;
     for round in 0..plan.rounds {

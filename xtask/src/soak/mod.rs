@@ -11,7 +11,6 @@
 //! - [`verdict`]: the bounds, the table and the verdict.
 
 mod daemon;
-mod netns;
 mod sample;
 mod scrape;
 mod verdict;
@@ -30,8 +29,8 @@ use std::{
 use anyhow::{Result, bail};
 use clap::Args;
 
+use crate::netns::Netns;
 use crate::{build::build, setup, shell::workspace_root};
-use netns::Netns;
 use verdict::{SCRAPE_LIMIT, Sample};
 use workload::Counts;
 
@@ -80,7 +79,7 @@ pub fn run(bin: &Path, duration: Duration) -> Result<Vec<String>> {
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(Counts::default());
     let long: Vec<Netns> = (0..2)
-        .map(|i| Netns::create(netns::name("long", i)))
+        .map(|i| soak_netns(&format!("long{i}")))
         .collect::<Result<_>>()?;
     let workers: Vec<_> = long
         .iter()
@@ -185,7 +184,7 @@ pub fn run(bin: &Path, duration: Duration) -> Result<Vec<String>> {
 /// A namespace made for one burst of traffic, a tiny range run out, then deleted.
 fn spawn_churn(n: u64, counts: Arc<Counts>) -> JoinHandle<Result<()>> {
     std::thread::spawn(move || {
-        let ns = Netns::create(netns::name("churn", n))?;
+        let ns = soak_netns(&format!("churn{n}"))?;
         let name = ns.name.clone();
         let c = counts.clone();
         // Each part on a thread of its own: a thread that entered the namespace stays in it.
@@ -262,4 +261,12 @@ impl Watch {
         self.recent_slowest = Duration::ZERO;
         s
     }
+}
+
+/// A soak namespace: loopback holds 192.0.2.1/24 (TEST-NET-1), so UDP sent to the rest of that
+/// subnet goes out on loopback and is dropped, inside the namespace.
+fn soak_netns(tag: &str) -> Result<Netns> {
+    let ns = Netns::create("soak", tag)?;
+    ns.add_loopback_address("192.0.2.1/24")?;
+    Ok(ns)
 }

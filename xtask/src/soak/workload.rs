@@ -15,7 +15,7 @@ use std::{
 use anyhow::Result;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::netns;
+use crate::netns;
 
 /// Ports the namespace's listeners take (bound to 0.0.0.0, so any 127.0.0.0/8 address
 /// reaches them).

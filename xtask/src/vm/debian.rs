@@ -17,6 +17,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::kernel::{Kernel, Release};
+use crate::progress;
 
 /// The suites our apt sees, each with its security updates.
 const SUITES: [&str; 3] = ["bullseye", "bookworm", "trixie"];
@@ -103,14 +104,13 @@ pub fn download_debs(cache: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
             candidates(cache, &dir, packages)?
         }
     };
-    let missing: Vec<&str> = packages
+    let (missing, missing_debs): (Vec<&str>, Vec<&Deb>) = packages
         .iter()
         .zip(&debs)
         .filter(|(_, deb)| !deb.is_cached())
-        .map(|(&package, _)| package)
-        .collect();
+        .unzip();
     if !missing.is_empty() {
-        apt_download(cache, &dir, &missing)?;
+        apt_download(cache, &dir, &missing, &missing_debs)?;
     }
     for deb in &debs {
         verify_size(deb)?;
@@ -165,8 +165,10 @@ fn parse_print_uris(text: &str, dir: &Path, packages: &[&str]) -> Result<Vec<Deb
     Ok(debs)
 }
 
-fn apt_download(cache: &Path, dir: &Path, packages: &[&str]) -> Result<()> {
-    let status = apt(cache, "apt-get")?
+/// `apt-get download` of `packages` (whose files are `debs`) into `dir`, with a progress bar of
+/// the bytes written when stderr is a terminal.
+fn apt_download(cache: &Path, dir: &Path, packages: &[&str], debs: &[&Deb]) -> Result<()> {
+    let mut child = apt(cache, "apt-get")?
         .arg("download")
         .arg("-q")
         // Downloading into a root-owned dir: don't try (and warn about) the _apt sandbox.
@@ -174,8 +176,27 @@ fn apt_download(cache: &Path, dir: &Path, packages: &[&str]) -> Result<()> {
         .args(packages)
         .current_dir(dir)
         .stdout(Stdio::null())
-        .status()
+        .spawn()
         .context("running apt-get download")?;
+    let total = debs.iter().map(|d| d.size).sum();
+    let what = match packages {
+        [one] => format!("downloading {one}"),
+        many => format!("downloading {} packages", many.len()),
+    };
+    let bar = progress::bytes(total, &what);
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for apt-get download")? {
+            break status;
+        }
+        // apt-get download writes each file under its final name as it goes.
+        let written: u64 = debs
+            .iter()
+            .map(|d| fs::metadata(&d.path).map_or(0, |m| m.len()))
+            .sum();
+        bar.set_position(written);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    bar.finish_and_clear();
     if !status.success() {
         bail!("apt-get download {} failed ({status})", packages.join(" "));
     }
