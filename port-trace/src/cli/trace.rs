@@ -237,7 +237,12 @@ pub async fn trace(
             _ = session.ready() => {}
             _ = stop.recv() => break,
             _ = &mut deadline => break,
-            u = super::nat_args::next(&mut nat) => nat_stats.take(u, |e| shown.take(e, &filter)),
+            u = super::nat_args::next(&mut nat) => {
+                nat_stats.take(u, |e| shown.take(e, &filter));
+                shown.flush();
+                // The ring buffer keeps its own wake-ups (--drain-interval, --wakeup-kib).
+                continue;
+            }
         }
         session.drain(|e| shown.take(e, &filter));
         shown.flush();
