@@ -324,10 +324,20 @@ impl NatTotals {
         }
     }
 
-    /// One line per namespace: what the counters that tell of NAT trouble did meanwhile.
+    /// One line per namespace where the counters that tell of NAT trouble rose meanwhile (a
+    /// quiet namespace says nothing).
     fn report(&self) {
         for (netns, (first, last, lost)) in &self.seen {
             let d = |a: u64, b: u64| b.saturating_sub(a);
+            let rose = d(first.insert_failed, last.insert_failed)
+                + d(first.drop, last.drop)
+                + d(first.clash_resolve, last.clash_resolve)
+                + d(first.search_restart, last.search_restart)
+                + d(first.early_drop, last.early_drop)
+                + lost;
+            if rose == 0 {
+                continue;
+            }
             eprintln!(
                 "port-trace: conntrack in namespace {netns}: insert_failed +{}, drop +{}, clash_resolve +{}, search_restart +{}, early_drop +{}{}",
                 d(first.insert_failed, last.insert_failed),
