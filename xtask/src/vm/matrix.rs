@@ -42,9 +42,10 @@ pub fn ci_kernels() -> Vec<Kernel> {
     kernels(&Release::ALL, &[Flavour::Cloud], &Arch::ALL)
 }
 
-/// Whether `check` may refuse `hooks` on `kernel` without failing its cell: Debian's arm64
-/// 6.1 has no BPF trampoline for fentry/fexit (arm64 gained the ftrace direct calls it needs
-/// in 6.4). Everywhere else every set must run.
+/// Whether `check` may refuse `hooks` on `kernel` without failing its cell: on arm64 a BPF
+/// trampoline reaches a kernel function only through ftrace direct calls, which arm64 gained in
+/// 6.4 (commit 2aa6ac03516d, "arm64: ftrace: Add direct call support"), so Debian's 6.1 refuses
+/// fentry/fexit. Everywhere else every set must run.
 pub fn may_refuse(kernel: Kernel, hooks: &str) -> bool {
     kernel.arch == Arch::Aarch64 && kernel.release == Release::V6_1 && hooks == "fexit"
 }
