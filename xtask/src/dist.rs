@@ -42,7 +42,10 @@ pub struct Artefacts {
 impl Artefacts {
     /// The static binary for `arch`.
     pub fn binary(&self, arch: Arch) -> Option<&PathBuf> {
-        self.built.iter().find(|b| b.arch == arch).map(|b| &b.binary)
+        self.built
+            .iter()
+            .find(|b| b.arch == arch)
+            .map(|b| &b.binary)
     }
 }
 

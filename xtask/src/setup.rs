@@ -59,7 +59,10 @@ pub fn install_missing(bin: &str, package: &str) -> Result<PathBuf> {
 pub fn install_packages(packages: &[&str]) -> Result<()> {
     let mut apt = Apt::new();
     if !apt.can_install {
-        bail!("apt-get cannot run here: apt-get install -y {}", packages.join(" "));
+        bail!(
+            "apt-get cannot run here: apt-get install -y {}",
+            packages.join(" ")
+        );
     }
     apt.install(packages)
 }

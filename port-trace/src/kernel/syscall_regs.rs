@@ -155,7 +155,7 @@ mod tests {
             libc::SYS_sendmmsg,
         ];
         let ours = [n.bind, n.connect, n.sendto, n.sendmsg, n.sendmmsg].map(i64::from);
-        assert_eq!(ours, libc.map(|v| v as i64));
+        assert_eq!(ours, libc);
     }
 
     /// This kernel's BTF gives the x86_64 layout of arch/x86/include/asm/ptrace.h: 21 longs,

@@ -50,7 +50,12 @@ pub fn command(push: Option<&str>) -> Result<()> {
         verify(arch, &archive)?;
         step(
             &format!("adding {tag} to {list}"),
-            Command::new(&podman).args(["manifest", "add", &list, &format!("containers-storage:{tag}")]),
+            Command::new(&podman).args([
+                "manifest",
+                "add",
+                &list,
+                &format!("containers-storage:{tag}"),
+            ]),
         )?;
     }
     let all = archive_path(&dist, None);
@@ -147,8 +152,15 @@ fn platforms_of(archive: &Path) -> Result<()> {
             })
             .collect();
         platforms.sort();
-        println!("manifest list {}: {}", archive.display(), platforms.join(", "));
-        let want: Vec<String> = Arch::ALL.iter().map(|a| format!("linux/{}", a.debian())).collect();
+        println!(
+            "manifest list {}: {}",
+            archive.display(),
+            platforms.join(", ")
+        );
+        let want: Vec<String> = Arch::ALL
+            .iter()
+            .map(|a| format!("linux/{}", a.debian()))
+            .collect();
         if want.iter().any(|w| !platforms.contains(w)) {
             bail!("the manifest list names {platforms:?}, not {want:?}");
         }
@@ -198,7 +210,10 @@ fn unpack_and_run(arch: Arch, archive: &Path, dir: &Path, rootfs: &Path) -> Resu
         arch, config["os"], config["architecture"], config["config"]["Labels"]
     );
     if config["architecture"] != arch.debian() {
-        bail!("the {arch} image says architecture {}", config["architecture"]);
+        bail!(
+            "the {arch} image says architecture {}",
+            config["architecture"]
+        );
     }
     let bin = rootfs.join("usr/local/bin/port-trace");
     super::verify::elf(arch, &bin)?;
@@ -211,7 +226,9 @@ fn unpack_and_run(arch: Arch, archive: &Path, dir: &Path, rootfs: &Path) -> Resu
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    say(&format!("image: the {arch} image's binary runs from its unpacked layers"));
+    say(&format!(
+        "image: the {arch} image's binary runs from its unpacked layers"
+    ));
     Ok(())
 }
 
@@ -223,8 +240,15 @@ fn scratch_dir(what: &str) -> Result<PathBuf> {
 
 fn untar(archive: &Path, dest: &Path) -> Result<()> {
     step(
-        &format!("unpacking {}", archive.file_name().unwrap_or_default().to_string_lossy()),
-        Command::new("tar").arg("-xf").arg(archive).arg("-C").arg(dest),
+        &format!(
+            "unpacking {}",
+            archive.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(dest),
     )
 }
 
@@ -241,7 +265,9 @@ fn json(p: &Path) -> Result<Value> {
 
 /// The commit the binary says it was built from (`--version`), for the revision label.
 fn commit_of(arch: Arch, binary: &Path) -> Result<String> {
-    let out = qemu_user::command(arch, binary)?.arg("--version").output()?;
+    let out = qemu_user::command(arch, binary)?
+        .arg("--version")
+        .output()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("commit "))

@@ -51,10 +51,7 @@ pub fn toolchain(arch: Arch) -> Result<Vec<(String, PathBuf)>> {
             }
             vec![
                 (format!("CC_{var}"), gcc.clone()),
-                (
-                    format!("CARGO_TARGET_{}_LINKER", var.to_uppercase()),
-                    gcc,
-                ),
+                (format!("CARGO_TARGET_{}_LINKER", var.to_uppercase()), gcc),
             ]
         }
     })

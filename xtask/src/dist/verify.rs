@@ -78,7 +78,10 @@ pub fn elf(arch: Arch, bin: &Path) -> Result<()> {
         );
     }
     if text.contains("program interpreter") || text.contains("(NEEDED)") {
-        bail!("{} is not static: it names an interpreter or a shared library", bin.display());
+        bail!(
+            "{} is not static: it names an interpreter or a shared library",
+            bin.display()
+        );
     }
     Ok(())
 }
@@ -87,7 +90,10 @@ pub fn elf(arch: Arch, bin: &Path) -> Result<()> {
 /// small recording (which must find its sequential counter) and `plot` of it (an SVG).
 pub fn offline_commands(arch: Arch, bin: &Path) -> Result<()> {
     let emulator = qemu_user::emulator(arch)?;
-    say(&format!("dist: running the {arch} binary under {}", emulator.display()));
+    say(&format!(
+        "dist: running the {arch} binary under {}",
+        emulator.display()
+    ));
     let help = run(qemu_user::command(arch, bin)?.arg("--help"))?;
     if !help.contains("Usage: port-trace") {
         bail!("--help printed no usage: {help}");
@@ -121,18 +127,25 @@ fn analyze_and_plot(arch: Arch, bin: &Path, dir: &Path) -> Result<()> {
         .arg(&recording)
         .arg("--out")
         .arg(&svg))?;
-    let drawn = std::fs::read_to_string(&svg).with_context(|| format!("plot wrote no {}", svg.display()))?;
+    let drawn = std::fs::read_to_string(&svg)
+        .with_context(|| format!("plot wrote no {}", svg.display()))?;
     if !drawn.contains("<svg") {
         bail!("plot wrote no SVG");
     }
-    say(&format!("dist: {arch} plot wrote an SVG of {} bytes", drawn.len()));
+    say(&format!(
+        "dist: {arch} plot wrote an SVG of {} bytes",
+        drawn.len()
+    ));
     Ok(())
 }
 
 /// A .deb that cannot be installed here: its control file names its architecture, and it
 /// holds the same paths as `host_deb`, which was installed and checked.
 fn foreign_deb(b: &Built, host_deb: &Path) -> Result<()> {
-    let arch = run(Command::new("dpkg-deb").args(["--field"]).arg(&b.deb).arg("Architecture"))?;
+    let arch = run(Command::new("dpkg-deb")
+        .args(["--field"])
+        .arg(&b.deb)
+        .arg("Architecture"))?;
     if arch.trim() != b.arch.debian() {
         bail!("{} says Architecture: {}", b.deb.display(), arch.trim());
     }
@@ -152,7 +165,11 @@ fn foreign_deb(b: &Built, host_deb: &Path) -> Result<()> {
             b.arch
         );
     }
-    say(&format!("dist: the {} .deb holds the same {} paths as the installed one", b.arch, ours.len()));
+    say(&format!(
+        "dist: the {} .deb holds the same {} paths as the installed one",
+        b.arch,
+        ours.len()
+    ));
     Ok(())
 }
 

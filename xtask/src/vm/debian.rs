@@ -154,9 +154,9 @@ fn parse_print_uris(text: &str, dir: &Path, packages: &[&str]) -> Result<Vec<Deb
             .lines()
             .filter(|l| l.starts_with('\''))
             .find(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|n| n.starts_with(&prefix) && (arch.is_empty() || n.ends_with(&suffix)))
+                l.split_whitespace().nth(1).is_some_and(|n| {
+                    n.starts_with(&prefix) && (arch.is_empty() || n.ends_with(&suffix))
+                })
             })
             .with_context(|| format!("apt-get download --print-uris: no URI for {package}"))?;
         let mut fields = line.split_whitespace().skip(1);

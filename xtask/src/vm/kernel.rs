@@ -246,7 +246,12 @@ mod tests {
         let names: Vec<String> = k.iter().map(ToString::to_string).collect();
         assert_eq!(
             names,
-            ["5.10 cloud amd64", "6.1 cloud amd64", "6.12 cloud amd64", "6.1 cloud arm64"]
+            [
+                "5.10 cloud amd64",
+                "6.1 cloud amd64",
+                "6.12 cloud amd64",
+                "6.1 cloud arm64"
+            ]
         );
     }
 }

@@ -100,7 +100,10 @@ pub fn fetch_qemu_for(cache: &Path, arch: Arch) -> Result<Qemu> {
             "usr/bin/qemu-system-x86_64",
             vec![root.join("usr/share/qemu"), root.join("usr/share/seabios")],
         ),
-        Arch::Aarch64 => ("usr/bin/qemu-system-aarch64", vec![root.join("usr/share/qemu")]),
+        Arch::Aarch64 => (
+            "usr/bin/qemu-system-aarch64",
+            vec![root.join("usr/share/qemu")],
+        ),
     };
     let qemu = Qemu {
         arch,
@@ -184,18 +187,18 @@ fn machine(q: &Qemu, kernel: &Path, initramfs: &Path) -> Command {
         }
     };
     cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "2"])
-    .args(["-nographic", "-no-reboot"])
-    // No NIC: q35's default e1000e wants efi-e1000e.rom (ipxe-qemu), and the guest needs none.
-    .args(["-nic", "none"])
-    .arg("-kernel")
-    .arg(kernel)
-    .arg("-initrd")
-    .arg(initramfs)
-    .arg("-append")
-    .arg(format!("console={console} panic=-1 quiet"))
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+        .args(["-nographic", "-no-reboot"])
+        // No NIC: q35's default e1000e wants efi-e1000e.rom (ipxe-qemu), and the guest needs none.
+        .args(["-nic", "none"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(format!("console={console} panic=-1 quiet"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     cmd
 }
 
