@@ -66,7 +66,7 @@ impl Arch {
 impl fmt::Display for Arch {
     /// Debian's name, as in kernel package names and the matrix.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.debian())
+        f.pad(self.debian())
     }
 }
 
