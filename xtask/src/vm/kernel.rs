@@ -60,7 +60,12 @@ impl Release {
         // 6.12 builds read "118+deb13" (trixie's own) or "118+deb12" (bookworm's backport,
         // not this release's suite); digits only also leaves "-cloud-" out of generic.
         let digits = match build.split_once('+') {
-            Some((n, tag)) if self == Release::V6_12 && tag.starts_with("deb13") => n,
+            // "118+deb13-cloud" is the cloud build, not a generic one.
+            Some((n, tag))
+                if self == Release::V6_12 && tag.starts_with("deb13") && !tag.contains('-') =>
+            {
+                n
+            }
             Some(_) => return None,
             None => build,
         };
@@ -214,6 +219,22 @@ mod tests {
         assert_eq!(
             r.build_of("linux-image-6.12.118+deb12-amd64-unsigned", generic, x86),
             None
+        );
+        assert_eq!(
+            r.build_of(
+                "linux-image-6.12.118+deb13-cloud-amd64-unsigned",
+                generic,
+                x86
+            ),
+            None
+        );
+        assert_eq!(
+            r.build_of(
+                "linux-image-6.12.118+deb13-cloud-amd64-unsigned",
+                cloud,
+                x86
+            ),
+            Some(118)
         );
         assert_eq!(
             Release::V6_1.build_of("linux-image-6.1.0-40-amd64-unsigned", generic, x86),
