@@ -229,6 +229,20 @@ pub struct KernelOffsets {
     pub task_stack: u32,
     /// Bit set of `layout::*`: which groups of offsets are valid.
     pub valid: u32,
+    /// The saved user registers of a syscall (`layout::SYSCALL_REGS`), as the running kernel's
+    /// BTF lays out `struct pt_regs`: the syscall number's offset and width in bytes (4 or 8),
+    /// the second and fifth argument registers, and the struct's size.
+    pub regs_nr: u32,
+    pub regs_nr_size: u32,
+    pub regs_arg2: u32,
+    pub regs_arg5: u32,
+    pub regs_size: u32,
+    /// The syscall numbers of that architecture's table (`layout::SYSCALL_REGS`).
+    pub nr_bind: u32,
+    pub nr_connect: u32,
+    pub nr_sendto: u32,
+    pub nr_sendmsg: u32,
+    pub nr_sendmmsg: u32,
 }
 
 impl KernelOffsets {
@@ -248,6 +262,16 @@ impl KernelOffsets {
         sk_state: 0,
         task_stack: 0,
         valid: 0,
+        regs_nr: 0,
+        regs_nr_size: 0,
+        regs_arg2: 0,
+        regs_arg5: 0,
+        regs_size: 0,
+        nr_bind: 0,
+        nr_connect: 0,
+        nr_sendto: 0,
+        nr_sendmsg: 0,
+        nr_sendmmsg: 0,
     };
 
     /// Whether every group in `groups` (a `layout::*` bit set) was resolved.
@@ -282,6 +306,9 @@ pub mod layout {
     /// Not an offset: the kernel has `bpf_get_current_task_btf` and `bpf_task_pt_regs`
     /// (its BTF lists them in `enum bpf_func_id`), so programs may call them.
     pub const REGS_HELPER: u32 = 32;
+    /// Where `struct pt_regs` keeps the syscall number and arguments, and the numbers of
+    /// bind/connect/sendto/sendmsg/sendmmsg: known for the x86_64 and arm64 layouts.
+    pub const SYSCALL_REGS: u32 = 64;
 }
 
 /// Counters in the `STATS` per-CPU array, by index.
@@ -291,8 +318,8 @@ pub enum Stat {
     /// Events that did not fit in the ring buffer.
     Lost = 0,
     /// Port choices seen but not reported: the socket could not be read back, the entry state
-    /// was evicted or did not match the return, or (off x86_64) the syscall that asked could
-    /// not be read (`port_trace_unresolved_events_total`).
+    /// was evicted or did not match the return, or (on an architecture whose `pt_regs` layout
+    /// is not known) the syscall that asked could not be read (`port_trace_unresolved_events_total`).
     Unresolved = 1,
 }
 

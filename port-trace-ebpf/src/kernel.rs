@@ -201,45 +201,31 @@ pub fn msg_name(msg: u64) -> u64 {
 #[derive(Clone, Copy)]
 pub enum Syscall {
     /// bind().
-    #[cfg_attr(
-        not(bpf_target_arch = "x86_64"),
-        expect(dead_code, reason = "made on x86_64 only")
-    )]
     Bind,
     /// Any other syscall, or none (a kernel thread). `dest` is the user sockaddr of connect(),
     /// sendto(), sendmsg() or sendmmsg() (its first message), 0 for anything else.
-    #[cfg_attr(
-        not(bpf_target_arch = "x86_64"),
-        expect(dead_code, reason = "made on x86_64 only")
-    )]
     Other { dest: u64 },
-    /// The syscall registers cannot be read: another architecture, or no way to find them on
-    /// this kernel.
+    /// The syscall registers cannot be read: the kernel's `pt_regs` layout is not one the
+    /// loader knows, or there is no way to find them on this kernel.
     Unknown,
 }
 
-/// Reads the current task's syscall number and arguments from its saved user registers.
-#[cfg(bpf_target_arch = "x86_64")]
+/// Reads the current task's syscall number and arguments from its saved user registers, at
+/// the offsets and with the syscall numbers the loader found in the kernel's BTF (x86_64:
+/// `orig_ax`, `si`, `r8` and arch/x86/entry/syscalls/syscall_64.tbl; arm64: `syscallno`,
+/// `regs[1]`, `regs[4]` and the generic include/uapi/asm-generic/unistd.h).
 #[inline(always)]
 pub fn current_syscall() -> Syscall {
-    // x86_64 `struct pt_regs` (arch/x86/include/uapi/asm/ptrace.h, a stable ABI) and syscall
-    // numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-    const PT_REGS_ORIG_AX: u32 = 120;
-    const PT_REGS_SI: u32 = 104;
-    const PT_REGS_R8: u32 = 72;
-    const NR_CONNECT: u64 = 42;
-    const NR_SENDTO: u64 = 44;
-    const NR_SENDMSG: u64 = 46;
-    const NR_BIND: u64 = 49;
-    const NR_SENDMMSG: u64 = 307;
-
     let o = crate::OFFSETS.load();
+    if !o.has(layout::SYSCALL_REGS) {
+        return Syscall::Unknown;
+    }
     // `OFFSETS` is read-only to the programs, so the verifier knows which branch runs and never
     // sees the helpers on a kernel that lacks them.
     let regs = if o.has(layout::REGS_HELPER) {
         regs_by_helper()
     } else if o.has(layout::TASK_STACK) {
-        regs_on_stack(o.task_stack)
+        regs_on_stack(o.task_stack, o.regs_size)
     } else {
         return Syscall::Unknown;
     };
@@ -247,22 +233,32 @@ pub fn current_syscall() -> Syscall {
         return Syscall::Other { dest: 0 };
     }
     let reg = |off: u32| read_kernel::<u64>(regs, off).unwrap_or(0);
-    // orig_ax holds the syscall number for the whole syscall (ax is overwritten by the result).
-    let dest = match read_kernel::<u64>(regs, PT_REGS_ORIG_AX).unwrap_or(u64::MAX) {
-        NR_BIND => return Syscall::Bind,
-        // connect(fd, addr, addrlen): addr in rsi.
-        NR_CONNECT => reg(PT_REGS_SI),
-        // sendto(fd, buf, len, flags, addr, addrlen): addr in r8.
-        NR_SENDTO => reg(PT_REGS_R8),
-        // sendmsg(fd, msg, flags) / sendmmsg(fd, mmsg, vlen, flags): msg in rsi.
-        NR_SENDMSG | NR_SENDMMSG => msg_name(reg(PT_REGS_SI)),
-        _ => 0,
+    // The number stays there for the whole syscall (x86_64's ax and arm64's x0 are overwritten
+    // by the result); arm64's is an s32, x86_64's an unsigned long.
+    let nr: i64 = if o.regs_nr_size == 8 {
+        read_kernel::<u64>(regs, o.regs_nr).map_or(-1, |n| n as i64)
+    } else {
+        read_kernel::<i32>(regs, o.regs_nr).map_or(-1, i64::from)
+    };
+    let is = |n: u32| nr == i64::from(n);
+    let dest = if is(o.nr_bind) {
+        return Syscall::Bind;
+    } else if is(o.nr_connect) {
+        // connect(fd, addr, addrlen).
+        reg(o.regs_arg2)
+    } else if is(o.nr_sendto) {
+        // sendto(fd, buf, len, flags, addr, addrlen).
+        reg(o.regs_arg5)
+    } else if is(o.nr_sendmsg) || is(o.nr_sendmmsg) {
+        // sendmsg(fd, msg, flags) / sendmmsg(fd, mmsg, vlen, flags).
+        msg_name(reg(o.regs_arg2))
+    } else {
+        0
     };
     Syscall::Other { dest }
 }
 
 /// The current task's saved user registers (5.15+).
-#[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 fn regs_by_helper() -> u64 {
     use aya_ebpf::{
@@ -278,26 +274,18 @@ fn regs_by_helper() -> u64 {
     unsafe { bpf_task_pt_regs(task) as u64 }
 }
 
-/// The same registers found the way `task_pt_regs()` does on x86_64 before 5.15: the last
-/// `struct pt_regs` below the top of the task's kernel stack. THREAD_SIZE is 16 KiB (4 pages;
-/// more only with KASAN, which distribution kernels leave off) and nothing pads the top of the
-/// stack (`TOP_OF_KERNEL_STACK_PADDING` is 0 on x86_64 until FRED, 6.9+, which has the helper).
-#[cfg(bpf_target_arch = "x86_64")]
+/// The same registers found the way `task_pt_regs()` does on x86_64 and arm64 before 5.15:
+/// the last `struct pt_regs` below the top of the task's kernel stack. THREAD_SIZE is 16 KiB
+/// on both (more only with KASAN, which distribution kernels leave off) and nothing pads the
+/// top of the stack (x86_64's `TOP_OF_KERNEL_STACK_PADDING` is 0 until FRED, 6.9+, which has
+/// the helper).
 #[inline(always)]
-fn regs_on_stack(task_stack: u32) -> u64 {
+fn regs_on_stack(task_stack: u32, regs_size: u32) -> u64 {
     const THREAD_SIZE: u64 = 16 * 1024;
-    const PT_REGS_SIZE: u64 = 21 * 8;
     // SAFETY: the helper takes no arguments; it returns the current task's address.
     let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
     match read_kernel::<u64>(task, task_stack) {
-        Some(stack) if stack != 0 => stack + THREAD_SIZE - PT_REGS_SIZE,
+        Some(stack) if stack != 0 => stack + THREAD_SIZE - u64::from(regs_size),
         _ => 0,
     }
-}
-
-/// Without this architecture's `pt_regs` layout and syscall numbers, the syscall is unknown.
-#[cfg(not(bpf_target_arch = "x86_64"))]
-#[inline(always)]
-pub fn current_syscall() -> Syscall {
-    Syscall::Unknown
 }

@@ -10,14 +10,17 @@
 //! - `cargo xtask test`: setup, build, run every test (root tests load real eBPF programs).
 //! - `cargo xtask fuzz [--seconds N] [--target NAME]`: the cargo-fuzz targets of `fuzz/`.
 //! - `cargo xtask soak [--duration 10m]`: `serve` under a mixed workload, watched for growth.
-//! - `cargo xtask dist [--verify]`: the static binary and the .deb under `target/dist/`.
-//! - `cargo xtask image`: the OCI image of the static binary (podman), saved and tested.
+//! - `cargo xtask dist [--verify]`: the static binaries and the .debs (amd64, arm64) under
+//!   `target/dist/`.
+//! - `cargo xtask image [--push REF]`: the OCI images of the static binaries (podman) and
+//!   their manifest list, saved and tested; pushed to a registry with `--push`.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod arch;
 mod bench;
 mod build;
 mod dist;
@@ -72,6 +75,10 @@ enum Cmd {
         /// Kernel flavours: cloud, generic or all (repeatable).
         #[arg(long = "flavour", default_value = "cloud")]
         flavours: Vec<String>,
+        /// Architectures: x86_64, arm64 or all (repeatable; arm64 boots 6.1 only, under
+        /// qemu-system-aarch64).
+        #[arg(long = "arch", default_value = "x86_64")]
+        arches: Vec<String>,
         /// Hook sets to run.
         #[arg(long = "hooks", default_values = vm::matrix::HOOK_SETS)]
         hooks: Vec<String>,
@@ -95,15 +102,22 @@ enum Cmd {
     /// Run `port-trace serve` under a mixed workload (root) and fail on growth of its RSS, fds
     /// or threads, on CPU above its bound, or on any scrape slower than 1 s.
     Soak(soak::SoakArgs),
-    /// Build the static x86_64 musl binary and the .deb under target/dist/, with SHA256SUMS.
+    /// Build the static musl binaries and the .debs for x86_64 (amd64) and aarch64 (arm64)
+    /// under target/dist/, with SHA256SUMS.
     Dist {
         /// Then test them: run the binary, dpkg -i the .deb, check it, dpkg --purge (root).
         #[arg(long)]
         verify: bool,
     },
-    /// Build the OCI image (static binary on scratch) with podman, save it as an OCI archive
-    /// under target/dist/ and run its binary from the unpacked layers.
-    Image,
+    /// Build the OCI images (static binary on scratch) for amd64 and arm64 with podman and a
+    /// manifest list over both, save them as OCI archives under target/dist/ and run each
+    /// image's binary from its unpacked layers.
+    Image {
+        /// Then push the manifest list and both images to this registry reference
+        /// (e.g. ghcr.io/you/port-trace:0.1.0; log in with `podman login` first).
+        #[arg(long, value_name = "REF")]
+        push: Option<String>,
+    },
     /// Build and run all tests, including the root eBPF integration tests, the artefacts of
     /// `dist` and the VM matrix.
     Test {
@@ -147,8 +161,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::VmTest {
             kernels,
             flavours,
+            arches,
             hooks,
-        } => done(vm_kernels(&kernels, &flavours).and_then(|k| vm::matrix::command(&k, &hooks))),
+        } => done(
+            arch::Arch::parse(&arches)
+                .and_then(|a| vm_kernels_for(&kernels, &flavours, &a))
+                .and_then(|k| vm::matrix::command(&k, &hooks)),
+        ),
         Cmd::VmCheck {
             kernels,
             flavours,
@@ -159,7 +178,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Fuzz(args) => done(fuzz::command(args)),
         Cmd::Soak(args) => done(soak::command(args)),
         Cmd::Dist { verify } => done(dist::command(verify)),
-        Cmd::Image => done(dist::image::command()),
+        Cmd::Image { push } => done(dist::image::command(push.as_deref())),
         Cmd::Test {
             no_vm,
             no_fuzz,
@@ -178,10 +197,24 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// `--kernel` x `--flavour`.
+/// `--kernel` x `--flavour`, x86_64.
 fn vm_kernels(kernels: &[String], flavours: &[String]) -> anyhow::Result<Vec<vm::kernel::Kernel>> {
-    Ok(vm::kernel::kernels(
+    vm_kernels_for(kernels, flavours, &[arch::Arch::X86_64])
+}
+
+/// `--kernel` x `--flavour` x `--arch`.
+fn vm_kernels_for(
+    kernels: &[String],
+    flavours: &[String],
+    arches: &[arch::Arch],
+) -> anyhow::Result<Vec<vm::kernel::Kernel>> {
+    let k = vm::kernel::kernels(
         &vm::kernel::parse_releases(kernels)?,
         &vm::kernel::parse_flavours(flavours)?,
-    ))
+        arches,
+    );
+    if k.is_empty() {
+        anyhow::bail!("no kernel to boot: arm64 boots 6.1 only (--kernel 6.1 or all)");
+    }
+    Ok(k)
 }

@@ -58,6 +58,18 @@ pub fn install_missing(bin: &str, package: &str) -> Result<PathBuf> {
     which_path(bin)
 }
 
+/// Installs `packages` with apt-get (for files no program on PATH stands for, such as headers).
+pub fn install_packages(packages: &[&str]) -> Result<()> {
+    let mut apt = Apt::new();
+    if !apt.can_install {
+        bail!(
+            "apt-get cannot run here: apt-get install -y {}",
+            packages.join(" ")
+        );
+    }
+    apt.install(packages)
+}
+
 /// Adds each of `components` that `toolchain` (None: the active one) lacks.
 pub fn ensure_components(toolchain: Option<&str>, components: &[&str]) -> Result<()> {
     let mut list = Command::new("rustup");

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{build::build, dist, fuzz, setup, shell::cargo, soak, vm::matrix};
+use crate::{arch::Arch, build::build, dist, fuzz, setup, shell::cargo, soak, vm::matrix};
 
 /// Totals over every test binary and every VM cell.
 #[derive(Default)]
@@ -42,13 +42,18 @@ pub fn command(skip: Skip, args: &[String]) -> Result<ExitCode> {
     if !skip.soak {
         soak_run(&bin, &mut tally);
     }
-    // The VM matrix runs what operators install: the static binary, once it is built.
-    let guest_bin = if skip.dist {
-        bin
+    // The VM matrix runs what operators install: the static binaries, once they are built.
+    let built = if skip.dist {
+        None
     } else {
-        dist_artefacts(&mut tally).unwrap_or(bin)
+        dist_artefacts(&mut tally)
     };
     if !skip.vm {
+        let guest_bin = |arch: Arch| match built.as_ref().and_then(|b| b.binary(arch)) {
+            Some(b) => Ok(b.clone()),
+            None if arch.is_host() => Ok(bin.clone()),
+            None => dist::musl::build(arch),
+        };
         vm_matrix(&guest_bin, &mut tally);
     }
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
@@ -103,12 +108,13 @@ impl Tally {
     }
 }
 
-/// `dist` and its artefact checks, counted as one test; the static binary when they passed.
-fn dist_artefacts(tally: &mut Tally) -> Option<std::path::PathBuf> {
-    match dist::build().and_then(|built| dist::verify::all(&built).map(|()| built.binary)) {
-        Ok(binary) => {
+/// `dist` and its artefact checks, counted as one test; the artefacts when they passed.
+fn dist_artefacts(tally: &mut Tally) -> Option<dist::Artefacts> {
+    let checked = dist::build().and_then(|built| dist::verify::all(&built).map(|()| built));
+    match checked {
+        Ok(built) => {
             tally.count(true);
-            Some(binary)
+            Some(built)
         }
         Err(e) => {
             eprintln!("xtask: dist: {e:#}");
@@ -142,7 +148,7 @@ fn soak_run(bin: &Path, tally: &mut Tally) {
 }
 
 /// Every hook set on stock kernels: each kernel x hook set counts as one test.
-fn vm_matrix(bin: &Path, tally: &mut Tally) {
+fn vm_matrix(bin: &dyn Fn(Arch) -> Result<std::path::PathBuf>, tally: &mut Tally) {
     let hooks = matrix::HOOK_SETS.map(String::from);
     match matrix::run_matrix(bin, &matrix::ci_kernels(), &hooks) {
         Ok(cells) => {

@@ -1,5 +1,6 @@
-//! Stock Debian kernels (5.10, 6.1, 6.12; `kernel`) under qemu (TCG, no KVM): boot one with a busybox initramfs, run
-//! our binaries there, and read the result back from the serial console.
+//! Stock Debian kernels (5.10, 6.1, 6.12 on x86_64, 6.1 on arm64; `kernel`) under qemu (TCG, no
+//! KVM): boot one with a busybox initramfs, run our binaries there, and read the result back
+//! from the serial console.
 //!
 //! Everything comes from the Debian archive with `apt-get download` and is unpacked into
 //! `target/vm/cache` (nothing is installed on the host): see [`debian`] for the kernel and the
@@ -17,6 +18,7 @@ use anyhow::{Context, Result};
 
 use crate::shell::workspace_root;
 
+pub mod arm64;
 pub mod check;
 pub mod debian;
 pub mod initramfs;

@@ -32,13 +32,21 @@ pub(super) fn coverage(k: &KernelSupport, h: &FunctionHooks) -> Vec<PathCoverage
     let has = |group| k.layout.as_ref().is_some_and(|l| l.has(group));
     let sock = sock_layout_missing(k);
     // udp_lib_get_port tells bind(0) from an autobind, and finds the destination, from the
-    // syscall registers; the programs read them with the x86_64 layout.
-    let syscall_regs = (std::env::consts::ARCH != "x86_64").then(|| {
-        format!(
-            "syscall registers are read with the x86_64 layout, this is {}",
+    // syscall's saved registers: their layout must be known, and a way to find them.
+    let syscall_regs = if !has(layout::SYSCALL_REGS) {
+        Some(format!(
+            "cannot tell bind(0) from an autobind: the kernel's struct pt_regs is not a layout \
+             port-trace knows (x86_64, arm64; this is {})",
             std::env::consts::ARCH
+        ))
+    } else if !has(layout::REGS_HELPER) && !has(layout::TASK_STACK) {
+        Some(
+            "cannot tell bind(0) from an autobind: no bpf_task_pt_regs and no task_struct.stack"
+                .into(),
         )
-    });
+    } else {
+        None
+    };
     let row = PathCoverage::new;
     vec![
         row("tcp connect (v4/v6)", h.tcp_connect, sock.clone()),

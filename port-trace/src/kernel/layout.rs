@@ -30,6 +30,12 @@ pub enum LayoutError {
 
 /// A resolved field: byte offset from the start of the outer struct.
 fn field_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32, LayoutError> {
+    field(btf, strukt, path).map(|(offset, _)| offset)
+}
+
+/// A resolved field: byte offset from the start of the outer struct, and its type (typedefs
+/// and qualifiers stripped).
+pub(super) fn field(btf: &Btf, strukt: &str, path: &[&str]) -> Result<(u32, Type), LayoutError> {
     let ty = btf
         .resolve_types_by_name(strukt)
         .map_err(|_| LayoutError::NoStruct(strukt.into()))?
@@ -47,7 +53,7 @@ fn field_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32, LayoutErr
     if !total_bits.is_multiple_of(8) {
         return Err(LayoutError::Bitfield(strukt.into(), path.join(".")));
     }
-    Ok(total_bits / 8)
+    Ok((total_bits / 8, cur))
 }
 
 /// Finds `name` in a struct or union, descending into anonymous members.
@@ -182,6 +188,23 @@ pub fn resolve(btf: &Btf) -> Layout {
     ) {
         o.valid |= layout::REGS_HELPER;
     }
+    match super::syscall_regs::resolve(btf) {
+        Ok(r) => {
+            let n = r.abi.numbers();
+            o.regs_nr = r.nr;
+            o.regs_nr_size = r.nr_size;
+            o.regs_arg2 = r.arg2;
+            o.regs_arg5 = r.arg5;
+            o.regs_size = r.size;
+            o.nr_bind = n.bind;
+            o.nr_connect = n.connect;
+            o.nr_sendto = n.sendto;
+            o.nr_sendmsg = n.sendmsg;
+            o.nr_sendmmsg = n.sendmmsg;
+            o.valid |= layout::SYSCALL_REGS;
+        }
+        Err(e) => problems.push(e.to_string()),
+    }
     grp!(
         layout::NETNS,
         [
@@ -212,7 +235,13 @@ mod tests {
         let btf = load(path).unwrap();
         let l = resolve(&btf);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
-        assert!(l.has(layout::SOCK | layout::NETNS | layout::SOCK_PEER | layout::TASK_STACK));
+        assert!(l.has(
+            layout::SOCK
+                | layout::NETNS
+                | layout::SOCK_PEER
+                | layout::TASK_STACK
+                | layout::SYSCALL_REGS
+        ));
         // This kernel (6.18) has both helpers (5.15+).
         assert!(l.has(layout::REGS_HELPER));
         // skc_family is the first 2-byte field after the addresses and hash in sock_common.

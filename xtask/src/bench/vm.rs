@@ -66,6 +66,7 @@ fn boot_and_read(
         kernel::Kernel {
             release: kernel::Release::V6_1,
             flavour: flavour[0],
+            arch: kernel::Arch::X86_64,
         },
     )?;
     let files = with_libraries(&guest_programs(port_trace, loops)?)?;

@@ -1,6 +1,9 @@
 //! Tests of the artefacts themselves, not of the code: the static binary runs here and is
 //! static; the .deb installs with dpkg, its daemon's `check` passes, its unit passes
 //! `systemd-analyze verify`, its man page renders, and `dpkg --purge` leaves nothing behind.
+//! The other architecture's (aarch64 on an x86_64 machine) binary is checked to be a static
+//! ELF for it and its offline commands run under qemu-user; its .deb is checked to be for that
+//! architecture and to hold the same files as the installed one.
 //! Each command is echoed with its output, so the run is its own transcript.
 
 use std::{
@@ -10,8 +13,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{Artefacts, VERSION};
-use crate::shell::{is_root, say, which_path};
+use super::{Artefacts, Built, VERSION, qemu_user};
+use crate::{
+    arch::Arch,
+    setup,
+    shell::{is_root, say, which_path},
+};
 
 const PACKAGE: &str = "port-trace";
 const USER: &str = "port-trace";
@@ -31,9 +38,138 @@ const INSTALLED: &[&str] = &[
 ];
 
 pub fn all(built: &Artefacts) -> Result<()> {
-    static_binary(&built.binary)?;
-    deb(&built.deb)?;
+    let host = built
+        .built
+        .iter()
+        .find(|b| b.arch.is_host())
+        .context("dist built nothing for this machine's architecture")?;
+    for b in &built.built {
+        elf(b.arch, &b.binary)?;
+        if b.arch.is_host() {
+            static_binary(&b.binary)?;
+            deb(&b.deb)?;
+        } else {
+            offline_commands(b.arch, &b.binary)?;
+            foreign_deb(b, &host.deb)?;
+        }
+    }
     say("dist: every artefact check passed");
+    Ok(())
+}
+
+/// The ELF header and program headers (binutils' readelf): built for `arch`, and static (no
+/// program interpreter, no shared library needed).
+pub fn elf(arch: Arch, bin: &Path) -> Result<()> {
+    let readelf = setup::install_missing("readelf", "binutils")?;
+    let text = run(Command::new(readelf).args(["-h", "-l", "-d"]).arg(bin))?;
+    let machine = match arch {
+        Arch::X86_64 => "X86-64",
+        Arch::Aarch64 => "AArch64",
+    };
+    let machine_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Machine:"))
+        .unwrap_or("");
+    if !machine_line.contains(machine) {
+        bail!(
+            "{} is not built for {arch}: {}",
+            bin.display(),
+            machine_line.trim()
+        );
+    }
+    if text.contains("program interpreter") || text.contains("(NEEDED)") {
+        bail!(
+            "{} is not static: it names an interpreter or a shared library",
+            bin.display()
+        );
+    }
+    Ok(())
+}
+
+/// The commands that need no eBPF, run under qemu-user: `--help`, `--version`, `analyze` of a
+/// small recording (which must find its sequential counter) and `plot` of it (an SVG).
+pub fn offline_commands(arch: Arch, bin: &Path) -> Result<()> {
+    let emulator = qemu_user::emulator(arch)?;
+    say(&format!(
+        "dist: running the {arch} binary under {}",
+        emulator.display()
+    ));
+    let help = run(qemu_user::command(arch, bin)?.arg("--help"))?;
+    if !help.contains("Usage: port-trace") {
+        bail!("--help printed no usage: {help}");
+    }
+    let version = run(qemu_user::command(arch, bin)?.arg("--version"))?;
+    for want in [VERSION, "commit ", "hook sets: fexit, kprobe, cgroup"] {
+        if !version.contains(want) {
+            bail!("--version does not say `{want}`: {version}");
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("port-trace-dist-{arch}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = analyze_and_plot(arch, bin, &dir);
+    std::fs::remove_dir_all(&dir)?;
+    result
+}
+
+fn analyze_and_plot(arch: Arch, bin: &Path, dir: &Path) -> Result<()> {
+    let recording = dir.join("recording.json");
+    std::fs::write(&recording, tiny_recording())?;
+    let analysis = run(qemu_user::command(arch, bin)?
+        .arg("analyze")
+        .arg(&recording)
+        .args(["--format", "json"]))?;
+    if !analysis.contains("\"sequential\"") {
+        bail!("analyze did not find the recording's sequential counter: {analysis}");
+    }
+    let svg = dir.join("ports.svg");
+    run(qemu_user::command(arch, bin)?
+        .arg("plot")
+        .arg(&recording)
+        .arg("--out")
+        .arg(&svg))?;
+    let drawn = std::fs::read_to_string(&svg)
+        .with_context(|| format!("plot wrote no {}", svg.display()))?;
+    if !drawn.contains("<svg") {
+        bail!("plot wrote no SVG");
+    }
+    say(&format!(
+        "dist: {arch} plot wrote an SVG of {} bytes",
+        drawn.len()
+    ));
+    Ok(())
+}
+
+/// A .deb that cannot be installed here: its control file names its architecture, and it
+/// holds the same paths as `host_deb`, which was installed and checked.
+fn foreign_deb(b: &Built, host_deb: &Path) -> Result<()> {
+    let arch = run(Command::new("dpkg-deb")
+        .args(["--field"])
+        .arg(&b.deb)
+        .arg("Architecture"))?;
+    if arch.trim() != b.arch.debian() {
+        bail!("{} says Architecture: {}", b.deb.display(), arch.trim());
+    }
+    let paths = |deb: &Path| -> Result<Vec<String>> {
+        let listing = run(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
+        let mut paths: Vec<String> = listing
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5).map(str::to_string))
+            .collect();
+        paths.sort();
+        Ok(paths)
+    };
+    let (ours, host) = (paths(&b.deb)?, paths(host_deb)?);
+    if ours != host {
+        bail!(
+            "the {} .deb holds other files than the installed one: {ours:?} vs {host:?}",
+            b.arch
+        );
+    }
+    say(&format!(
+        "dist: the {} .deb holds the same {} paths as the installed one",
+        b.arch,
+        ours.len()
+    ));
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! Debian packages into the cache with `apt-get download`, unpacked with `dpkg`; nothing is
 //! installed on the host, and the host's apt state is not touched: apt runs with a sources list
 //! and package lists of our own under `cache/apt` (bullseye, bookworm and trixie, bookworm
-//! preferred for everything that is not a kernel).
+//! preferred for everything that is not a kernel; amd64 and arm64 packages, the arm64 ones
+//! named `PACKAGE:arm64`).
 //!
 //! A kernel is the newest build the lists know of its release and flavour (e.g.
 //! `linux-image-5.10.0-46-cloud-amd64-unsigned`), falling back to older ones when a download
@@ -35,6 +36,9 @@ fn apt_options(cache: &Path) -> Vec<String> {
         format!("Dir::Cache={}", apt.join("cache").display()),
         // Everything but the kernels comes from the suite the host runs (bookworm).
         "APT::Default-Release=bookworm".into(),
+        // The arm64 guest's kernel and programs; the host's dpkg is not told of arm64.
+        "APT::Architectures::=amd64".into(),
+        "APT::Architectures::=arm64".into(),
     ]
     .into_iter()
     .flat_map(|o| ["-o".to_string(), o])
@@ -142,14 +146,17 @@ fn candidates(cache: &Path, dir: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
 fn parse_print_uris(text: &str, dir: &Path, packages: &[&str]) -> Result<Vec<Deb>> {
     let mut debs = Vec::new();
     for &package in packages {
-        let prefix = format!("{package}_");
+        // `PACKAGE:arm64` is downloaded as `PACKAGE_VERSION_arm64.deb`.
+        let (name, arch) = package.split_once(':').unwrap_or((package, ""));
+        let prefix = format!("{name}_");
+        let suffix = format!("_{arch}.deb");
         let line = text
             .lines()
             .filter(|l| l.starts_with('\''))
             .find(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|n| n.starts_with(&prefix))
+                l.split_whitespace().nth(1).is_some_and(|n| {
+                    n.starts_with(&prefix) && (arch.is_empty() || n.ends_with(&suffix))
+                })
             })
             .with_context(|| format!("apt-get download --print-uris: no URI for {package}"))?;
         let mut fields = line.split_whitespace().skip(1);
@@ -254,7 +261,8 @@ pub fn fetch_kernel(cache: &Path, kernel: Kernel) -> Result<PathBuf> {
     let mut errors = Vec::new();
     for package in &packages {
         let dest = cache.join("kernel").join(package);
-        match download_debs(cache, &[package]) {
+        let qualified = format!("{package}:{}", kernel.arch.debian());
+        match download_debs(cache, &[&qualified]) {
             Ok(debs) => return unpack_vmlinuz(&debs[0].path, &dest),
             Err(e) => errors.push(format!("{package}: {e:#}")),
         }
@@ -275,13 +283,10 @@ fn kernel_packages(cache: &Path, kernel: Kernel) -> Result<Vec<String>> {
     }
     if builds.is_empty() {
         bail!(
-            "apt knows no {}N-{}amd64-unsigned in {}",
+            "apt knows no {}N-{}{}-unsigned in {}",
             kernel.release.prefix(),
-            if kernel.flavour.name() == "cloud" {
-                "cloud-"
-            } else {
-                ""
-            },
+            kernel.flavour.infix(),
+            kernel.arch.debian(),
             kernel.release.suite()
         );
     }
@@ -297,7 +302,10 @@ fn kernel_builds(cache: &Path, kernel: Kernel) -> Result<Vec<(u32, String)>> {
         .context("running apt-cache")?;
     let mut builds: Vec<(u32, String)> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|name| Some((release.build_of(name, kernel.flavour)?, name.to_string())))
+        .filter_map(|name| {
+            let build = release.build_of(name, kernel.flavour, kernel.arch)?;
+            Some((build, name.to_string()))
+        })
         .collect();
     builds.sort_by_key(|&(build, _)| std::cmp::Reverse(build));
     Ok(builds)
@@ -347,5 +355,9 @@ mod tests {
             dir.join("busybox-static_1%3a1.35.0-4_amd64.deb")
         );
         assert!(super::parse_print_uris(text, dir, &["qemu-system-x86"]).is_err());
+        // An architecture-qualified name matches its architecture's file only.
+        assert!(super::parse_print_uris(text, dir, &["busybox-static:arm64"]).is_err());
+        let debs = super::parse_print_uris(text, dir, &["busybox-static:amd64"]).unwrap();
+        assert_eq!(debs[0].size, 1000);
     }
 }

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{debian, tail};
+use super::{debian, kernel::Arch, tail};
 
 /// The guest prints `PORT-TRACE-VM-RESULT: ok` (or `PORT-TRACE-VM-RESULT: fail ...`).
 const RESULT_MARKER: &str = "PORT-TRACE-VM-RESULT:";
@@ -44,7 +44,17 @@ pub fn build_initramfs(
     files: &[(PathBuf, String)],
     init_script: &str,
 ) -> Result<PathBuf> {
-    let busybox = fetch_busybox(cache)?;
+    build_initramfs_for(cache, Arch::X86_64, files, init_script)
+}
+
+/// [`build_initramfs`] for an `arch` guest: its busybox, and `files` built for it.
+pub fn build_initramfs_for(
+    cache: &Path,
+    arch: Arch,
+    files: &[(PathBuf, String)],
+    init_script: &str,
+) -> Result<PathBuf> {
+    let busybox = fetch_busybox(cache, arch)?;
     let raw = archive(&busybox, files, init_script)?;
     let out = cache.join(format!("initramfs-{:016x}.cpio.gz", fnv1a(&raw)));
     if !out.exists() {
@@ -53,10 +63,18 @@ pub fn build_initramfs(
     Ok(out)
 }
 
-/// busybox-static unpacked into `cache/busybox/`; returns the binary's path.
-fn fetch_busybox(cache: &Path) -> Result<PathBuf> {
-    let debs = debian::download_debs(cache, &["busybox-static"])?;
-    let root = cache.join("busybox");
+/// busybox-static for `arch` unpacked into `cache/busybox/` (`cache/busybox-arm64/`); returns
+/// the binary's path.
+fn fetch_busybox(cache: &Path, arch: Arch) -> Result<PathBuf> {
+    let (package, dir) = match arch {
+        Arch::X86_64 => ("busybox-static".to_string(), "busybox".to_string()),
+        other => (
+            format!("busybox-static:{}", other.debian()),
+            format!("busybox-{}", other.debian()),
+        ),
+    };
+    let debs = debian::download_debs(cache, &[&package])?;
+    let root = cache.join(dir);
     debian::extract(&debs[0].path, &root)?;
     Ok(root.join("bin/busybox"))
 }

@@ -1,10 +1,11 @@
-//! qemu-system-x86_64 unpacked from bookworm's packages, and one boot of a kernel with an
-//! initramfs under TCG.
+//! qemu-system-x86_64 and qemu-system-aarch64 unpacked from bookworm's packages, and one boot
+//! of a kernel with an initramfs under TCG.
 //!
-//! The packages are `qemu-system-x86`, `qemu-system-common` (the TCG accel module),
-//! `qemu-system-data`, `seabios` (bios-256k.bin) and the shared libraries a bookworm host without
-//! qemu-system may lack; qemu runs with `LD_LIBRARY_PATH`, `QEMU_MODULE_DIR` and two `-L` dirs.
-//! Installing qemu-system-x86 with apt would remove the newer backported qemu-utils, hence this.
+//! The packages are `qemu-system-x86` (or `qemu-system-arm`), `qemu-system-common` (the x86
+//! TCG accel module), `qemu-system-data`, `seabios` (bios-256k.bin, x86 only: the arm `virt`
+//! machine boots the kernel directly) and the shared libraries a bookworm host without
+//! qemu-system may lack; qemu runs with `LD_LIBRARY_PATH`, `QEMU_MODULE_DIR` and `-L` dirs.
+//! Installing qemu-system-* with apt would remove the newer backported qemu-utils, hence this.
 
 use std::{
     ffi::OsString,
@@ -18,7 +19,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{debian, tail};
+use super::{debian, kernel::Arch, tail};
 
 /// Libraries qemu-system-x86 7.2 (bookworm) links that a host with only qemu-utils may lack.
 /// Checked afterwards with `ldd`, so a missing one is reported by soname.
@@ -42,10 +43,12 @@ const QEMU_PACKAGES: &[&str] = &[
     "seabios",
 ];
 
-/// A qemu-system-x86_64 unpacked from Debian packages, and what it needs to run.
+/// A qemu-system-x86_64 or -aarch64 unpacked from Debian packages, and what it needs to run.
 #[derive(Debug, Clone)]
 pub struct Qemu {
-    /// `.../usr/bin/qemu-system-x86_64`.
+    /// The guest's architecture.
+    arch: Arch,
+    /// `.../usr/bin/qemu-system-x86_64` or `qemu-system-aarch64`.
     binary: PathBuf,
     /// Firmware dirs, each passed as `-L` (qemu's data dir, then seabios).
     bios_dirs: Vec<PathBuf>,
@@ -67,8 +70,17 @@ impl Qemu {
 
 /// qemu-system-x86_64 from bookworm's packages, unpacked into `cache/qemu/`.
 pub fn fetch_qemu(cache: &Path) -> Result<Qemu> {
+    fetch_qemu_for(cache, Arch::X86_64)
+}
+
+/// The qemu-system for `arch` guests from bookworm's packages, unpacked into `cache/qemu/`
+/// (both share it: their packages hold different files).
+pub fn fetch_qemu_for(cache: &Path, arch: Arch) -> Result<Qemu> {
     let root = cache.join("qemu");
-    let mut packages = QEMU_PACKAGES.to_vec();
+    let mut packages = match arch {
+        Arch::X86_64 => QEMU_PACKAGES.to_vec(),
+        Arch::Aarch64 => vec!["qemu-system-arm", "qemu-system-common", "qemu-system-data"],
+    };
     packages.extend_from_slice(QEMU_LIB_PACKAGES);
     for deb in debian::download_debs(cache, &packages)? {
         debian::extract(&deb.path, &root)?;
@@ -79,12 +91,24 @@ pub fn fetch_qemu(cache: &Path) -> Result<Qemu> {
     ];
     let ld_path = std::env::join_paths(libs.iter())?;
     let module_dir = root.join("usr/lib/x86_64-linux-gnu/qemu");
-    if !module_dir.join("accel-tcg-x86_64.so").exists() {
+    // x86's TCG is a module in Debian's build (beside KVM); arm's is built into the binary.
+    if arch == Arch::X86_64 && !module_dir.join("accel-tcg-x86_64.so").exists() {
         bail!("{} has no accel-tcg-x86_64.so", module_dir.display());
     }
+    let (binary, bios_dirs) = match arch {
+        Arch::X86_64 => (
+            "usr/bin/qemu-system-x86_64",
+            vec![root.join("usr/share/qemu"), root.join("usr/share/seabios")],
+        ),
+        Arch::Aarch64 => (
+            "usr/bin/qemu-system-aarch64",
+            vec![root.join("usr/share/qemu")],
+        ),
+    };
     let qemu = Qemu {
-        binary: root.join("usr/bin/qemu-system-x86_64"),
-        bios_dirs: vec![root.join("usr/share/qemu"), root.join("usr/share/seabios")],
+        arch,
+        binary: root.join(binary),
+        bios_dirs,
         env: vec![
             ("LD_LIBRARY_PATH".into(), ld_path),
             ("QEMU_MODULE_DIR".into(), module_dir.into_os_string()),
@@ -108,7 +132,8 @@ fn check_libraries(qemu: &Qemu) -> Result<()> {
         .collect();
     if !missing.is_empty() {
         bail!(
-            "qemu-system-x86_64 lacks libraries (add their packages to QEMU_LIB_PACKAGES): {missing:?}"
+            "{} lacks libraries (add their packages to QEMU_LIB_PACKAGES): {missing:?}",
+            qemu.binary.display()
         );
     }
     Ok(())
@@ -145,23 +170,35 @@ pub fn boot(q: &Qemu, kernel: &Path, initramfs: &Path, timeout: Duration) -> Res
     }
 }
 
-/// The qemu command line: q35 under TCG, no NIC, the kernel's console on the serial port.
+/// The qemu command line: q35 (x86_64) or virt with the `max` CPU (arm64) under TCG, no NIC,
+/// the kernel's console on the serial port (ttyS0, or the virt machine's PL011 ttyAMA0).
 fn machine(q: &Qemu, kernel: &Path, initramfs: &Path) -> Command {
     let mut cmd = q.command();
-    cmd.args([
-        "-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "2",
-    ])
-    .args(["-nographic", "-no-reboot"])
-    // No NIC: q35's default e1000e wants efi-e1000e.rom (ipxe-qemu), and the guest needs none.
-    .args(["-nic", "none"])
-    .arg("-kernel")
-    .arg(kernel)
-    .arg("-initrd")
-    .arg(initramfs)
-    .args(["-append", "console=ttyS0 panic=-1 quiet"])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let console = match q.arch {
+        Arch::X86_64 => {
+            cmd.args(["-machine", "q35"]);
+            "ttyS0"
+        }
+        Arch::Aarch64 => {
+            // pauth-impdef: qemu's own pointer-authentication hash; the architected one (QARMA)
+            // is several times slower to emulate and the guest cannot tell.
+            cmd.args(["-machine", "virt", "-cpu", "max,pauth-impdef=on"]);
+            "ttyAMA0"
+        }
+    };
+    cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "2"])
+        .args(["-nographic", "-no-reboot"])
+        // No NIC: q35's default e1000e wants efi-e1000e.rom (ipxe-qemu), and the guest needs none.
+        .args(["-nic", "none"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(format!("console={console} panic=-1 quiet"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     cmd
 }
 
