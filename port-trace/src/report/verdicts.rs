@@ -25,7 +25,9 @@ struct Stream<X> {
 enum State {
     /// A connect() stream (empty while it has only failed: no verdict of its own).
     Connect(Track),
-    Local(Classifier),
+    /// Boxed: few streams (one per namespace, protocol and family), and a classifier is larger
+    /// than a connect() stream's entry.
+    Local(Box<Classifier>),
 }
 
 pub struct Verdicts<X = ()> {
@@ -96,7 +98,7 @@ impl<X: Default> Verdicts<X> {
                     State::Connect(Track::default())
                 } else {
                     let r = self.range(key.netns);
-                    State::Local(Classifier::new((r.low, r.high)))
+                    State::Local(Box::new(Classifier::new((r.low, r.high))))
                 };
                 let extra = X::default();
                 self.streams
