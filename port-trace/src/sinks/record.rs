@@ -320,13 +320,15 @@ fn read_chunk<R: BufRead>(lines: &mut Lines<R>) -> Chunk {
 
 fn parse_chunk(path: &Path, chunk: Chunk) -> Vec<Result<Line, RecordingError>> {
     let mut out = Vec::with_capacity(chunk.lines + 1);
-    // Each line ends with a newline: the last split is the empty rest.
-    for (i, bytes) in chunk
-        .bytes
-        .split(|&b| b == b'\n')
+    // Each line ends with a newline. memchr: splitting with a closure costs more instructions
+    // per byte than the JSON parse's own scan of the line.
+    let mut start = 0;
+    for (i, end) in memchr::memchr_iter(b'\n', &chunk.bytes)
         .take(chunk.lines)
         .enumerate()
     {
+        let bytes = &chunk.bytes[start..end];
+        start = end + 1;
         if bytes.is_empty() {
             continue;
         }
