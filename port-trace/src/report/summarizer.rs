@@ -457,6 +457,49 @@ mod tests {
         assert_eq!(summary.hazards.self_connects_not_listed, 0);
     }
 
+    /// Issue 10: a recording twice as long, of the same streams (Linux-like per-destination
+    /// counters to 200 destinations), holds as many streams, and each keeps its verdict with
+    /// twice the samples.
+    #[test]
+    fn twice_as_long_keeps_the_streams_and_their_verdicts() {
+        let summarize = |rounds: u64| {
+            let range = UsableRange::new(32768, 60999, vec![]);
+            let mut s = Summarizer::new(HashMap::new(), range, None);
+            let mut counters: Vec<u64> = (0..200u64).map(|d| d * 7919).collect();
+            let mut ts = 0;
+            for r in 0..rounds {
+                for (d, c) in counters.iter_mut().enumerate() {
+                    *c += 2 + 2 * ((r * 31 + d as u64 * 17) % 8);
+                    let port = 32768 + (*c % 28232) as u16;
+                    let dest = Some((Ipv4Addr::new(10, 0, (d / 256) as u8, d as u8), 443));
+                    ts += 1000;
+                    s.push(&test_event(
+                        Op::Connect,
+                        Proto::Tcp,
+                        port,
+                        dest,
+                        Outcome::Ok,
+                        ts,
+                    ));
+                }
+            }
+            (s.verdicts.streams(), s.finish(Vec::new()))
+        };
+        let (n_short, short) = summarize(20);
+        let (n_long, long) = summarize(40);
+        assert_eq!((n_short, n_long), (200, 200));
+        assert_eq!(short.global.pattern, long.global.pattern);
+        assert_eq!(short.global.counter_scope, long.global.counter_scope);
+        let long: HashMap<&StreamKey, &StreamSummary> =
+            long.streams.iter().map(|s| (&s.key, s)).collect();
+        for s in &short.streams {
+            let l = long[&s.key];
+            assert_eq!(s.pattern, crate::analysis::Pattern::Sequential, "{}", s.reason);
+            assert_eq!((l.pattern, l.counter_scope), (s.pattern, s.counter_scope));
+            assert_eq!(l.samples, 2 * s.samples);
+        }
+    }
+
     #[test]
     fn self_connects_are_listed_up_to_a_bound() {
         let range = UsableRange::new(32768, 60999, vec![]);
