@@ -279,16 +279,7 @@ impl StepTable {
                     false
                 }
                 Err(i) => {
-                    v.insert(
-                        i,
-                        (
-                            step,
-                            Candidate {
-                                count: 1,
-                                score: 0,
-                            },
-                        ),
-                    );
+                    v.insert(i, (step, Candidate { count: 1, score: 0 }));
                     if v.len() > SHORT_STEPS {
                         let m: BTreeMap<u32, Candidate> = v.drain(..).collect();
                         *self = StepTable::Sparse(m);

@@ -494,7 +494,12 @@ mod tests {
             long.streams.iter().map(|s| (&s.key, s)).collect();
         for s in &short.streams {
             let l = long[&s.key];
-            assert_eq!(s.pattern, crate::analysis::Pattern::Sequential, "{}", s.reason);
+            assert_eq!(
+                s.pattern,
+                crate::analysis::Pattern::Sequential,
+                "{}",
+                s.reason
+            );
             assert_eq!((l.pattern, l.counter_scope), (s.pattern, s.counter_scope));
             assert_eq!(l.samples, 2 * s.samples);
         }
