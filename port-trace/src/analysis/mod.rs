@@ -192,49 +192,72 @@ pub fn analyze(samples: &[Sample], range: PortRange) -> Report {
 }
 
 /// A stream's state: most streams of a busy host (one per destination) see one port only,
-/// kept as that port until a second one comes.
-#[derive(Debug, Clone)]
-enum Track {
-    One { port: u16, position: Option<usize> },
+/// kept as that port until a second one comes. `Empty` until its first port (a connect()
+/// stream seen failing only).
+#[derive(Debug, Clone, Default)]
+enum TrackState {
+    #[default]
+    Empty,
+    One {
+        port: u16,
+        position: Option<usize>,
+    },
     More(Box<StreamTrack>),
 }
 
+/// One stream's state in the [`Sequences`] it is part of; the caller keeps it with the
+/// stream's other state, so that an event looks its stream up once.
+#[derive(Debug, Clone, Default)]
+pub struct Track(TrackState);
+
 impl Track {
     fn push(&mut self, port: u16, position: Option<usize>, range: PortRange) {
-        match self {
-            Track::More(t) => t.push(port, position),
-            Track::One {
+        match &mut self.0 {
+            TrackState::More(t) => t.push(port, position),
+            TrackState::Empty => self.0 = TrackState::One { port, position },
+            TrackState::One {
                 port: first,
                 position: at,
             } => {
                 let mut t = Box::new(StreamTrack::new(range));
                 t.push(*first, *at);
                 t.push(port, position);
-                *self = Track::More(t);
+                self.0 = TrackState::More(t);
             }
         }
     }
 
-    /// The stream's full state (made on the spot for one port: no allocation).
-    fn track(&self, range: PortRange) -> std::borrow::Cow<'_, StreamTrack> {
-        match self {
-            Track::More(t) => std::borrow::Cow::Borrowed(&**t),
-            Track::One { port, position } => {
+    /// The stream's full state (made on the spot for one port: no allocation); None before
+    /// its first port.
+    fn track(&self, range: PortRange) -> Option<std::borrow::Cow<'_, StreamTrack>> {
+        match &self.0 {
+            TrackState::Empty => None,
+            TrackState::More(t) => Some(std::borrow::Cow::Borrowed(&**t)),
+            TrackState::One { port, position } => {
                 let mut t = StreamTrack::new(range);
                 t.push(*port, *position);
-                std::borrow::Cow::Owned(t)
+                Some(std::borrow::Cow::Owned(t))
             }
+        }
+    }
+
+    /// Ports pushed so far.
+    pub fn ports(&self) -> usize {
+        match &self.0 {
+            TrackState::Empty => 0,
+            TrackState::One { .. } => 1,
+            TrackState::More(t) => t.classifier().ports(),
         }
     }
 }
 
-/// [`analyze`], fed one sample at a time in time order (ties: in arrival order). It keeps
-/// state per stream, not per sample: a [`Classifier`] each (bounded by the number of distinct
-/// steps) and at most [`pattern::MAX_PAIRS_PER_STREAM`] (gap, step) pairs each.
+/// The time-ordered sequences across streams, fed one sample at a time; each stream's own
+/// state is a [`Track`] the caller keeps. It keeps state per stream, not per sample: a
+/// [`Classifier`] each (bounded by the number of distinct steps) and at most
+/// [`pattern::MAX_PAIRS_PER_STREAM`] (gap, step) pairs each.
 #[derive(Debug, Clone)]
-pub struct Analyzer {
+pub struct Sequences {
     range: PortRange,
-    streams: StreamMap<Track>,
     /// The global sequence of the samples with a destination...
     with_destination: Sequence,
     /// ...and of those without, which stands in when no sample has a destination.
@@ -242,14 +265,78 @@ pub struct Analyzer {
     any_destination: bool,
 }
 
-impl Analyzer {
+impl Sequences {
     pub fn new(range: PortRange) -> Self {
-        Analyzer {
+        Sequences {
             range,
-            streams: StreamMap::default(),
             with_destination: Sequence::new(range),
             without_destination: Sequence::new(range),
             any_destination: false,
+        }
+    }
+
+    /// Adds the next port the kernel picked for stream `key`, whose state is `track`.
+    pub fn push(&mut self, key: &StreamKey, track: &mut Track, port: u16) {
+        let has_destination = key.has_destination();
+        self.any_destination |= has_destination;
+        let seq = if has_destination {
+            &mut self.with_destination
+        } else {
+            &mut self.without_destination
+        };
+        let position = seq.push(key, port);
+        track.push(port, position, self.range);
+    }
+
+    /// The verdict on the global sequence so far, given every stream's state in key order.
+    pub fn global<'a>(
+        &self,
+        streams: impl IntoIterator<Item = (&'a StreamKey, &'a Track)>,
+    ) -> GlobalAnalysis {
+        let kept = streams
+            .into_iter()
+            .filter(|(k, _)| !self.any_destination || k.has_destination())
+            .filter_map(|(_, t)| t.track(self.range));
+        let seq = if self.any_destination {
+            &self.with_destination
+        } else {
+            &self.without_destination
+        };
+        global_verdict(seq, kept)
+    }
+
+    /// One stream's verdict given `global` (from [`Self::global`]); None before its first port.
+    pub fn verdict(
+        &self,
+        key: &StreamKey,
+        track: &Track,
+        global: &GlobalAnalysis,
+    ) -> Option<StreamAnalysis> {
+        let a = track.track(self.range)?.classifier().finish();
+        Some(if key.has_destination() {
+            refine(a, global)
+        } else {
+            local_verdict(a)
+        })
+    }
+}
+
+/// Streams by key in one table: a hash index into a vector, sortable by key once at the end.
+pub type StreamTable<V> = indexmap::IndexMap<StreamKey, V, foldhash::fast::RandomState>;
+
+/// [`analyze`], fed one sample at a time in time order (ties: in arrival order); see
+/// [`Sequences`] for what it keeps.
+#[derive(Debug, Clone)]
+pub struct Analyzer {
+    streams: StreamTable<Track>,
+    sequences: Sequences,
+}
+
+impl Analyzer {
+    pub fn new(range: PortRange) -> Self {
+        Analyzer {
+            streams: StreamTable::default(),
+            sequences: Sequences::new(range),
         }
     }
 
@@ -266,60 +353,11 @@ impl Analyzer {
 
     /// Adds the next port the kernel picked for stream `key`.
     pub fn push(&mut self, key: &StreamKey, port: u16) {
-        let has_destination = key.has_destination();
-        self.any_destination |= has_destination;
-        let seq = if has_destination {
-            &mut self.with_destination
-        } else {
-            &mut self.without_destination
+        let track = match self.streams.get_mut(key) {
+            Some(t) => t,
+            None => self.streams.entry(key.clone()).or_default(),
         };
-        let position = seq.push(key, port);
-        match self.streams.get_mut(key) {
-            Some(t) => t.push(port, position, self.range),
-            None => {
-                self.streams
-                    .insert(key.clone(), Track::One { port, position });
-            }
-        }
-    }
-
-    /// Ports pushed for `key` so far.
-    pub fn ports(&self, key: &StreamKey) -> usize {
-        self.streams
-            .get(key)
-            .map_or(0, |t| t.track(self.range).classifier().ports())
-    }
-
-    /// The streams pushed so far, in no order.
-    pub fn keys(&self) -> impl Iterator<Item = &StreamKey> {
-        self.streams.keys()
-    }
-
-    /// One stream's verdict given `global` (from [`Self::global`]).
-    pub fn stream(&self, key: &StreamKey, global: &GlobalAnalysis) -> Option<StreamAnalysis> {
-        let a = self
-            .streams
-            .get(key)?
-            .track(self.range)
-            .classifier()
-            .finish();
-        Some(if key.has_destination() {
-            refine(a, global)
-        } else {
-            local_verdict(a)
-        })
-    }
-
-    /// [`Self::stream`], and the number of its ports, dropping the stream's state: a caller
-    /// going through every stream frees them as it goes.
-    pub fn take(
-        &mut self,
-        key: &StreamKey,
-        global: &GlobalAnalysis,
-    ) -> Option<(usize, StreamAnalysis)> {
-        let found = self.stream(key, global).map(|a| (self.ports(key), a));
-        self.streams.remove(key);
-        found
+        self.sequences.push(key, track, port);
     }
 
     /// Streams so far, in key order.
@@ -331,45 +369,24 @@ impl Analyzer {
 
     /// The verdict on the global sequence so far.
     pub fn global(&self) -> GlobalAnalysis {
-        let ordered = self.ordered();
-        let kept = ordered
-            .iter()
-            .filter(|(k, _)| !self.any_destination || k.has_destination())
-            .map(|(_, t)| t.track(self.range));
-        let seq = if self.any_destination {
-            &self.with_destination
-        } else {
-            &self.without_destination
-        };
-        global_verdict(seq, kept)
-    }
-
-    /// Every stream's verdict given `global` (from [`Self::global`]), one at a time in key
-    /// order, so that a caller keeping only a digest never holds them all.
-    pub fn each_stream(
-        &self,
-        global: &GlobalAnalysis,
-        mut f: impl FnMut(&StreamKey, StreamAnalysis),
-    ) {
-        for (key, _) in self.ordered() {
-            if let Some(a) = self.stream(key, global) {
-                f(key, a);
-            }
-        }
+        self.sequences.global(self.ordered())
     }
 
     /// Everything [`analyze`] reports.
     pub fn finish(&self) -> Report {
         let global = self.global();
-        let mut streams = Vec::with_capacity(self.streams.len());
-        self.each_stream(&global, |key, analysis| {
-            streams.push(StreamReport {
-                key: key.clone(),
-                analysis,
+        let streams = self
+            .ordered()
+            .into_iter()
+            .filter_map(|(key, t)| {
+                Some(StreamReport {
+                    key: key.clone(),
+                    analysis: self.sequences.verdict(key, t, &global)?,
+                })
             })
-        });
+            .collect();
         Report {
-            range: self.range,
+            range: self.sequences.range,
             streams,
             global,
         }

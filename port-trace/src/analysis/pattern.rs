@@ -318,8 +318,10 @@ pub struct Classifier {
     samples: usize,
     out_of_range: usize,
     first: Option<u32>,
-    /// From the second in-range port on: most streams of a busy host see one port only.
-    more: Option<Box<Tally>>,
+    /// From the second in-range port on. Inline: a stream with one port only (most streams of
+    /// a busy host) is held as a port by its caller (see [`StreamTrack`]'s), so a classifier is
+    /// made for streams with more, and then a box here would cost a second lookup per port.
+    more: Option<Tally>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -357,7 +359,7 @@ impl Classifier {
             (Some(t), _) => t.push(o, &self.ring),
             (None, None) => self.first = Some(o),
             (None, Some(f)) => {
-                let mut t = Box::<Tally>::default();
+                let mut t = Tally::default();
                 t.push(f, &self.ring);
                 t.push(o, &self.ring);
                 self.more = Some(t);
@@ -393,7 +395,7 @@ impl Classifier {
         let ring = &self.ring;
         let one;
         let tally = match (&self.more, self.first) {
-            (Some(t), _) => &**t,
+            (Some(t), _) => t,
             (None, first) => {
                 let mut t = Tally::default();
                 if let Some(f) = first {

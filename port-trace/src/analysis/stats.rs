@@ -215,10 +215,7 @@ impl Steps {
     /// Entries held: one per distinct step (at most the range size).
     #[cfg(test)]
     pub(crate) fn footprint(&self) -> usize {
-        match &self.steps {
-            StepTable::Sparse(m) => m.len(),
-            StepTable::Dense(v) => v.len(),
-        }
+        self.steps.len()
     }
 
     /// The predictor's `(hits, predictions)` so far.
@@ -233,11 +230,17 @@ struct Candidate {
     score: usize,
 }
 
-/// The steps seen, sparse while few and dense (one slot per possible step) once more than half
-/// the range: a random stream ends up with every step, and the slots are then both smaller and
-/// faster than a tree.
+/// Distinct steps kept in a sorted vector before a tree: a destination's stream has a few
+/// dozen at most, and a short vector is one block of memory where a tree is several.
+const SHORT_STEPS: usize = 64;
+
+/// The steps seen: a sorted vector while few, a tree while sparse, and dense (one slot per
+/// possible step) once more than half the range: a random stream ends up with every step, and
+/// the slots are then both smaller and faster than a tree.
 #[derive(Debug, Clone)]
 enum StepTable {
+    /// Sorted by step; at most [`SHORT_STEPS`].
+    Short(Vec<(u32, Candidate)>),
     Sparse(BTreeMap<u32, Candidate>),
     /// Indexed by step; a step not seen has count 0.
     Dense(Vec<Candidate>),
@@ -245,25 +248,51 @@ enum StepTable {
 
 impl Default for StepTable {
     fn default() -> Self {
-        StepTable::Sparse(BTreeMap::new())
+        StepTable::Short(Vec::new())
     }
 }
 
 impl StepTable {
+    /// Steps held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        match self {
+            StepTable::Short(v) => v.len(),
+            StepTable::Sparse(m) => m.len(),
+            StepTable::Dense(v) => v.len(),
+        }
+    }
+
+    /// The entries of `lo..=hi` in a short table.
+    fn short_range(v: &[(u32, Candidate)], lo: u32, hi: u32) -> std::ops::Range<usize> {
+        let start = v.partition_point(|(s, _)| *s < lo);
+        let end = start + v[start..].partition_point(|(s, _)| *s <= hi);
+        start..end
+    }
+
     /// Counts one more `step`; true when it is new.
     fn count_one(&mut self, step: u32, ring: &Ring) -> bool {
         match self {
+            StepTable::Short(v) => match v.binary_search_by_key(&step, |(s, _)| *s) {
+                Ok(i) => {
+                    v[i].1.count += 1;
+                    false
+                }
+                Err(i) => {
+                    v.insert(i, (step, Candidate { count: 1, score: 0 }));
+                    if v.len() > SHORT_STEPS {
+                        let m: BTreeMap<u32, Candidate> = v.drain(..).collect();
+                        *self = StepTable::Sparse(m);
+                        self.densify(ring);
+                    }
+                    true
+                }
+            },
             StepTable::Sparse(m) => {
                 let c = m.entry(step).or_default();
                 c.count += 1;
                 let new = c.count == 1;
-                if m.len() > ring.size as usize / 2 {
-                    let mut dense = vec![Candidate::default(); ring.size as usize];
-                    for (&s, &c) in m.iter() {
-                        dense[s as usize] = c;
-                    }
-                    *self = StepTable::Dense(dense);
-                }
+                self.densify(ring);
                 new
             }
             StepTable::Dense(v) => {
@@ -274,8 +303,26 @@ impl StepTable {
         }
     }
 
+    /// A sparse table holding more than half the range becomes dense.
+    fn densify(&mut self, ring: &Ring) {
+        if let StepTable::Sparse(m) = self
+            && m.len() > ring.size as usize / 2
+        {
+            let mut dense = vec![Candidate::default(); ring.size as usize];
+            for (&s, &c) in m.iter() {
+                dense[s as usize] = c;
+            }
+            *self = StepTable::Dense(dense);
+        }
+    }
+
     fn set_score(&mut self, step: u32, score: usize) {
         match self {
+            StepTable::Short(v) => {
+                if let Ok(i) = v.binary_search_by_key(&step, |(s, _)| *s) {
+                    v[i].1.score = score;
+                }
+            }
             StepTable::Sparse(m) => {
                 if let Some(c) = m.get_mut(&step) {
                     c.score = score;
@@ -288,6 +335,10 @@ impl StepTable {
     /// Steps counted in `lo..=hi`.
     fn sum_counts(&self, lo: u32, hi: u32) -> usize {
         match self {
+            StepTable::Short(v) => v[Self::short_range(v, lo, hi)]
+                .iter()
+                .map(|(_, c)| c.count)
+                .sum(),
             StepTable::Sparse(m) => m.range(lo..=hi).map(|(_, c)| c.count).sum(),
             StepTable::Dense(v) => v[lo as usize..=hi as usize].iter().map(|c| c.count).sum(),
         }
@@ -296,6 +347,12 @@ impl StepTable {
     /// Every step seen in `lo..=hi`, in order.
     fn each_mut(&mut self, lo: u32, hi: u32, mut f: impl FnMut(u32, &mut Candidate)) {
         match self {
+            StepTable::Short(v) => {
+                let r = Self::short_range(v, lo, hi);
+                for (s, c) in &mut v[r] {
+                    f(*s, c);
+                }
+            }
             StepTable::Sparse(m) => {
                 for (&s, c) in m.range_mut(lo..=hi) {
                     f(s, c);
@@ -314,6 +371,7 @@ impl StepTable {
     /// Every step seen, in order.
     fn iter(&self) -> Box<dyn Iterator<Item = (u32, &Candidate)> + '_> {
         match self {
+            StepTable::Short(v) => Box::new(v.iter().map(|(s, c)| (*s, c))),
             StepTable::Sparse(m) => Box::new(m.iter().map(|(&s, c)| (s, c))),
             StepTable::Dense(v) => Box::new((0u32..).zip(v.iter()).filter(|(_, c)| c.count > 0)),
         }

@@ -11,7 +11,7 @@ use std::{
 
 use super::{Hazards, SelfConnect, StreamSummary, Summary, Verdicts, workloads::Workloads};
 use crate::{
-    analysis::{StreamAnalysis, StreamKey, StreamMap},
+    analysis::{StreamAnalysis, StreamKey},
     event::{Event, Op, Outcome, Proto},
     netns::NetnsState,
     pressure::{
@@ -39,14 +39,21 @@ const MAX_NAMES: usize = 65_536;
 
 impl Names {
     fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(n) = self.0.get(name) {
-            return n.clone();
+        match self.shared(name) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = Arc::from(name);
+                if self.0.len() < MAX_NAMES {
+                    self.0.insert(n.clone());
+                }
+                n
+            }
         }
-        let n: Arc<str> = Arc::from(name);
-        if self.0.len() < MAX_NAMES {
-            self.0.insert(n.clone());
-        }
-        n
+    }
+
+    /// The shared copy of `name`, if it has one.
+    fn shared(&self, name: &str) -> Option<&Arc<str>> {
+        self.0.get(name)
     }
 }
 
@@ -56,7 +63,13 @@ struct Commands(Vec<(Arc<str>, u64)>);
 
 impl Commands {
     fn add(&mut self, comm: &str, names: &mut Names) {
-        if let Some((_, n)) = self.0.iter_mut().find(|(c, _)| &**c == comm) {
+        // A shared name is the same copy in every stream: comparing pointers spares reading
+        // each listed name (a cache miss apiece with 100,000 streams).
+        let found = match names.shared(comm) {
+            Some(shared) => self.0.iter_mut().find(|(c, _)| Arc::ptr_eq(c, shared)),
+            None => self.0.iter_mut().find(|(c, _)| &**c == comm),
+        };
+        if let Some((_, n)) = found {
             *n += 1;
             return;
         }
@@ -94,9 +107,8 @@ struct Tally {
 }
 
 pub struct Summarizer {
-    verdicts: Verdicts,
-    /// Boxed: the table then holds a pointer per slot, and has many empty slots.
-    streams: StreamMap<Box<Tally>>,
+    /// Each stream's verdict state and its [`Tally`], in one entry.
+    verdicts: Verdicts<Tally>,
     names: Names,
     /// Successful TCP allocations of any kind per namespace: the bind space's rate.
     tcp_allocs: HashMap<u32, Recent, foldhash::fast::RandomState>,
@@ -121,8 +133,7 @@ impl Summarizer {
         connect_netns: Option<u32>,
     ) -> Self {
         Summarizer {
-            verdicts: Verdicts::new(ranges, default_range, connect_netns),
-            streams: StreamMap::default(),
+            verdicts: Verdicts::with_extra(ranges, default_range, connect_netns),
             names: Names::default(),
             tcp_allocs: HashMap::default(),
             last_event: 0,
@@ -146,9 +157,8 @@ impl Summarizer {
         }
         let key = StreamKey::of(e);
         let ok = e.is_ok();
-        self.verdicts.push(&key, e.port, ok);
         self.workloads.push(e);
-        let t = self.streams.entry(key).or_default();
+        let t = self.verdicts.push(&key, e.port, ok);
         if ok {
             t.recent
                 .get_or_insert_with(|| Recent::new(e.ts_ns))
@@ -196,7 +206,6 @@ impl Summarizer {
     pub fn finish(self, namespaces: Vec<NetnsState>) -> Summary {
         let Summarizer {
             verdicts,
-            mut streams,
             tcp_allocs,
             last_event,
             chosen,
@@ -209,7 +218,7 @@ impl Summarizer {
         } = self;
         let ns: HashMap<u32, &NetnsState> = namespaces.iter().map(|n| (n.netns, n)).collect();
         let mut dest_allocs: HashMap<u32, HashMap<(IpAddr, u16), Allocations>> = HashMap::new();
-        for (k, t) in &streams {
+        for (k, t) in verdicts.extras() {
             if let (Op::Connect, Proto::Tcp, Some(daddr), Some(dport), Some(r)) =
                 (k.op, k.proto, k.daddr, k.dport, &t.recent)
             {
@@ -226,14 +235,13 @@ impl Summarizer {
             tcp_allocs: &tcp_allocs,
             by_netns: HashMap::new(),
         };
-        let mut rows = Vec::with_capacity(streams.len());
-        let global = verdicts.finish(|key, samples, verdict, range| {
-            let tally = streams.remove(key);
+        let mut rows = Vec::with_capacity(verdicts.streams());
+        let global = verdicts.finish_with(|key, samples, verdict, range, tally| {
             rows.push(summarize_stream(
                 key,
                 samples,
                 verdict,
-                tally.as_deref(),
+                Some(&tally),
                 range,
                 &mut spaces,
             ));
@@ -438,7 +446,7 @@ mod tests {
                 i,
             ));
         }
-        assert_eq!(s.streams.len(), 1000);
+        assert_eq!(s.verdicts.streams(), 1000);
         let mut s = Summarizer::new(HashMap::new(), s.verdicts.range(7).clone(), None);
         for i in 0..5000u64 {
             let dest = Some((Ipv4Addr::LOCALHOST, 5000));
@@ -451,11 +459,59 @@ mod tests {
                 i,
             ));
         }
-        assert_eq!(s.streams.len(), 1);
+        assert_eq!(s.verdicts.streams(), 1);
         assert_eq!(s.self_connects.len(), 0);
         let summary = s.finish(Vec::new());
         assert_eq!(summary.streams[0].samples, 5000);
         assert_eq!(summary.hazards.self_connects_not_listed, 0);
+    }
+
+    /// Issue 10: a recording twice as long, of the same streams (Linux-like per-destination
+    /// counters to 200 destinations), holds as many streams, and each keeps its verdict with
+    /// twice the samples.
+    #[test]
+    fn twice_as_long_keeps_the_streams_and_their_verdicts() {
+        let summarize = |rounds: u64| {
+            let range = UsableRange::new(32768, 60999, vec![]);
+            let mut s = Summarizer::new(HashMap::new(), range, None);
+            let mut counters: Vec<u64> = (0..200u64).map(|d| d * 7919).collect();
+            let mut ts = 0;
+            for r in 0..rounds {
+                for (d, c) in counters.iter_mut().enumerate() {
+                    *c += 2 + 2 * ((r * 31 + d as u64 * 17) % 8);
+                    let port = 32768 + (*c % 28232) as u16;
+                    let dest = Some((Ipv4Addr::new(10, 0, (d / 256) as u8, d as u8), 443));
+                    ts += 1000;
+                    s.push(&test_event(
+                        Op::Connect,
+                        Proto::Tcp,
+                        port,
+                        dest,
+                        Outcome::Ok,
+                        ts,
+                    ));
+                }
+            }
+            (s.verdicts.streams(), s.finish(Vec::new()))
+        };
+        let (n_short, short) = summarize(20);
+        let (n_long, long) = summarize(40);
+        assert_eq!((n_short, n_long), (200, 200));
+        assert_eq!(short.global.pattern, long.global.pattern);
+        assert_eq!(short.global.counter_scope, long.global.counter_scope);
+        let long: HashMap<&StreamKey, &StreamSummary> =
+            long.streams.iter().map(|s| (&s.key, s)).collect();
+        for s in &short.streams {
+            let l = long[&s.key];
+            assert_eq!(
+                s.pattern,
+                crate::analysis::Pattern::Sequential,
+                "{}",
+                s.reason
+            );
+            assert_eq!((l.pattern, l.counter_scope), (s.pattern, s.counter_scope));
+            assert_eq!(l.samples, 2 * s.samples);
+        }
     }
 
     #[test]

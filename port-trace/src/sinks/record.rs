@@ -230,8 +230,10 @@ impl<R: BufRead> Iterator for Lines<R> {
     }
 }
 
-/// Lines per chunk handed to a parsing thread.
-const CHUNK_LINES: usize = 2048;
+/// Lines per chunk handed to a parsing thread: the chunk's buffers stay below 64 KiB, where
+/// glibc's free() of a larger block first consolidates every small free block of the arena
+/// (`malloc_consolidate`, 4% of `analyze`'s time with 2,048 lines).
+const CHUNK_LINES: usize = 128;
 
 /// Raw lines for a parsing thread: where they start, their bytes, and the reading error that
 /// ended them, if any.
@@ -318,13 +320,15 @@ fn read_chunk<R: BufRead>(lines: &mut Lines<R>) -> Chunk {
 
 fn parse_chunk(path: &Path, chunk: Chunk) -> Vec<Result<Line, RecordingError>> {
     let mut out = Vec::with_capacity(chunk.lines + 1);
-    // Each line ends with a newline: the last split is the empty rest.
-    for (i, bytes) in chunk
-        .bytes
-        .split(|&b| b == b'\n')
+    // Each line ends with a newline. memchr: splitting with a closure costs more instructions
+    // per byte than the JSON parse's own scan of the line.
+    let mut start = 0;
+    for (i, end) in memchr::memchr_iter(b'\n', &chunk.bytes)
         .take(chunk.lines)
         .enumerate()
     {
+        let bytes = &chunk.bytes[start..end];
+        start = end + 1;
         if bytes.is_empty() {
             continue;
         }
