@@ -3,5 +3,6 @@
 
 pub mod filter;
 pub mod print;
+pub mod progress;
 pub mod record;
 pub mod reorder;

@@ -15,11 +15,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use indicatif::ProgressBarIter;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     event::{Event, Op, Outcome},
     netns::{NetnsState, UsableRange},
+    sinks::progress,
 };
 
 /// Longest event line read (a real one is about 300 bytes).
@@ -126,11 +128,12 @@ fn text<'a>(path: &Path, bytes: &'a [u8], line: usize) -> Result<&'a str, Record
 }
 
 /// Opens a recording for [`Lines`].
-pub fn open(path: &Path) -> Result<Lines<BufReader<fs::File>>, RecordingError> {
+pub fn open(path: &Path) -> Result<Lines<BufReader<ProgressBarIter<fs::File>>>, RecordingError> {
     let file = fs::File::open(path).map_err(|source| RecordingError::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    let file = progress::reading(file, &format!("reading {}", path.display()));
     Ok(Lines::new(BufReader::with_capacity(256 * 1024, file), path))
 }
 
@@ -399,7 +402,9 @@ pub fn scan(path: &Path) -> Result<Scan, RecordingError> {
             path: path.to_path_buf(),
         });
     }
-    let mut reader = BufReader::with_capacity(1 << 20, fs::File::open(path).map_err(io)?);
+    let file = fs::File::open(path).map_err(io)?;
+    let what = format!("scanning {} for its namespaces", path.display());
+    let mut reader = BufReader::with_capacity(1 << 20, progress::reading(file, &what));
     let too_long = |line: usize, len: usize, start: &[u8]| {
         let limit = if start.starts_with(META_PREFIX) {
             MAX_META_LINE
