@@ -78,7 +78,9 @@ pub fn read_tcp_sysctls(netns: &NetnsRef) -> Result<TcpSysctls, NetnsError> {
 }
 
 /// The ports that automatic port selection (connect(), bind(0), UDP autobind) may hand out.
+/// Read from a recording through [`RecordedRange`]: checked, and `usable` recomputed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "RecordedRange")]
 pub struct UsableRange {
     /// First port of `ip_local_port_range` (inclusive).
     pub low: u16,
@@ -89,6 +91,31 @@ pub struct UsableRange {
     pub reserved: Vec<(u16, u16)>,
     /// Ports in `low..=high` that are not reserved.
     pub usable: u32,
+}
+
+/// A range as a recording's namespace line holds it; `usable` there is not trusted.
+#[derive(serde::Deserialize)]
+struct RecordedRange {
+    low: u16,
+    high: u16,
+    reserved: Vec<(u16, u16)>,
+}
+
+impl TryFrom<RecordedRange> for UsableRange {
+    type Error = String;
+
+    fn try_from(r: RecordedRange) -> Result<Self, String> {
+        if r.low > r.high {
+            return Err(format!(
+                "port range {}-{} ends below its start (the kernel never holds such a range)",
+                r.low, r.high
+            ));
+        }
+        if let Some((a, b)) = r.reserved.iter().find(|(a, b)| a > b) {
+            return Err(format!("reserved ports {a}-{b} end below their start"));
+        }
+        Ok(Self::new(r.low, r.high, r.reserved))
+    }
 }
 
 impl UsableRange {
@@ -240,6 +267,22 @@ pub fn read_range(netns: &NetnsRef) -> Result<UsableRange, NetnsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorded_range_is_checked_and_its_usable_count_recomputed() {
+        let r: UsableRange = serde_json::from_str(
+            r#"{"low":40000,"high":40009,"reserved":[[40000,40001]],"usable":99}"#,
+        )
+        .unwrap();
+        assert_eq!(r.usable, 8);
+        for bad in [
+            r#"{"low":40009,"high":40000,"reserved":[],"usable":10}"#,
+            r#"{"low":40000,"high":40009,"reserved":[[40005,40001]],"usable":10}"#,
+        ] {
+            let e = serde_json::from_str::<UsableRange>(bad).unwrap_err();
+            assert!(e.to_string().contains("below"), "{e}");
+        }
+    }
 
     #[test]
     fn parses_default_range() {
