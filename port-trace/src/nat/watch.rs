@@ -28,7 +28,7 @@ use super::{
     occupancy::{Occupancy, SpaceKey},
 };
 use crate::{
-    event::{Errno, Event, Family, HookId, NatInfo, NatRange, Op, Outcome},
+    event::{Errno, Event, Family, HookId, NatInfo, NatRange, Op, Outcome, Proto},
     netns::snapshot::wall_ns,
 };
 
@@ -288,35 +288,20 @@ impl Watcher {
             CtMessage::New(c) => {
                 let Some(n) = c.source_nat() else { return };
                 let in_use = self.occupancy.insert(&n);
-                let e = Event {
-                    ts_ns: wall_ns(),
-                    op: Op::Nat,
-                    proto: n.orig.proto,
-                    family: family(n.translated_addr),
-                    port: n.translated_port,
-                    saddr: n.translated_addr,
-                    daddr: Some(n.peer_addr),
-                    dport: Some(n.peer_port),
-                    result: Outcome::Ok,
-                    pid: 0,
-                    tid: 0,
-                    comm: String::new(),
-                    uid: 0,
-                    cgroup_id: 0,
-                    netns: self.netns,
-                    hook: HookId::ConntrackNew,
-                    latency_ns: None,
-                    cgroup: None,
-                    workload: None,
-                    nat: Some(NatInfo {
+                let e = self.nat_event(
+                    (n.orig.proto, n.translated_addr, n.translated_port),
+                    Some((n.peer_addr, n.peer_port)),
+                    Outcome::Ok,
+                    HookId::ConntrackNew,
+                    NatInfo {
                         orig_saddr: Some(n.orig.src),
                         orig_sport: Some(n.orig.sport),
                         orig_daddr: (n.orig.dst != n.peer_addr).then_some(n.orig.dst),
                         orig_dport: (n.orig.dport != n.peer_port).then_some(n.orig.dport),
                         in_use,
                         range: self.opts.range,
-                    }),
-                };
+                    },
+                );
                 self.send(tx, NatUpdate::Event(e));
             }
             CtMessage::Destroy(c) => self.occupancy.remove(&c.orig),
@@ -337,45 +322,59 @@ impl Watcher {
         for _ in 0..failed.min(MAX_FAILURE_EVENTS_PER_POLL) {
             let (proto, saddr, dest, in_use) = match space {
                 Some((k, c)) => (k.proto, k.translated, Some((k.daddr, k.dport)), c),
-                None => (
-                    crate::event::Proto::Tcp,
-                    IpAddr::from([0, 0, 0, 0]),
-                    None,
-                    0,
-                ),
+                None => (Proto::Tcp, IpAddr::from([0, 0, 0, 0]), None, 0),
             };
-            let e = Event {
-                ts_ns: wall_ns(),
-                op: Op::Nat,
-                proto,
-                family: family(saddr),
-                port: 0,
-                saddr,
-                daddr: dest.map(|d| d.0),
-                dport: dest.map(|d| d.1),
-                result: Outcome::Err(Errno(libc::EADDRNOTAVAIL)),
-                pid: 0,
-                tid: 0,
-                comm: String::new(),
-                uid: 0,
-                cgroup_id: 0,
-                netns: self.netns,
-                hook: HookId::ConntrackStats,
-                latency_ns: None,
-                cgroup: None,
-                workload: None,
-                nat: Some(NatInfo {
+            let e = self.nat_event(
+                (proto, saddr, 0),
+                dest,
+                Outcome::Err(Errno(libc::EADDRNOTAVAIL)),
+                HookId::ConntrackStats,
+                NatInfo {
                     orig_saddr: None,
                     orig_sport: None,
                     orig_daddr: None,
                     orig_dport: None,
                     in_use,
                     range: self.opts.range,
-                }),
-            };
+                },
+            );
             self.send(tx, NatUpdate::Event(e));
         }
         self.status(tx, now);
+    }
+
+    /// A NAT event in this namespace: `(proto, translated address, translated port)` toward
+    /// `dest`. No task is known: conntrack sees packets, not processes.
+    fn nat_event(
+        &self,
+        (proto, saddr, port): (Proto, IpAddr, u16),
+        dest: Option<(IpAddr, u16)>,
+        result: Outcome,
+        hook: HookId,
+        nat: NatInfo,
+    ) -> Event {
+        Event {
+            ts_ns: wall_ns(),
+            op: Op::Nat,
+            proto,
+            family: family(saddr),
+            port,
+            saddr,
+            daddr: dest.map(|d| d.0),
+            dport: dest.map(|d| d.1),
+            result,
+            pid: 0,
+            tid: 0,
+            comm: String::new(),
+            uid: 0,
+            cgroup_id: 0,
+            netns: self.netns,
+            hook,
+            latency_ns: None,
+            cgroup: None,
+            workload: None,
+            nat: Some(nat),
+        }
     }
 
     /// Reports the counters and the fullest spaces.
