@@ -6,7 +6,7 @@ use std::{
     io::{BufRead, BufReader, Read},
     net::SocketAddr,
     os::{fd::AsFd, unix::fs::MetadataExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, Stdio},
     sync::{
         Mutex,
@@ -18,6 +18,29 @@ pub mod scrape;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
+
+/// `port-trace analyze FILE --format FORMAT` (`table` or `json`), which must succeed: what it
+/// printed.
+pub fn analyze(file: &Path, format: &str) -> String {
+    let out = Command::new(port_trace_bin())
+        .arg("analyze")
+        .arg(file)
+        .args(["--format", format])
+        .output()
+        .expect("run port-trace analyze");
+    assert!(
+        out.status.success(),
+        "analyze {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `port-trace analyze FILE --format json`, parsed.
+pub fn analyze_json(file: &Path) -> Value {
+    serde_json::from_str(&analyze(file, "json")).expect("analyze prints JSON")
+}
 
 /// Integration tests share the kernel's hooks and sysctls; run them one at a time.
 pub static SERIAL: Mutex<()> = Mutex::new(());

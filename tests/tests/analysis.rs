@@ -3,12 +3,11 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener},
-    process::Command,
     time::Duration,
 };
 
 use port_trace_tests::{
-    Netns, SERIAL, TraceProcess, port_trace_bin, require_root,
+    Netns, SERIAL, TraceProcess, analyze_json, require_root,
     scrape::{free_port, get, value},
 };
 use serde_json::Value;
@@ -48,15 +47,7 @@ fn record_and_analyze_events<T: Send + 'static>(
     let (_, stderr) = tracer.stop().expect("stop port-trace");
     assert!(stderr.contains("namespace snapshot"), "{stderr}");
     drop(keep);
-    let out = Command::new(port_trace_bin())
-        .args(["analyze", &path, "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let summary = analyze_json(&file);
     let events: Vec<Value> = std::fs::read_to_string(&file)
         .unwrap()
         .lines()
@@ -64,10 +55,7 @@ fn record_and_analyze_events<T: Send + 'static>(
         .filter(|v| v.get("meta").is_none())
         .collect();
     let _ = std::fs::remove_file(&file);
-    Some((
-        serde_json::from_slice(&out.stdout).expect("analyze JSON"),
-        events,
-    ))
+    Some((summary, events))
 }
 
 fn stream<'a>(v: &'a Value, op: &str, proto: &str, dest: Option<SocketAddr>) -> &'a Value {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use port_trace_tests::{
-    Netns, SERIAL, TraceProcess, port_trace_bin, require_root,
+    Netns, SERIAL, TraceProcess, analyze, analyze_json, port_trace_bin, require_root,
     scrape::{free_port, get, value},
 };
 use serde_json::{Value, json};
@@ -336,16 +336,7 @@ fn attributed(wrap: &[&str]) {
     );
 
     // analyze: one row per workload, with its three allocations.
-    let out = Command::new(port_trace_bin())
-        .args(["analyze", file.to_str().unwrap(), "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = analyze_json(&file);
     let rows = summary["workloads"].as_array().unwrap();
     assert_eq!(rows.len(), ran.len(), "{rows:#?}");
     for r in &ran {
@@ -356,11 +347,7 @@ fn attributed(wrap: &[&str]) {
         assert_eq!(row["allocations"].as_u64(), Some(3), "{row}");
         assert_eq!(row["cgroup"], r.cgroup.as_str());
     }
-    let table = Command::new(port_trace_bin())
-        .args(["analyze", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&table.stdout));
+    eprintln!("{}", analyze(&file, "table"));
     drop(ns);
     let _ = fs::remove_dir_all(&dir);
 }

@@ -15,7 +15,8 @@ use std::{
     collections::BTreeMap,
     io::Read,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    process::{Command, ExitCode},
+    path::Path,
+    process::ExitCode,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -24,7 +25,7 @@ use std::{
 };
 
 use port_trace_tests::{
-    Netns, TraceProcess, port_trace_bin, require_root,
+    Netns, TraceProcess, analyze, analyze_json, port_trace_bin, require_root,
     scrape::{Prometheus, free_port, get, repo, value},
 };
 use serde_json::Value;
@@ -679,20 +680,8 @@ fn analyze_phase(shapes: &[Shape]) -> AnalyzeRun {
         recorder.stop().expect("record exits 0 on SIGINT");
         t0_wall
     });
-    let run = |format: &str| {
-        let out = Command::new(port_trace_bin())
-            .args(["analyze", &path, "--format", format])
-            .output()
-            .expect("run analyze");
-        assert!(
-            out.status.success(),
-            "analyze: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let summary: Value = serde_json::from_str(&run("json")).expect("analyze JSON");
-    let table = run("table");
+    let summary = analyze_json(Path::new(&path));
+    let table = analyze(Path::new(&path), "table");
     let _ = std::fs::remove_file(&file);
 
     let mut rows = Vec::new();

@@ -16,7 +16,7 @@ use std::{
 };
 
 use port_trace_tests::{
-    Netns, SERIAL, TraceProcess, port_trace_bin, require_root,
+    Netns, SERIAL, TraceProcess, analyze_json, port_trace_bin, require_root,
     scrape::{Prometheus, expressions_without_data, free_port, get, repo, value},
 };
 use serde_json::Value;
@@ -445,18 +445,8 @@ fn masquerade_ports_and_failures_match_conntrack() {
     let file = std::env::temp_dir().join(format!("pt-nat-{}.json", std::process::id()));
     let lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let out = Command::new(port_trace_bin())
-        .args(["analyze", "--format", "json"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let summary = analyze_json(&file);
     let _ = std::fs::remove_file(&file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = &summary["nat"][0];
     assert_eq!(row["space"]["daddr"], SERVER.to_string(), "{summary}");
     assert_eq!(row["allocations"].as_u64(), Some(NAT_PORTS as u64));
