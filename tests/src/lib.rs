@@ -202,6 +202,16 @@ impl TraceProcess {
     }
 
     /// Starts `port-trace ARGS...` and waits until it prints its `tracing:` line (or exits).
+    /// `port-trace serve` on a free loopback port, refreshing every second, with `extra`
+    /// flags: the daemon and the address it serves.
+    pub fn serve(extra: &[&str]) -> Result<(Self, SocketAddr)> {
+        let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, scrape::free_port()));
+        let listen = addr.to_string();
+        let mut args = vec!["serve", "--listen", &listen, "--refresh-interval", "1s"];
+        args.extend_from_slice(extra);
+        Ok((Self::spawn(&args)?, addr))
+    }
+
     pub fn spawn(args: &[&str]) -> Result<Self> {
         let mut cmd = Command::new(port_trace_bin());
         cmd.args(args);

@@ -8,7 +8,7 @@ use std::{
 
 use port_trace_tests::{
     Netns, SERIAL, TraceProcess, analyze_json, require_root,
-    scrape::{free_port, get, value},
+    scrape::{get, value},
 };
 use serde_json::Value;
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -233,18 +233,7 @@ fn ipv4_mapped_destination_is_one_metrics_destination() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let listen = addr.to_string();
-    let daemon = TraceProcess::spawn(&[
-        "serve",
-        "--listen",
-        &listen,
-        "--refresh-interval",
-        "1s",
-        "--top-destinations",
-        "5",
-    ])
-    .expect("serve");
+    let (daemon, addr) = TraceProcess::serve(&["--top-destinations", "5"]).expect("serve");
     let ns = Netns::new().unwrap();
     ns.set_port_range(40000, 40099).unwrap();
     let a = v4([127, 0, 0, 1], 6000);

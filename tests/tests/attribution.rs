@@ -7,14 +7,14 @@
 use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
 use port_trace_tests::{
     Netns, SERIAL, TraceProcess, analyze, analyze_json, port_trace_bin, require_root,
-    scrape::{free_port, get, value},
+    scrape::{get, value},
 };
 use serde_json::{Value, json};
 
@@ -367,10 +367,7 @@ fn serve_names_workloads_and_namespace_owners() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut cg = Cgroups::new();
     let ns = Netns::new().expect("create network namespace");
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let listen = addr.to_string();
-    let daemon = TraceProcess::spawn(&["serve", "--listen", &listen, "--refresh-interval", "1s"])
-        .expect("start port-trace serve");
+    let (daemon, addr) = TraceProcess::serve(&[]).expect("start port-trace serve");
     let unit = cg.make("pt-demo.slice/pt-api.service");
     let running = start_in(
         &cg,

@@ -26,7 +26,7 @@ use std::{
 
 use port_trace_tests::{
     Netns, TraceProcess, analyze, analyze_json, port_trace_bin, require_root,
-    scrape::{Prometheus, free_port, get, repo, value},
+    scrape::{Prometheus, get, repo, value},
 };
 use serde_json::Value;
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -504,18 +504,8 @@ struct ServeRun {
 
 fn serve_phase(shapes: &[Shape]) -> ServeRun {
     let live: Vec<Live> = shapes.iter().map(prepare).collect();
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let listen = addr.to_string();
-    let daemon = TraceProcess::spawn(&[
-        "serve",
-        "--listen",
-        &listen,
-        "--refresh-interval",
-        "1s",
-        "--top-destinations",
-        "200",
-    ])
-    .expect("start port-trace serve");
+    let (daemon, addr) =
+        TraceProcess::serve(&["--top-destinations", "200"]).expect("start port-trace serve");
     let prom = start_prometheus(addr);
     // Prometheus must be scraping the daemon before the shapes start, so that the alert's
     // `for:` is all that stands between the forecast and the alert.

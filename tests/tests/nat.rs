@@ -17,7 +17,7 @@ use std::{
 
 use port_trace_tests::{
     Netns, SERIAL, TraceProcess, analyze_json, port_trace_bin, require_root,
-    scrape::{Prometheus, expressions_without_data, free_port, get, repo, value},
+    scrape::{Prometheus, expressions_without_data, get, repo, value},
 };
 use serde_json::Value;
 
@@ -240,14 +240,7 @@ fn masquerade_ports_and_failures_match_conntrack() {
         .within(|| TcpListener::bind((SERVER, SERVER_PORT)).unwrap())
         .unwrap();
 
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let listen = addr.to_string();
-    let daemon = TraceProcess::spawn(&[
-        "serve",
-        "--listen",
-        &listen,
-        "--refresh-interval",
-        "1s",
+    let (daemon, addr) = TraceProcess::serve(&[
         "--nat",
         "on",
         "--nat-ports",

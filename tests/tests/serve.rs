@@ -11,9 +11,7 @@ use std::{
 
 use port_trace_tests::{
     Netns, SERIAL, TraceProcess, require_root,
-    scrape::{
-        Prometheus, expressions_without_data, free_port, get, has_data, metric_names, repo, value,
-    },
+    scrape::{Prometheus, expressions_without_data, get, has_data, metric_names, repo, value},
 };
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -42,11 +40,7 @@ impl Daemon {
     }
 
     fn start_with(extra: &[&str]) -> Self {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let listen = addr.to_string();
-        let mut args = vec!["serve", "--listen", &listen, "--refresh-interval", "1s"];
-        args.extend_from_slice(extra);
-        let tracer = TraceProcess::spawn(&args).expect("start port-trace serve");
+        let (tracer, addr) = TraceProcess::serve(extra).expect("start port-trace serve");
         Self {
             tracer: Some(tracer),
             addr,
