@@ -73,9 +73,20 @@ impl NatArgs {
     /// Adds targets to running watchers, each tried once.
     pub fn watch_more(&self, w: &mut Watchers, targets: &[Target]) -> anyhow::Result<()> {
         for t in targets {
-            if !w.tried.insert(t.netns) {
+            if w.tried.contains(&t.netns) {
                 continue;
             }
+            if w.is_full() {
+                // Not marked as tried: it is watched at a refresh after a slot frees.
+                if !std::mem::replace(&mut w.said_full, true) {
+                    eprintln!(
+                        "port-trace: watching NAT in {} network namespaces, the most at once; more wait for a slot",
+                        crate::nat::MAX_WATCHED
+                    );
+                }
+                break;
+            }
+            w.tried.insert(t.netns);
             if let Err(e) = w.watch(t.clone()) {
                 if self.mode() == NatMode::On {
                     return Err(anyhow::Error::new(e)

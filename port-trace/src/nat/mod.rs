@@ -31,6 +31,10 @@ pub const KERNEL_DEFAULT_RANGE: NatRange = NatRange {
 /// as lost, not queued.
 pub const CHANNEL: usize = 65536;
 
+/// Most namespaces watched at once: each costs a thread, two netlink sockets and the
+/// namespace's file. Past it, a namespace is watched when a slot frees.
+pub const MAX_WATCHED: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
     #[error(
@@ -107,6 +111,12 @@ struct Running {
 }
 
 impl Running {
+    /// Asks the thread to end without waiting for it: it ends within its receive timeout,
+    /// and the serve loop that lets namespaces go must not stall meanwhile.
+    fn signal(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn stop(self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         // The thread wakes within its receive timeout, polls the counters once more, ends.
@@ -124,6 +134,8 @@ pub struct Watchers {
     pub watched: Vec<u32>,
     /// Namespaces tried, watched or not: each is tried once.
     pub tried: std::collections::HashSet<u32>,
+    /// Whether reaching [`MAX_WATCHED`] was said (it is said once).
+    pub said_full: bool,
 }
 
 impl Watchers {
@@ -139,7 +151,13 @@ impl Watchers {
             },
             watched: Vec::new(),
             tried: Default::default(),
+            said_full: false,
         }
+    }
+
+    /// Whether [`MAX_WATCHED`] namespaces are watched already.
+    pub fn is_full(&self) -> bool {
+        self.running.len() >= MAX_WATCHED
     }
 
     /// Starts watching one namespace (once).
@@ -170,7 +188,7 @@ impl Watchers {
             .into_iter()
             .map(|r| {
                 let n = r.netns;
-                r.stop();
+                r.signal();
                 n
             })
             .collect();

@@ -216,6 +216,7 @@ struct Watch {
     recent: u64,
     recent_slowest: Duration,
     series: usize,
+    nat_watched: usize,
     events: f64,
 }
 
@@ -228,6 +229,7 @@ impl Watch {
                 self.slowest = self.slowest.max(s.took);
                 self.recent_slowest = self.recent_slowest.max(s.took);
                 self.series = s.series;
+                self.nat_watched = s.nat_watched;
                 self.events = s.assignments;
                 if s.took > SCRAPE_LIMIT {
                     self.failures.push(format!(
@@ -253,6 +255,7 @@ impl Watch {
             reading: now,
             cpu_share: used / since.as_secs_f64().max(0.001),
             series: self.series,
+            nat_watched: self.nat_watched,
             events: self.events,
             scrapes: self.recent,
             slowest_scrape: self.recent_slowest,

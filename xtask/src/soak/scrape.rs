@@ -17,6 +17,8 @@ pub struct Scrape {
     pub series: usize,
     /// `port_trace_assignments_total` summed over its labels.
     pub assignments: f64,
+    /// Namespaces whose NAT the daemon watches (one `port_trace_nat_range_ports` series each).
+    pub nat_watched: usize,
 }
 
 pub fn scrape(addr: SocketAddr) -> Result<Scrape, String> {
@@ -35,6 +37,10 @@ pub fn scrape(addr: SocketAddr) -> Result<Scrape, String> {
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .count(),
         assignments: sum(text, "port_trace_assignments_total{"),
+        nat_watched: text
+            .lines()
+            .filter(|l| l.starts_with("port_trace_nat_range_ports{"))
+            .count(),
     })
 }
 

@@ -5,7 +5,9 @@
 //!   allocator's noise on a small heap). The sample at start is left out: the daemon then has
 //!   not yet filled its event window.
 //! - fds and threads: after the start, highest minus lowest at most [`FD_SLACK`] /
-//!   [`THREAD_SLACK`] (a scrape's socket, tokio's blocking pool).
+//!   [`THREAD_SLACK`] (a scrape's socket, tokio's blocking pool), plus what the namespaces
+//!   whose NAT the daemon watches may add: [`FDS_PER_NAT_WATCH`] fds and a thread each, times
+//!   the spread of their number over the run (namespaces come and go in the workload).
 //! - CPU: at most [`CPU_CEILING`] of one core on average, and no third of the run above it.
 //! - Every scrape (one a second) answered 200 within [`SCRAPE_LIMIT`].
 //! - Events seen: a soak whose workload the daemon never saw soaked nothing.
@@ -19,6 +21,8 @@ pub const RSS_GROWTH: f64 = 0.10;
 pub const RSS_SLACK_MIB: f64 = 8.0;
 pub const FD_SLACK: u64 = 8;
 pub const THREAD_SLACK: u64 = 4;
+/// A NAT watcher's fds: two netlink sockets and its namespace's file.
+pub const FDS_PER_NAT_WATCH: u64 = 3;
 pub const CPU_CEILING: f64 = 0.5;
 pub const SCRAPE_LIMIT: Duration = Duration::from_secs(1);
 
@@ -31,6 +35,8 @@ pub struct Sample {
     pub cpu_share: f64,
     /// Series in the last scrape.
     pub series: usize,
+    /// Namespaces whose NAT the daemon watched at the last scrape.
+    pub nat_watched: usize,
     /// `port_trace_assignments_total` in the last scrape.
     pub events: f64,
     pub scrapes: u64,
@@ -42,16 +48,17 @@ fn mib(kib: u64) -> f64 {
 }
 
 pub const HEADER: &str =
-    "     t   RSS MiB   fds  threads   CPU %   series      events  scrapes  slowest scrape";
+    "     t   RSS MiB   fds  threads  NAT ns   CPU %   series      events  scrapes  slowest scrape";
 
 /// One sample as a row under [`HEADER`].
 pub fn row(s: &Sample) -> String {
     format!(
-        "{:>5}s {:>9.1} {:>5} {:>8} {:>7.1} {:>8} {:>11.0} {:>8} {:>12.1} ms",
+        "{:>5}s {:>9.1} {:>5} {:>8} {:>7} {:>7.1} {:>8} {:>11.0} {:>8} {:>12.1} ms",
         s.at.as_secs(),
         mib(s.reading.rss_kib),
         s.reading.fds,
         s.reading.threads,
+        s.nat_watched,
         s.cpu_share * 100.0,
         s.series,
         s.events,
@@ -113,13 +120,17 @@ pub fn judge(samples: &[Sample], total: Duration, scrape_failures: &[String]) ->
             RSS_GROWTH * 100.0
         ));
     }
+    let watched = settled.iter().map(|s| s.nat_watched as u64);
+    let watched_spread = watched.clone().max().unwrap_or(0) - watched.min().unwrap_or(0);
     for (what, slack, pick) in [
         (
             "fds",
-            FD_SLACK,
+            FD_SLACK + FDS_PER_NAT_WATCH * watched_spread,
             (|r: &Reading| r.fds) as fn(&Reading) -> u64,
         ),
-        ("threads", THREAD_SLACK, |r: &Reading| r.threads),
+        ("threads", THREAD_SLACK + watched_spread, |r: &Reading| {
+            r.threads
+        }),
     ] {
         let values = settled.iter().map(|s| pick(&s.reading));
         let (lo, hi) = (values.clone().min(), values.max());
@@ -178,6 +189,7 @@ mod tests {
             },
             cpu_share: 0.05,
             series: 100,
+            nat_watched: 1,
             events: at as f64 * 100.0,
             scrapes: 10,
             slowest_scrape: Duration::from_millis(5),
