@@ -65,16 +65,6 @@ pub struct Owner {
 }
 
 impl Owner {
-    /// No one yet: a watch that names its owner when it reports.
-    pub const NOBODY: Owner = Owner {
-        cgroup_id: 0,
-        tgid: 0,
-        tid: 0,
-        uid: 0,
-        netns: 0,
-        comm: [0; 16],
-    };
-
     /// The calling task's identity; only for programs that run in its process context.
     #[inline(always)]
     pub fn of(c: Caller) -> Owner {

@@ -55,6 +55,9 @@ pub const LOOPS: [Loop; 4] = [
     },
 ];
 
+/// The floor column's program (`floor.c`): not a loop, built with them.
+pub const FLOOR: &str = "pt-floor";
+
 pub fn by_name(name: &str) -> Option<&'static Loop> {
     LOOPS.iter().find(|l| l.name == name)
 }
@@ -73,6 +76,13 @@ pub fn compile(out: &Path) -> Result<PathBuf> {
                 .arg(src.join(l.source)),
         )?;
     }
+    step(
+        "gcc floor.c",
+        Command::new("gcc")
+            .args(["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o"])
+            .arg(out.join(FLOOR))
+            .arg(src.join("floor.c")),
+    )?;
     Ok(out.to_path_buf())
 }
 

@@ -91,8 +91,8 @@ pub fn render(platforms: &[Platform], took: Duration) -> String {
                 "| {} | {} | {} | {} |",
                 r.lp.short,
                 row_label(p, &r.hooks),
-                seen_cell(&r.cells[1]),
-                seen_cell(&r.cells[2])
+                seen_cell(&r.cells[Column::Trace.index()]),
+                seen_cell(&r.cells[Column::Serve.index()])
             );
         }
         for h in distinct_hooks(rows) {
@@ -106,8 +106,8 @@ pub fn render(platforms: &[Platform], took: Duration) -> String {
                 out,
                 "| *lost to a full ring buffer* | {} | {} | {} |",
                 row_label(p, &h),
-                lost(1),
-                lost(2)
+                lost(Column::Trace.index()),
+                lost(Column::Serve.index())
             );
         }
     }

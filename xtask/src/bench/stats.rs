@@ -213,7 +213,7 @@ mod tests {
         let rows = super::rows(&p);
         let connect = &rows[0];
         assert_eq!(connect.hooks, "cgroup");
-        let trace = &connect.cells[1];
+        let trace = &connect.cells[Column::Trace.index()];
         assert_eq!(trace.ratio, Some(0.8));
         assert_eq!(trace.spread, Some((0.7, 0.9)));
         assert_eq!(trace.rate, Some(70.0));
@@ -221,9 +221,9 @@ mod tests {
         assert_eq!(trace.fastest, Some(0.8));
         assert_eq!((trace.seen, trace.generated), (Some(194), 195));
         assert_eq!(connect.cells[0].ratio, Some(1.0));
-        assert_eq!(connect.cells[3].missing.as_deref(), Some("not run"));
+        assert_eq!(connect.cells[Column::Serve.index()].missing.as_deref(), Some("not run"));
         // A loop missing from every run has no figures.
-        assert_eq!(rows[1].cells[1].ratio, None);
+        assert_eq!(rows[1].cells[Column::Trace.index()].ratio, None);
     }
 
     #[test]
@@ -248,7 +248,7 @@ mod tests {
             host_load: None,
             fastest: false,
         };
-        let trace = &super::rows(&p)[0].cells[1];
+        let trace = &super::rows(&p)[0].cells[Column::Trace.index()];
         assert_eq!(
             (trace.ratio, trace.rounds, trace.clean_rounds),
             (Some(0.8), 2, 1)

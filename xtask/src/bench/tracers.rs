@@ -1,5 +1,6 @@
-//! The tracer configurations, one per table column: none, `port-trace trace --format json`,
-//! the same with the cgroup set's opt-in `--udp-send-hooks`, `port-trace serve`, and a
+//! The tracer configurations, one per table column: none, the cgroup set's floor (programs
+//! that do nothing, on the same hooks: `xtask/bench/loops/floor.c`), `port-trace trace --format
+//! json`, the same with the cgroup set's opt-in `--udp-send-hooks`, `port-trace serve`, and a
 //! bpftrace peer. Each is started before a round's loops (the call
 //! returns once its programs are attached), counts what it saw, and is stopped after them.
 
@@ -29,6 +30,9 @@ const BPFTRACE_PROGRAM: &str = r#"BEGIN { printf("ready\n"); } tracepoint:sock:i
 #[serde(rename_all = "lowercase")]
 pub enum Column {
     None,
+    /// Empty programs on the cgroup set's default hooks (host only): what the kernel charges
+    /// for running programs there at all, the least any tracer using them can cost.
+    Floor,
     Trace,
     /// `trace` with `--udp-send-hooks` (host only: the other sets have no such hooks).
     SendHooks,
@@ -37,17 +41,24 @@ pub enum Column {
 }
 
 impl Column {
-    pub const ALL: [Column; 5] = [
+    pub const ALL: [Column; 6] = [
         Column::None,
+        Column::Floor,
         Column::Trace,
         Column::SendHooks,
         Column::Serve,
         Column::Bpftrace,
     ];
 
+    /// Where this column's cell is in a row (`ALL` order).
+    pub fn index(self) -> usize {
+        Column::ALL.iter().position(|&c| c == self).unwrap_or(0)
+    }
+
     pub fn heading(self) -> &'static str {
         match self {
             Column::None => "no tracer",
+            Column::Floor => "empty programs, cgroup set's hooks (floor)",
             Column::Trace => "`trace --format json`",
             Column::SendHooks => "`trace --udp-send-hooks`",
             Column::Serve => "`serve`",
@@ -131,6 +142,24 @@ impl Tracer {
         };
         match cfg.column {
             Column::None => {}
+            Column::Floor => {
+                let cgroup2 = cgroup2_mount()?;
+                let mut cmd = Command::new(env.loops.join(super::loops::FLOOR));
+                cmd.arg(&cgroup2);
+                let mut child = spawn(
+                    cmd.stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped()),
+                )?;
+                let out = child.stdout.take().context("floor's stdout")?;
+                let mut err = child.stderr.take().context("floor's stderr")?;
+                let err = std::thread::spawn(move || {
+                    let mut s = String::new();
+                    let _ = err.read_to_string(&mut s);
+                    s
+                });
+                t.launch(child, out, Some(err), "ready")?;
+            }
             Column::Trace | Column::SendHooks => {
                 let mut cmd = Command::new(&env.port_trace);
                 cmd.args(["trace", "--format", "json"]).args(&hooks);
@@ -310,6 +339,20 @@ impl Drop for Tracer {
 
 fn spawn(cmd: &mut Command) -> Result<Child> {
     cmd.spawn().with_context(|| format!("starting {cmd:?}"))
+}
+
+/// The host's cgroup v2 mount, where the floor attaches (as the cgroup set does by default).
+fn cgroup2_mount() -> Result<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (dir, kind) = (f.nth(1)?, f.next()?);
+            (kind == "cgroup2").then(|| dir.to_string())
+        })
+        .next()
+        .context("no cgroup v2 mount for the floor's programs")
 }
 
 /// "tracing: ...; serving http://127.0.0.1:PORT/metrics" -> 127.0.0.1:PORT.

@@ -12,9 +12,9 @@
 //! - listen() on an unbound socket: CLOSE->LISTEN with port 0 records who asked (`LISTENING`),
 //!   sock_ops TCP_LISTEN_CB reports the port, LISTEN->CLOSE with port 0 the failure
 //!   (EADDRINUSE, the one error of get_port).
-//! - UDP autobind on send: sock_create marks UDP sockets created while tracing; sendmsg4/6,
-//!   which runs after the autobind, reports the port of a marked socket once. A failed
-//!   autobind on send is not seen (no hook runs after it).
+//! - UDP autobind on send: sock_create marks UDP sockets created while tracing (`watch`'s fresh
+//!   table); sendmsg4/6 (opt-in), which runs after the autobind, or else sock_release reports the
+//!   port of a marked socket once. A failed autobind on send is not seen (no hook runs after it).
 //! - UDP autobind on connect: connect4/6 records; settled when the socket is next seen or
 //!   closed, with the connect's time.
 
@@ -33,7 +33,7 @@ use port_trace_common::{
     Family, HookId, Op, Proto, Stat,
     program::{CGROUP, RAW_TRACEPOINTS},
 };
-use watch::{Seen, State, Watch, proto_of};
+use watch::{Seen, State, proto_of};
 
 use crate::{
     OFFSETS, SCOPE,
@@ -91,14 +91,14 @@ fn user_sockaddr(sa: *const bpf_sock_addr, fam: u8) -> (u32, u32, [u8; 16]) {
     (protocol, user_port, addr)
 }
 
-/// The request a connect()/sendmsg() destination makes.
+/// The request a connect()/sendmsg() destination makes; reported with the time of the report
+/// unless the caller sets `asked_ns`.
 #[inline(always)]
 fn toward(op: Op, pr: u8, fam: u8, user_port: u32, daddr: [u8; 16]) -> Pending {
     let mut p = Pending::new(op as u8, pr, fam);
     p.has_daddr = 1;
     p.dport = u16::from_be(user_port as u16);
     p.daddr = daddr;
-    p.asked_ns = now_boot_ns();
     p
 }
 
@@ -111,13 +111,7 @@ pub fn pt_sock_create(ctx: SockContext) -> i32 {
     // Only a UDP socket can get a port with no cgroup hook running before it (autobind on
     // send), so only UDP sockets are marked.
     if ctx_read!(sk, protocol) == 17 && current().is_some() {
-        let mut w = Watch {
-            owner: Owner::NOBODY,
-            pending: Pending::new(Op::Autobind as u8, Proto::Udp as u8, 0),
-            state: State::Fresh,
-        };
-        w.pending.family = ctx_read!(sk, family) as u8;
-        watch::set(sk, &w);
+        watch::mark_fresh(sk);
     }
     1
 }
@@ -126,24 +120,28 @@ program_listed!(pt_sock_create in CGROUP.name);
 #[cgroup_sock(sock_release)]
 pub fn pt_sock_release(ctx: SockContext) -> i32 {
     let sk = ctx.sock;
+    let family = ctx_read!(sk, family) as u8;
+    if watch::take_fresh(sk) {
+        // A fresh UDP socket with a port got it on a send no sendmsg hook saw (they are
+        // opt-in): reported now, by whoever closes it, with no destination.
+        if let Some((port, saddr)) = watch::local_of_ctx(sk, family)
+            && port != 0
+            && let Some(c) = current()
+        {
+            let mut p = Pending::new(Op::Autobind as u8, Proto::Udp as u8, family);
+            p.saddr = saddr;
+            emit(c, &p, port, 0, HookId::SockRelease, 0);
+        }
+        return 1;
+    }
     let Some(w) = watch::get(sk) else {
         return 1;
     };
-    let local = watch::local_of_ctx(sk, w.pending.family);
-    match (w.state, local) {
-        // A fresh UDP socket with a port got it on a send no sendmsg hook saw (they are
-        // opt-in): reported now, by whoever closes it, with no destination.
-        (State::Fresh, Some((port, saddr))) if port != 0 => {
-            if let Some(c) = current() {
-                let mut p = w.pending;
-                p.saddr = saddr;
-                emit(c, &p, port, 0, HookId::SockRelease, 0);
-            }
-        }
-        (_, Some(local)) => watch::settle(w, Seen::Otherwise, HookId::SockRelease, local),
+    match watch::local_of_ctx(sk, w.pending.family) {
+        Some(local) => watch::settle(w, Seen::Otherwise, HookId::SockRelease, local),
         // An open request whose outcome cannot be read is counted, not guessed.
-        (State::Asked, None) => count(Stat::Unresolved),
-        _ => {}
+        None if w.state == State::Asked => count(Stat::Unresolved),
+        None => {}
     }
     watch::forget(sk);
     1
@@ -175,7 +173,10 @@ fn on_connect(ctx: &SockAddrContext, fam: u8, hook: HookId) {
         return;
     }
     let src_port = ctx_read!(sk, src_port);
-    if let Some(w) = watch::get(sk) {
+    // A fresh socket has no request to settle; it is fresh no more either way.
+    if !watch::take_fresh(sk)
+        && let Some(w) = watch::get(sk)
+    {
         watch::settle(
             w,
             Seen::Connecting,
@@ -190,12 +191,13 @@ fn on_connect(ctx: &SockAddrContext, fam: u8, hook: HookId) {
         watch::forget(sk);
         return;
     }
-    let op = if pr == Proto::Tcp as u8 {
-        Op::Connect
-    } else {
-        Op::Autobind
-    };
-    watch::ask(sk, Owner::of(c), toward(op, pr, fam, user_port, daddr));
+    let mut p = toward(Op::Connect, pr, fam, user_port, daddr);
+    if pr == Proto::Udp as u8 {
+        // Settled later (`watch::settle`), and reported with this time.
+        p.op = Op::Autobind as u8;
+        p.asked_ns = now_boot_ns();
+    }
+    watch::ask(sk, Owner::of(c), p);
 }
 
 // bind(): bind4/6 see the requested port, post_bind4/6 the one the kernel gave.
@@ -222,7 +224,9 @@ fn on_bind(ctx: &SockAddrContext, fam: u8, hook: HookId) {
     if sk.is_null() {
         return;
     }
-    if let Some(w) = watch::get(sk) {
+    if !watch::take_fresh(sk)
+        && let Some(w) = watch::get(sk)
+    {
         watch::settle(w, Seen::Otherwise, hook, watch::local(sk, w.pending.family));
     }
     // The user chose the port: nothing to report, now or at a later send.
@@ -292,14 +296,10 @@ fn on_sendmsg(ctx: &SockAddrContext, fam: u8, hook: HookId) {
     if sk.is_null() {
         return;
     }
-    // The common case, a socket with no watch, ends here.
-    let Some(w) = watch::get(sk) else {
-        return;
-    };
-    if w.state == State::Fresh
-        && let Some(c) = current()
-    {
-        let sk_fam = w.pending.family;
+    if watch::take_fresh(sk) {
+        let Some(c) = current() else { return };
+        // SAFETY: as `ctx_read!`, on the socket the verifier checked.
+        let sk_fam = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*sk).family)) } as u8;
         // An IPv6 socket sending to a v4-mapped address runs the 4 hook.
         let daddr = if sk_fam != fam {
             v4_mapped([daddr[0], daddr[1], daddr[2], daddr[3]])
@@ -309,13 +309,16 @@ fn on_sendmsg(ctx: &SockAddrContext, fam: u8, hook: HookId) {
         let mut p = toward(Op::Autobind, Proto::Udp as u8, sk_fam, user_port, daddr);
         let (port, saddr) = watch::local(sk, sk_fam);
         p.saddr = saddr;
-        p.asked_ns = 0;
         if port != 0 {
             emit(c, &p, port, 0, hook, 0);
         }
-    } else {
-        watch::settle(w, Seen::Otherwise, hook, watch::local(sk, w.pending.family));
+        return;
     }
+    // The common case, a socket with no watch, ends here.
+    let Some(w) = watch::get(sk) else {
+        return;
+    };
+    watch::settle(w, Seen::Otherwise, hook, watch::local(sk, w.pending.family));
     watch::forget(sk);
 }
 

@@ -5,17 +5,27 @@
 //! Socket storage (`BPF_MAP_TYPE_SK_STORAGE`) would free itself, but creating it allocates:
 //! it cost ~1.5 us per UDP socket and per connect(), an LRU entry ~0.2 us.
 //!
+//! The commonest mark, "a UDP socket created while tracing, no port yet" (`fresh`), is not an
+//! LRU entry but the socket's address in one slot of a direct-mapped array: every UDP socket
+//! gets one, and a slot write and compare cost a few ns where an LRU insert, lookup and delete
+//! cost a few hundred.
+//!
 //! Without syscall exit tracepoints some outcomes are not visible when they happen: a failed
 //! bind(0), the port a UDP connect() autobound, and (without the sendmsg hooks) the port a UDP
 //! send autobound. The request is kept here and settled the next time the socket passes a
 //! hook (bind, connect, sendmsg, close), reported with the time it was made.
 
-use aya_ebpf::{bindings::bpf_sock, macros::map, maps::LruHashMap};
-use port_trace_common::{Family, HookId, Op, Proto, layout};
+use aya_ebpf::{
+    bindings::bpf_sock,
+    helpers::bpf_probe_read_kernel,
+    macros::map,
+    maps::{Array, LruHashMap},
+};
+use port_trace_common::{Family, HookId, Op, Proto, Stat, layout};
 
 use crate::{
     OFFSETS,
-    emit::{Owner, emit_owned, ipv4, ipv6_words},
+    emit::{Owner, count, emit_owned, ipv4, ipv6_words},
     kernel::{EADDRINUSE, EAGAIN, Sock},
     pending::Pending,
 };
@@ -24,9 +34,6 @@ use crate::{
 #[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum State {
-    /// A UDP socket created while tracing, with no port yet: its first sendmsg with a
-    /// destination reports the autobind.
-    Fresh = 1,
     /// A request (`Watch::pending`) whose outcome is not known yet.
     Asked = 2,
     /// Nothing more to report for this socket.
@@ -52,6 +59,65 @@ fn key(sk: *const bpf_sock) -> u64 {
     sk as u64
 }
 
+/// Slots of the fresh-socket table: 512 KiB. Two fresh sockets whose addresses share a slot
+/// cannot both be held: the later one evicts the earlier, which is counted as unresolved.
+const FRESH_SLOTS: u32 = 1 << 16;
+
+/// UDP sockets created while tracing that have no port yet, by the slot of their address; 0
+/// is an empty slot. A UDP socket is in it from sock_create until the first hook that sees it
+/// (bind, connect, sendmsg, close), which takes it out; a fresh socket has no `WATCHES` entry.
+#[map]
+static FRESH: Array<u64> = Array::with_max_entries(FRESH_SLOTS, 0);
+
+/// A socket's address as a number, and its fresh-table slot (the address hashed, Fibonacci, so
+/// that slab neighbours spread over the table). The verifier forbids arithmetic on a socket
+/// pointer, so the number is copied out of the stack slot holding the pointer.
+#[inline(always)]
+fn addr_and_slot(sk: *const bpf_sock) -> Option<(u64, u32)> {
+    let held = sk;
+    // SAFETY: reads the 8 bytes of `held`, a live local.
+    let addr: u64 = unsafe { bpf_probe_read_kernel(core::ptr::addr_of!(held).cast()).ok()? };
+    let slot = ((addr >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32 & (FRESH_SLOTS - 1);
+    Some((addr, slot))
+}
+
+/// Marks `sk` fresh.
+#[inline(always)]
+pub fn mark_fresh(sk: *const bpf_sock) {
+    let Some((addr, slot)) = addr_and_slot(sk) else {
+        return;
+    };
+    if let Some(p) = FRESH.get_ptr_mut(slot) {
+        // SAFETY: `p` is an array slot, valid while the program runs. Plain 8-byte stores and
+        // loads: a race between two CPUs on one slot can at worst lose or miscount one mark.
+        unsafe {
+            if *p != 0 && *p != addr {
+                count(Stat::Unresolved);
+            }
+            *p = addr;
+        }
+    }
+}
+
+/// Whether `sk` was fresh; it is not any more.
+#[inline(always)]
+pub fn take_fresh(sk: *const bpf_sock) -> bool {
+    let Some((addr, slot)) = addr_and_slot(sk) else {
+        return false;
+    };
+    let Some(p) = FRESH.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: as in `mark_fresh`.
+    unsafe {
+        if *p != addr {
+            return false;
+        }
+        *p = 0;
+    }
+    true
+}
+
 /// The socket's watch, if it has one.
 #[inline(always)]
 pub fn get(sk: *const bpf_sock) -> Option<&'static mut Watch> {
@@ -60,12 +126,6 @@ pub fn get(sk: *const bpf_sock) -> Option<&'static mut Watch> {
     WATCHES
         .get_ptr_mut(key(sk))
         .and_then(|p| unsafe { p.as_mut() })
-}
-
-/// Gives the socket the watch `w`, replacing any it had.
-#[inline(always)]
-pub fn set(sk: *const bpf_sock, w: &Watch) {
-    let _ = WATCHES.insert(key(sk), w, 0);
 }
 
 /// Drops the socket's watch.
@@ -153,17 +213,15 @@ pub fn settle(w: &mut Watch, seen: Seen, hook: HookId, local: (u16, [u8; 16])) {
     );
 }
 
-/// A request about to be made on socket `sk` by `owner`.
+/// A request about to be made on socket `sk` by `owner`, replacing any the socket had.
 #[inline(always)]
 pub fn ask(sk: *const bpf_sock, owner: Owner, pending: Pending) {
-    set(
-        sk,
-        &Watch {
-            owner,
-            pending,
-            state: State::Asked,
-        },
-    );
+    let w = Watch {
+        owner,
+        pending,
+        state: State::Asked,
+    };
+    let _ = WATCHES.insert(key(sk), &w, 0);
 }
 
 /// The protocol id of an IP protocol number, for the two this tracer follows.
