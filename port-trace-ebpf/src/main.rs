@@ -61,6 +61,12 @@ static SCOPE: Global<CgroupScope> = Global::new(CgroupScope {
     _pad: 0,
 });
 
+/// Set by the loader when sock_ops programs may call the current-task helpers (6.10+): the
+/// cgroup set then names a TCP connect's caller at TCP_CONNECT_CB. Read-only, so the verifier
+/// never sees those calls on a kernel that would refuse them.
+#[unsafe(no_mangle)]
+static SOCK_OPS_TASK: Global<u8> = Global::new(0);
+
 /// Wake userspace early once this many bytes wait in the ring buffer; otherwise it drains on
 /// a timer. Per-event wake-ups cost 1.6-3 us each and cut connect() throughput 3-4x.
 #[unsafe(no_mangle)]

@@ -75,6 +75,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     line("cgroup v2", &path_fact(&k.cgroup2, "not mounted"));
     line("tracefs", &path_fact(&k.tracefs, "not mounted"));
     line("sock_ops", &k.sock_ops);
+    line("sock_ops caller", &k.sock_ops_task);
     line("cgroup_sock", &k.cgroup_sock);
     line("cgroup_sock_addr", &k.cgroup_sock_addr);
     line("raw_tracepoint", &k.raw_tracepoint);

@@ -276,6 +276,7 @@ mod tests {
             cgroup2: Some(PathBuf::from("/sys/fs/cgroup/unified")),
             tracefs: Some(PathBuf::from("/sys/kernel/tracing")),
             sock_ops: yes(),
+            sock_ops_task: yes(),
             cgroup_sock: yes(),
             cgroup_sock_addr: yes(),
             raw_tracepoint: yes(),

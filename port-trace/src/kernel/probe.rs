@@ -49,6 +49,9 @@ pub struct KernelSupport {
     pub cgroup2: Option<PathBuf>,
     pub tracefs: Option<PathBuf>,
     pub sock_ops: Fact,
+    /// Whether sock_ops programs may ask who the current task is (6.10+): then the cgroup set
+    /// names a TCP connect's caller at `TCP_CONNECT_CB` and keeps no record from `connect4`.
+    pub sock_ops_task: Fact,
     pub cgroup_sock: Fact,
     pub cgroup_sock_addr: Fact,
     pub raw_tracepoint: Fact,
@@ -62,6 +65,35 @@ fn prog_supported(t: ProgramType) -> Fact {
         Ok(false) => Fact::new(false, "the kernel refuses this program type"),
         Err(e) => Fact::new(false, format!("probe failed: {e}")),
     }
+}
+
+/// The helpers `Owner::of` (port-trace-ebpf/src/emit.rs) calls, all of which a sock_ops program
+/// must be allowed for the cgroup set to name a connect's caller there.
+const OWNER_HELPERS: [aya::sys::BpfHelper; 5] = [
+    aya::sys::BpfHelper::BPF_FUNC_get_current_pid_tgid,
+    aya::sys::BpfHelper::BPF_FUNC_get_current_uid_gid,
+    aya::sys::BpfHelper::BPF_FUNC_get_current_comm,
+    aya::sys::BpfHelper::BPF_FUNC_get_current_cgroup_id,
+    aya::sys::BpfHelper::BPF_FUNC_get_current_task,
+];
+
+fn sock_ops_task() -> Fact {
+    for h in OWNER_HELPERS {
+        match aya::sys::is_helper_supported(ProgramType::SockOps, h) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Fact::new(
+                    false,
+                    "no current-task helpers (kernel < 6.10): a TCP connect's caller is kept from connect4 in an LRU record",
+                );
+            }
+            Err(e) => return Fact::new(false, format!("probe failed: {e}")),
+        }
+    }
+    Fact::new(
+        true,
+        "current-task helpers allowed: a TCP connect's caller is read at TCP_CONNECT_CB",
+    )
 }
 
 /// Finds the cgroup v2 mount (often /sys/fs/cgroup, /sys/fs/cgroup/unified on hybrid hosts).
@@ -181,6 +213,11 @@ impl KernelSupport {
             cgroup2: cgroup2_mount(),
             tracefs,
             sock_ops: net_prog(ProgramType::SockOps),
+            sock_ops_task: if root && net_admin {
+                sock_ops_task()
+            } else {
+                Fact::new(false, "not probed: needs CAP_NET_ADMIN")
+            },
             cgroup_sock: net_prog(ProgramType::CgroupSock),
             cgroup_sock_addr: net_prog(ProgramType::CgroupSockAddr),
             raw_tracepoint: prog(ProgramType::RawTracePoint),

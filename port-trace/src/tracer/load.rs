@@ -139,11 +139,13 @@ impl Tracer {
 
         let tgid = std::process::id();
         let scope = crate::hook_set::cgroup::scope(k, opts.cgroup.as_deref());
+        let sock_ops_task = u8::from(k.sock_ops_task.ok);
         let mut ebpf = EbpfLoader::new()
             .override_global("TRACER_TGID", &tgid, true)
             .override_global("SCOPE", &scope, true)
             .override_global("OFFSETS", &layout.offsets, true)
             .override_global("WAKEUP_BYTES", &opts.wakeup_bytes, true)
+            .override_global("SOCK_OPS_TASK", &sock_ops_task, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;

@@ -33,10 +33,10 @@ use port_trace_common::{
     Family, HookId, Op, Proto, Stat,
     program::{CGROUP, RAW_TRACEPOINTS},
 };
-use watch::{Seen, State, proto_of};
+use watch::{Mark, Seen, State, proto_of};
 
 use crate::{
-    OFFSETS, SCOPE,
+    OFFSETS, SCOPE, SOCK_OPS_TASK,
     emit::{Owner, count, current, emit, emit_owned, ipv4, ipv6_words, now_boot_ns, v4_mapped},
     kernel::{EADDRINUSE, EADDRNOTAVAIL, Sock, TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT},
     pending::Pending,
@@ -111,7 +111,7 @@ pub fn pt_sock_create(ctx: SockContext) -> i32 {
     // Only a UDP socket can get a port with no cgroup hook running before it (autobind on
     // send), so only UDP sockets are marked.
     if ctx_read!(sk, protocol) == 17 && current().is_some() {
-        watch::mark_fresh(sk);
+        watch::mark(sk, Mark::Fresh);
     }
     1
 }
@@ -121,7 +121,12 @@ program_listed!(pt_sock_create in CGROUP.name);
 pub fn pt_sock_release(ctx: SockContext) -> i32 {
     let sk = ctx.sock;
     let family = ctx_read!(sk, family) as u8;
-    if watch::take_fresh(sk) {
+    // A socket whose connect() never reached TCP_CONNECT_CB (it failed first) just loses its
+    // mark; a fresh one is reported.
+    if let Some(m) = watch::take(sk) {
+        if m != Mark::Fresh {
+            return 1;
+        }
         // A fresh UDP socket with a port got it on a send no sendmsg hook saw (they are
         // opt-in): reported now, by whoever closes it, with no destination.
         if let Some((port, saddr)) = watch::local_of_ctx(sk, family)
@@ -173,10 +178,12 @@ fn on_connect(ctx: &SockAddrContext, fam: u8, hook: HookId) {
         return;
     }
     let src_port = ctx_read!(sk, src_port);
-    // A fresh socket has no request to settle; it is fresh no more either way.
-    if !watch::take_fresh(sk)
+    // A marked socket has no request to settle; it is fresh no more either way.
+    let mut watched = false;
+    if watch::take(sk).is_none()
         && let Some(w) = watch::get(sk)
     {
+        watched = true;
         watch::settle(
             w,
             Seen::Connecting,
@@ -189,6 +196,15 @@ fn on_connect(ctx: &SockAddrContext, fam: u8, hook: HookId) {
     // A socket that already has a port keeps it: the kernel picks nothing.
     if src_port != 0 {
         watch::forget(sk);
+        return;
+    }
+    if pr == Proto::Tcp as u8 && SOCK_OPS_TASK.load() != 0 {
+        // TCP_CONNECT_CB names the caller and reads the rest from the socket: a mark is all
+        // it needs.
+        if watched {
+            watch::forget(sk);
+        }
+        watch::mark(sk, Mark::Connecting);
         return;
     }
     let mut p = toward(Op::Connect, pr, fam, user_port, daddr);
@@ -224,7 +240,7 @@ fn on_bind(ctx: &SockAddrContext, fam: u8, hook: HookId) {
     if sk.is_null() {
         return;
     }
-    if !watch::take_fresh(sk)
+    if watch::take(sk).is_none()
         && let Some(w) = watch::get(sk)
     {
         watch::settle(w, Seen::Otherwise, hook, watch::local(sk, w.pending.family));
@@ -296,8 +312,11 @@ fn on_sendmsg(ctx: &SockAddrContext, fam: u8, hook: HookId) {
     if sk.is_null() {
         return;
     }
-    if watch::take_fresh(sk) {
+    if let Some(m) = watch::take(sk) {
         let Some(c) = current() else { return };
+        if m != Mark::Fresh {
+            return;
+        }
         // SAFETY: as `ctx_read!`, on the socket the verifier checked.
         let sk_fam = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*sk).family)) } as u8;
         // An IPv6 socket sending to a v4-mapped address runs the 4 hook.
@@ -359,15 +378,25 @@ fn on_connect_cb(so: *const bpf_sock_ops) {
     if sk.is_null() {
         return;
     }
-    let Some(w) = watch::get(sk) else {
-        return;
+    let (owner, mut p) = if SOCK_OPS_TASK.load() != 0 {
+        if watch::take(sk) != Some(Mark::Connecting) {
+            return;
+        }
+        let Some(c) = current() else {
+            return;
+        };
+        (Owner::of(c), Pending::new(Op::Connect as u8, Proto::Tcp as u8, fam))
+    } else {
+        let Some(w) = watch::get(sk) else {
+            return;
+        };
+        if w.state != State::Asked || w.pending.op != Op::Connect as u8 {
+            return;
+        }
+        let (owner, p) = (w.owner, w.pending);
+        watch::forget(sk);
+        (owner, p)
     };
-    if w.state != State::Asked || w.pending.op != Op::Connect as u8 {
-        return;
-    }
-    let mut p = w.pending;
-    let owner = w.owner;
-    watch::forget(sk);
     p.family = fam;
     if fam == Family::Inet as u8 {
         p.saddr = ipv4(local4.to_ne_bytes());

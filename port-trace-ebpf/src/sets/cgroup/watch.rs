@@ -5,15 +5,11 @@
 //! Socket storage (`BPF_MAP_TYPE_SK_STORAGE`) would free itself, but creating it allocates:
 //! it cost ~1.5 us per UDP socket and per connect(), an LRU entry ~0.2 us.
 //!
-//! The commonest mark, "a UDP socket created while tracing, no port yet" (`fresh`), is not an
-//! LRU entry but the socket's address in one slot of a direct-mapped array: every UDP socket
-//! gets one, and a slot write and compare cost a few ns where an LRU insert, lookup and delete
-//! cost a few hundred.
-//!
-//! Without syscall exit tracepoints some outcomes are not visible when they happen: a failed
-//! bind(0), the port a UDP connect() autobound, and (without the sendmsg hooks) the port a UDP
-//! send autobound. The request is kept here and settled the next time the socket passes a
-//! hook (bind, connect, sendmsg, close), reported with the time it was made.
+//! The two commonest marks are not LRU entries but the socket's address in one slot of a
+//! direct-mapped array (`MARKS`), with the mark in its low bits: "a UDP socket created while
+//! tracing, no port yet" (`Mark::Fresh`, every UDP socket gets it) and, where sock_ops may read
+//! the current task, "a TCP connect() the kernel picks a port for" (`Mark::Connecting`). A slot
+//! write and compare cost a few ns where an LRU insert, lookup and delete cost a few hundred.
 
 use aya_ebpf::{
     bindings::bpf_sock,
@@ -59,63 +55,78 @@ fn key(sk: *const bpf_sock) -> u64 {
     sk as u64
 }
 
-/// Slots of the fresh-socket table: 512 KiB. Two fresh sockets whose addresses share a slot
-/// cannot both be held: the later one evicts the earlier, which is counted as unresolved.
-const FRESH_SLOTS: u32 = 1 << 16;
+/// Slots of the mark table: 512 KiB. Two marked sockets whose addresses share a slot cannot
+/// both be held: the later one evicts the earlier, which is counted as unresolved.
+const MARK_SLOTS: u32 = 1 << 16;
 
-/// UDP sockets created while tracing that have no port yet, by the slot of their address; 0
-/// is an empty slot. A UDP socket is in it from sock_create until the first hook that sees it
-/// (bind, connect, sendmsg, close), which takes it out; a fresh socket has no `WATCHES` entry.
+/// What a socket's slot in `MARKS` says about it. A `struct sock` is at least 8-byte aligned,
+/// so the mark fits in the address's low bits.
+#[repr(u64)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// A UDP socket created while tracing, with no port yet: its first sendmsg (opt-in hooks)
+    /// or its release reports the autobind.
+    Fresh = 1,
+    /// A TCP connect() on a socket with no port: TCP_CONNECT_CB reports the port the kernel
+    /// chose, naming the caller itself.
+    Connecting = 2,
+}
+
+const MARK_BITS: u64 = 0b11;
+
+/// Marked sockets by the slot of their address; 0 is an empty slot. A socket stays marked
+/// until the first hook that sees it again (bind, connect, sendmsg, TCP_CONNECT_CB, close)
+/// takes the mark; a marked socket has no `WATCHES` entry.
 #[map]
-static FRESH: Array<u64> = Array::with_max_entries(FRESH_SLOTS, 0);
+static MARKS: Array<u64> = Array::with_max_entries(MARK_SLOTS, 0);
 
-/// A socket's address as a number, and its fresh-table slot (the address hashed, Fibonacci, so
-/// that slab neighbours spread over the table). The verifier forbids arithmetic on a socket
-/// pointer, so the number is copied out of the stack slot holding the pointer.
+/// A socket's address as a number, and its slot (the address hashed, Fibonacci, so that slab
+/// neighbours spread over the table). The verifier forbids arithmetic on a socket pointer, so
+/// the number is copied out of the stack slot holding the pointer.
 #[inline(always)]
 fn addr_and_slot(sk: *const bpf_sock) -> Option<(u64, u32)> {
     let held = sk;
     // SAFETY: reads the 8 bytes of `held`, a live local.
     let addr: u64 = unsafe { bpf_probe_read_kernel(core::ptr::addr_of!(held).cast()).ok()? };
-    let slot = ((addr >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32 & (FRESH_SLOTS - 1);
+    let slot = ((addr >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32 & (MARK_SLOTS - 1);
     Some((addr, slot))
 }
 
-/// Marks `sk` fresh.
+/// Marks `sk`, replacing any mark it had.
 #[inline(always)]
-pub fn mark_fresh(sk: *const bpf_sock) {
+pub fn mark(sk: *const bpf_sock, m: Mark) {
     let Some((addr, slot)) = addr_and_slot(sk) else {
         return;
     };
-    if let Some(p) = FRESH.get_ptr_mut(slot) {
+    if let Some(p) = MARKS.get_ptr_mut(slot) {
         // SAFETY: `p` is an array slot, valid while the program runs. Plain 8-byte stores and
         // loads: a race between two CPUs on one slot can at worst lose or miscount one mark.
         unsafe {
-            if *p != 0 && *p != addr {
+            if *p != 0 && *p & !MARK_BITS != addr {
                 count(Stat::Unresolved);
             }
-            *p = addr;
+            *p = addr | m as u64;
         }
     }
 }
 
-/// Whether `sk` was fresh; it is not any more.
+/// The mark `sk` had, if any; it has none any more.
 #[inline(always)]
-pub fn take_fresh(sk: *const bpf_sock) -> bool {
-    let Some((addr, slot)) = addr_and_slot(sk) else {
-        return false;
-    };
-    let Some(p) = FRESH.get_ptr_mut(slot) else {
-        return false;
-    };
-    // SAFETY: as in `mark_fresh`.
-    unsafe {
-        if *p != addr {
-            return false;
-        }
-        *p = 0;
+pub fn take(sk: *const bpf_sock) -> Option<Mark> {
+    let (addr, slot) = addr_and_slot(sk)?;
+    let p = MARKS.get_ptr_mut(slot)?;
+    // SAFETY: as in `mark`.
+    let v = unsafe { *p };
+    if v & !MARK_BITS != addr {
+        return None;
     }
-    true
+    // SAFETY: as in `mark`.
+    unsafe { *p = 0 };
+    match v & MARK_BITS {
+        1 => Some(Mark::Fresh),
+        2 => Some(Mark::Connecting),
+        _ => None,
+    }
 }
 
 /// The socket's watch, if it has one.
