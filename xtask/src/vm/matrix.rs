@@ -193,9 +193,10 @@ fn guest_body(hooks: &[String]) -> String {
 
 /// The words after `mark` on the console's first line that has it.
 fn after<'a>(console: &'a str, mark: &str) -> Vec<&'a str> {
+    // Anywhere in a line: the firmware's last words ("Booting from ROM...") may share it.
     console
         .lines()
-        .find_map(|l| l.strip_prefix(mark))
+        .find_map(|l| l.split_once(mark).map(|(_, rest)| rest))
         .map(|rest| rest.split_whitespace().collect())
         .unwrap_or_default()
 }
@@ -210,7 +211,7 @@ fn read_cells(console: &str, kernel: Kernel, hooks: &[String]) -> Vec<Cell> {
         .map(|h| {
             let line = console
                 .lines()
-                .find(|l| l.starts_with(&format!("{MARK} {h} ")));
+                .find(|l| l.contains(&format!("{MARK} {h} ")));
             let verdict = line
                 .and_then(|l| l.rsplit(' ').next())
                 .unwrap_or("missing")
@@ -256,7 +257,7 @@ mod tests {
     #[test]
     fn reads_one_cell_per_hook_set() {
         let hooks: Vec<String> = super::HOOK_SETS.map(String::from).to_vec();
-        let console = "PORT-TRACE-UNAME: 5.10.0-46-cloud-amd64\nPORT-TRACE-CHOICE: fexit fexit\ntest result: ok.\nPORT-TRACE-MATRIX: fexit ok\nPORT-TRACE-MATRIX: kprobe FAIL\n";
+        let console = "Booting from ROM...PORT-TRACE-UNAME: 5.10.0-46-cloud-amd64\nPORT-TRACE-CHOICE: fexit fexit\ntest result: ok.\nPORT-TRACE-MATRIX: fexit ok\nPORT-TRACE-MATRIX: kprobe FAIL\n";
         let kernel = super::Kernel {
             release: super::Release::V5_10,
             flavour: super::Flavour::Cloud,
