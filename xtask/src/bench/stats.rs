@@ -221,7 +221,10 @@ mod tests {
         assert_eq!(trace.fastest, Some(0.8));
         assert_eq!((trace.seen, trace.generated), (Some(194), 195));
         assert_eq!(connect.cells[0].ratio, Some(1.0));
-        assert_eq!(connect.cells[Column::Serve.index()].missing.as_deref(), Some("not run"));
+        assert_eq!(
+            connect.cells[Column::Serve.index()].missing.as_deref(),
+            Some("not run")
+        );
         // A loop missing from every run has no figures.
         assert_eq!(rows[1].cells[Column::Trace.index()].ratio, None);
     }

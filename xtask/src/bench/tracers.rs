@@ -343,7 +343,8 @@ fn spawn(cmd: &mut Command) -> Result<Child> {
 
 /// The host's cgroup v2 mount, where the floor attaches (as the cgroup set does by default).
 fn cgroup2_mount() -> Result<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     mounts
         .lines()
         .filter_map(|l| {

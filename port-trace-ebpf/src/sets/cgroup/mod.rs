@@ -385,7 +385,10 @@ fn on_connect_cb(so: *const bpf_sock_ops) {
         let Some(c) = current() else {
             return;
         };
-        (Owner::of(c), Pending::new(Op::Connect as u8, Proto::Tcp as u8, fam))
+        (
+            Owner::of(c),
+            Pending::new(Op::Connect as u8, Proto::Tcp as u8, fam),
+        )
     } else {
         let Some(w) = watch::get(sk) else {
             return;

@@ -232,7 +232,7 @@ pub fn ask(sk: *const bpf_sock, owner: Owner, pending: Pending) {
         pending,
         state: State::Asked,
     };
-    let _ = WATCHES.insert(key(sk), &w, 0);
+    let _ = WATCHES.insert(key(sk), w, 0);
 }
 
 /// The protocol id of an IP protocol number, for the two this tracer follows.
