@@ -2,7 +2,11 @@
 //! bind spaces) it draws from with their pressure. Fed one event at a time; bounded in the
 //! number of workloads and of streams per workload.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +70,9 @@ struct Tally {
     recent: Option<Recent>,
     failures: BTreeMap<Outcome, u64>,
     streams: Vec<(StreamKey, u64)>,
+    /// A hash of each key in `streams`, same order: most events miss the table, and comparing
+    /// 64 hashes costs less than comparing 64 keys.
+    hashes: Vec<u64>,
 }
 
 impl Tally {
@@ -77,12 +84,16 @@ impl Tally {
             recent: None,
             failures: BTreeMap::new(),
             streams: Vec::new(),
+            hashes: Vec::new(),
         }
     }
 
     fn count_stream(&mut self, key: StreamKey) {
-        if let Some((_, n)) = self.streams.iter_mut().find(|(k, _)| *k == key) {
-            *n += 1;
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(&key);
+        if let Some(i) =
+            (0..self.hashes.len()).find(|&i| self.hashes[i] == hash && self.streams[i].0 == key)
+        {
+            self.streams[i].1 += 1;
             return;
         }
         let mut n = 1;
@@ -90,9 +101,11 @@ impl Tally {
             // Space-Saving: the newcomer inherits the smallest count, an upper bound of its own.
             if let Some(i) = (0..self.streams.len()).min_by_key(|&i| self.streams[i].1) {
                 n += self.streams.swap_remove(i).1;
+                self.hashes.swap_remove(i);
             }
         }
         self.streams.push((key, n));
+        self.hashes.push(hash);
     }
 }
 
@@ -104,9 +117,9 @@ pub struct Workloads {
 }
 
 /// The label an event is counted under.
-fn label(e: &Event) -> String {
+fn label(e: &Event) -> Cow<'static, str> {
     match &e.workload {
-        Some(w) => w.label(e.cgroup.as_deref()),
+        Some(w) => w.label(e.cgroup.as_deref()).into(),
         None => UNRECORDED_LABEL.into(),
     }
 }
@@ -114,18 +127,22 @@ fn label(e: &Event) -> String {
 impl Workloads {
     pub fn push(&mut self, e: &Event) {
         self.last_event = self.last_event.max(e.ts_ns);
-        let mut l = label(e);
-        let overflow = !self.by_label.contains_key(&l) && self.by_label.len() >= MAX_WORKLOADS;
-        if overflow {
-            l = OVERFLOW_LABEL.into();
-        }
-        let t = self.by_label.entry(l).or_insert_with(|| {
-            let mut t = Tally::new(e);
-            if overflow {
-                (t.workload, t.cgroup) = (None, None);
+        let l = label(e);
+        let t = match self.by_label.get_mut(&*l) {
+            // Looked up by reference: most events need no new String.
+            Some(t) => t,
+            None => {
+                let overflow = self.by_label.len() >= MAX_WORKLOADS;
+                let l = if overflow { OVERFLOW_LABEL.into() } else { l };
+                self.by_label.entry(l.into_owned()).or_insert_with(|| {
+                    let mut t = Tally::new(e);
+                    if overflow {
+                        (t.workload, t.cgroup) = (None, None);
+                    }
+                    t
+                })
             }
-            t
-        });
+        };
         if e.is_ok() {
             t.allocations += 1;
             t.recent
