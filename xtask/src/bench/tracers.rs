@@ -145,7 +145,8 @@ impl Tracer {
             Column::Floor => {
                 let cgroup2 = cgroup2_mount()?;
                 let mut cmd = Command::new(env.loops.join(super::loops::FLOOR));
-                cmd.arg(&cgroup2);
+                // Every hook, whatever the caller's environment says (floor.c's FLOOR_SKIP).
+                cmd.arg(&cgroup2).env_remove("FLOOR_SKIP");
                 let mut child = spawn(
                     cmd.stdin(Stdio::piped())
                         .stdout(Stdio::piped())
