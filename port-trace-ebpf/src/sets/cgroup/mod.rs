@@ -390,15 +390,10 @@ fn on_connect_cb(so: *const bpf_sock_ops) {
             Pending::new(Op::Connect as u8, Proto::Tcp as u8, fam),
         )
     } else {
-        let Some(w) = watch::get(sk) else {
+        let Some(asked) = watch::take_asked(sk, Op::Connect) else {
             return;
         };
-        if w.state != State::Asked || w.pending.op != Op::Connect as u8 {
-            return;
-        }
-        let (owner, p) = (w.owner, w.pending);
-        watch::forget(sk);
-        (owner, p)
+        asked
     };
     p.family = fam;
     if fam == Family::Inet as u8 {
@@ -423,14 +418,9 @@ fn on_listen_cb(so: *const bpf_sock_ops) {
     if sk.is_null() {
         return;
     }
-    let Some(w) = watch::get(sk) else {
+    let Some((owner, p)) = watch::take_asked(sk, Op::Listen) else {
         return;
     };
-    if w.state != State::Asked || w.pending.op != Op::Listen as u8 {
-        return;
-    }
-    let (owner, p) = (w.owner, w.pending);
-    watch::forget(sk);
     emit_owned(&owner, &p, local_port as u16, 0, HookId::SockOpsListen, 0);
 }
 

@@ -145,6 +145,19 @@ pub fn forget(sk: *const bpf_sock) {
     let _ = WATCHES.remove(key(sk));
 }
 
+/// Who asked for `op` on this socket and what, if that request is still open; the watch is
+/// dropped (its outcome is about to be reported).
+#[inline(always)]
+pub fn take_asked(sk: *const bpf_sock, op: Op) -> Option<(Owner, Pending)> {
+    let w = get(sk)?;
+    if w.state != State::Asked || w.pending.op != op as u8 {
+        return None;
+    }
+    let asked = (w.owner, w.pending);
+    forget(sk);
+    Some(asked)
+}
+
 /// The socket's local port (host order) and address, as the event reports them, from a
 /// `bpf_sock` whose source fields the program may read (not sock_create/sock_release).
 #[inline(always)]
