@@ -147,19 +147,12 @@ impl Tracer {
                 let mut cmd = Command::new(env.loops.join(super::loops::FLOOR));
                 // Every hook, whatever the caller's environment says (floor.c's FLOOR_SKIP).
                 cmd.arg(&cgroup2).env_remove("FLOOR_SKIP");
-                let mut child = spawn(
+                let child = spawn(
                     cmd.stdin(Stdio::piped())
                         .stdout(Stdio::piped())
                         .stderr(Stdio::piped()),
                 )?;
-                let out = child.stdout.take().context("floor's stdout")?;
-                let mut err = child.stderr.take().context("floor's stderr")?;
-                let err = std::thread::spawn(move || {
-                    let mut s = String::new();
-                    let _ = err.read_to_string(&mut s);
-                    s
-                });
-                t.launch(child, out, Some(err), "ready")?;
+                t.launch_ready_on_stdout(child, "floor")?;
             }
             Column::Trace | Column::SendHooks => {
                 let mut cmd = Command::new(&env.port_trace);
@@ -185,15 +178,8 @@ impl Tracer {
                 let bpftrace = env.bpftrace.clone().map_err(|e| anyhow!(e))?;
                 let mut cmd = Command::new(bpftrace);
                 cmd.args(["-e", BPFTRACE_PROGRAM]);
-                let mut child = spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))?;
-                let out = child.stdout.take().context("bpftrace's stdout")?;
-                let mut err = child.stderr.take().context("bpftrace's stderr")?;
-                let err = std::thread::spawn(move || {
-                    let mut s = String::new();
-                    let _ = err.read_to_string(&mut s);
-                    s
-                });
-                t.launch(child, out, Some(err), "ready")?;
+                let child = spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))?;
+                t.launch_ready_on_stdout(child, "bpftrace")?;
             }
         }
         t.hook_set = t
@@ -206,6 +192,25 @@ impl Tracer {
 
     /// Takes `child` and waits for a line of its `watched` pipe starting with `ready`; `other`
     /// reads the rest of its output, quoted when it exits first.
+    /// [`Self::launch`] for a helper that says "ready" on its stdout; its stderr is kept for
+    /// the error if it never does.
+    fn launch_ready_on_stdout(&mut self, mut child: Child, name: &str) -> Result<()> {
+        let out = child
+            .stdout
+            .take()
+            .with_context(|| format!("{name}'s stdout"))?;
+        let mut err = child
+            .stderr
+            .take()
+            .with_context(|| format!("{name}'s stderr"))?;
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        self.launch(child, out, Some(err), "ready")
+    }
+
     fn launch(
         &mut self,
         child: Child,
