@@ -5,7 +5,6 @@
 use std::{
     borrow::Cow,
     collections::{BTreeMap, HashMap},
-    hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
 };
 
 use serde::{Deserialize, Serialize};
@@ -70,9 +69,6 @@ struct Tally {
     recent: Option<Recent>,
     failures: BTreeMap<Outcome, u64>,
     streams: Vec<(StreamKey, u64)>,
-    /// A hash of each key in `streams`, same order: most events miss the table, and comparing
-    /// 64 hashes costs less than comparing 64 keys.
-    hashes: Vec<u64>,
 }
 
 impl Tally {
@@ -84,16 +80,12 @@ impl Tally {
             recent: None,
             failures: BTreeMap::new(),
             streams: Vec::new(),
-            hashes: Vec::new(),
         }
     }
 
     fn count_stream(&mut self, key: StreamKey) {
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(&key);
-        if let Some(i) =
-            (0..self.hashes.len()).find(|&i| self.hashes[i] == hash && self.streams[i].0 == key)
-        {
-            self.streams[i].1 += 1;
+        if let Some((_, n)) = self.streams.iter_mut().find(|(k, _)| *k == key) {
+            *n += 1;
             return;
         }
         let mut n = 1;
@@ -101,11 +93,9 @@ impl Tally {
             // Space-Saving: the newcomer inherits the smallest count, an upper bound of its own.
             if let Some(i) = (0..self.streams.len()).min_by_key(|&i| self.streams[i].1) {
                 n += self.streams.swap_remove(i).1;
-                self.hashes.swap_remove(i);
             }
         }
         self.streams.push((key, n));
-        self.hashes.push(hash);
     }
 }
 
@@ -129,7 +119,7 @@ impl Workloads {
         self.last_event = self.last_event.max(e.ts_ns);
         let l = label(e);
         let t = match self.by_label.get_mut(&*l) {
-            // Looked up by reference: most events need no new String.
+            // Looked up by reference: a label that is a constant needs no String.
             Some(t) => t,
             None => {
                 let overflow = self.by_label.len() >= MAX_WORKLOADS;

@@ -79,12 +79,22 @@ static void leave(int sig) {
     _exit(0);
 }
 
-/* Whether `name` is one of the comma-separated names in `list`. */
-static int skipped(const char *list, const char *name) {
-    size_t n = strlen(name);
-    for (const char *p = list; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
-        if (strncmp(p, name, n) == 0 && (p[n] == ',' || p[n] == '\0'))
-            return 1;
+/* Marks in `skip` the hooks named in `list` (comma-separated); 0, or -1 after naming one that
+ * is not a hook of HOOKS. */
+static int parse_skip(const char *list, int skip[NHOOKS]) {
+    static char buf[512];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *save = NULL, *name = strtok_r(buf, ",", &save); name;
+         name = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        while (i < NHOOKS && strcmp(HOOKS[i].name, name) != 0)
+            i++;
+        if (i == NHOOKS) {
+            fprintf(stderr, "floor: FLOOR_SKIP names %s, which is not one of its hooks\n", name);
+            return -1;
+        }
+        skip[i] = 1;
+    }
     return 0;
 }
 
@@ -100,10 +110,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "floor: %s: %s\n", argv[1], strerror(errno));
         return 1;
     }
-    const char *skip = getenv("FLOOR_SKIP");
+    int skip[NHOOKS] = {0};
+    const char *list = getenv("FLOOR_SKIP");
+    if (list && parse_skip(list, skip) < 0)
+        return 2;
     for (size_t i = 0; i < NHOOKS; i++) {
         const struct hook *h = &HOOKS[i];
-        if (skip && skipped(skip, h->name))
+        if (skip[i])
             continue;
         int fd = load(h);
         if (fd < 0)

@@ -190,8 +190,6 @@ impl Tracer {
         Ok(t)
     }
 
-    /// Takes `child` and waits for a line of its `watched` pipe starting with `ready`; `other`
-    /// reads the rest of its output, quoted when it exits first.
     /// [`Self::launch`] for a helper that says "ready" on its stdout; its stderr is kept for
     /// the error if it never does.
     fn launch_ready_on_stdout(&mut self, mut child: Child, name: &str) -> Result<()> {
@@ -211,6 +209,8 @@ impl Tracer {
         self.launch(child, out, Some(err), "ready")
     }
 
+    /// Takes `child` and waits for a line of its `watched` pipe starting with `ready`; `other`
+    /// reads the rest of its output, quoted when it exits first.
     fn launch(
         &mut self,
         child: Child,
